@@ -1,0 +1,76 @@
+"""nnx: explicit back-propagation, Torch7 style, on any Array API backend.
+
+>>> import nnx
+>>> nnx.set_backend("numpy")              # or "cupy", "torch", "array_api_strict"
+>>> net = nnx.Sequential(nnx.Linear(4, 8), nnx.TanH(), nnx.Linear(8, 3))
+>>> out = net(nnx.asarray([[0.0, 1.0, 2.0, 3.0]]))
+>>> out.shape
+(1, 3)
+"""
+
+from __future__ import annotations
+
+from . import backends, init
+from .activation import (
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    StableSigmoid,
+    TanH,
+)
+from .backends import (
+    asarray,
+    get_backend,
+    get_default_dtype,
+    get_device,
+    manual_seed,
+    set_backend,
+    set_default_dtype,
+    to_numpy,
+    use_backend,
+)
+from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
+from .encapsulation import Optim, Sequential
+from .linear import Linear
+from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss
+from .module import Loss, Module
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AvgPool1D",
+    "BCELoss",
+    "CELogSoftmax",
+    "Conv1D",
+    "CrossEntropyLoss",
+    "Flatten",
+    "LeakyReLU",
+    "Linear",
+    "LogSoftmax",
+    "Loss",
+    "MSELoss",
+    "MaxPool1D",
+    "Module",
+    "Optim",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "StableSigmoid",
+    "TanH",
+    "asarray",
+    "backends",
+    "get_backend",
+    "get_default_dtype",
+    "get_device",
+    "init",
+    "manual_seed",
+    "set_backend",
+    "set_default_dtype",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,289 @@
+"""Backend selector and every library-specific line of nnx.
+
+Layer code never imports NumPy, CuPy or PyTorch: it asks this package for the array
+namespace of its inputs (:func:`namespace_of`), for sliding windows
+(:func:`sliding_window`), and for host <-> backend moves (:func:`asarray`,
+:func:`to_numpy`). The selected backend, its device and the default float dtype live
+here.
+
+>>> import nnx
+>>> nnx.get_backend()
+'numpy'
+>>> with nnx.use_backend("array_api_strict"):
+...     nnx.get_backend()
+'array_api_strict'
+>>> nnx.get_backend()
+'numpy'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._base import Backend
+from ._cupy import CupyBackend
+from ._generic import gather_windows
+from ._numpy import NumpyBackend
+from ._strict import StrictBackend
+from ._strided import strided_windows
+from ._torch import TorchBackend
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "asarray",
+    "backend_of",
+    "gather_windows",
+    "get_backend",
+    "get_default_dtype",
+    "get_device",
+    "get_rng",
+    "manual_seed",
+    "namespace_of",
+    "set_backend",
+    "set_default_dtype",
+    "sliding_window",
+    "strided_windows",
+    "to_numpy",
+    "use_backend",
+]
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (NumpyBackend(), CupyBackend(), TorchBackend(), StrictBackend())
+}
+_BY_MODULE = {b.module_name: b for b in BACKENDS.values()}
+FLOAT_DTYPES = ("float32", "float64")
+
+
+class _State:
+    backend: Backend
+    device: Any = None
+    dtype: str = "float32"
+    rng: np.random.Generator = np.random.default_rng()
+
+
+_state = _State()
+
+
+def _get(name: str) -> Backend:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    backend = BACKENDS[name]
+    try:
+        return backend.load()
+    except ImportError as exc:
+        raise ImportError(
+            f"backend {name!r} needs the {backend.module_name!r} package, which could not "
+            f"be imported ({exc}). Install it with: {backend.install_hint}"
+        ) from exc
+
+
+def set_backend(name: str, device: Any = None) -> None:
+    """Select the array library (and device) that new parameters and data go to.
+
+    ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``.
+    ``device`` is library-specific: ``"cuda:1"``/``1`` for CuPy, any ``torch.device``
+    string for PyTorch, ``None`` (or ``"cpu"``) for the CPU libraries.
+
+    Raises ``ValueError`` for an unknown name or device, ``ImportError`` when the
+    library is not installed and ``RuntimeError`` when CuPy finds no GPU.
+    """
+    backend = _get(name)
+    dev = backend.normalize_device(device)
+    _state.backend, _state.device = backend, dev
+
+
+def get_backend() -> str:
+    """Name of the current backend."""
+    return _state.backend.name
+
+
+def get_device() -> Any:
+    """Device of the current backend (``None`` means the library's default)."""
+    return _state.device
+
+
+def current() -> Backend:
+    """The current :class:`Backend` object."""
+    return _state.backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str, device: Any = None) -> Iterator[None]:
+    """Context manager: select a backend for the ``with`` block, then restore."""
+    saved = (_state.backend, _state.device)
+    set_backend(name, device)
+    try:
+        yield
+    finally:
+        _state.backend, _state.device = saved
+
+
+def set_default_dtype(dtype: Any) -> None:
+    """Set the float dtype of new parameters and of :func:`asarray` (float32/float64)."""
+    name = _dtype_name(dtype)
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"default dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    _state.dtype = name
+
+
+def get_default_dtype() -> str:
+    """The default float dtype, ``"float32"`` or ``"float64"``."""
+    return _state.dtype
+
+
+def _dtype_name(dtype: Any) -> str:
+    if isinstance(dtype, str):
+        return dtype
+    text = str(
+        dtype
+    )  # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
+    return text.rsplit(".", 1)[-1]
+
+
+def dtype_name(x: Any) -> str:
+    """Name (``"float32"``, ``"int64"``...) of an array's dtype, on any backend."""
+    return _dtype_name(x.dtype)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed nnx's random generator (initialisation, shuffles without explicit seed)."""
+    _state.rng = np.random.default_rng(seed)
+
+
+def get_rng() -> np.random.Generator:
+    """The NumPy ``Generator`` nnx draws initial weights from."""
+    return _state.rng
+
+
+# -- arrays ---------------------------------------------------------------------------
+_TYPE_CACHE: dict[type, Backend | None] = {}
+
+
+def backend_of(x: Any) -> Backend | None:
+    """The :class:`Backend` an array belongs to, or ``None`` when it is no known array."""
+    t = type(x)
+    try:
+        return _TYPE_CACHE[t]
+    except KeyError:
+        pass
+    backend = _BY_MODULE.get(t.__module__.split(".", 1)[0])
+    if backend is not None:
+        backend.load()
+        if not backend.is_array(x):
+            backend = None
+    _TYPE_CACHE[t] = backend
+    return backend
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is an array nnx can work with (any known backend or namespace)."""
+    if backend_of(x) is not None:
+        return True
+    try:
+        namespace_of(x)
+    except TypeError:
+        return False
+    return True
+
+
+_NS_CACHE: dict[type, Any] = {}
+
+
+def namespace_of(x: Any) -> Any:
+    """The Array API namespace of ``x`` (array-api-compat's wrapper where needed)."""
+    try:
+        return _NS_CACHE[type(x)]
+    except KeyError:
+        pass
+    backend = backend_of(x)
+    if backend is not None:
+        xp = backend.xp
+    else:
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(x)
+    _NS_CACHE[type(x)] = xp
+    return xp
+
+
+def backend_name(x: Any) -> str:
+    """Readable name of the library an array comes from (for error messages)."""
+    backend = backend_of(x)
+    if backend is not None:
+        return backend.name
+    return type(x).__module__.split(".", 1)[0] + "." + type(x).__name__
+
+
+def asarray(x: Any, dtype: Any = None) -> Any:
+    """Put host data (NumPy arrays, lists, scalars) on the current backend and device.
+
+    Integer and boolean data keep their dtype; floating data takes the default float
+    dtype unless ``dtype`` is given. Arrays of another backend are moved (through
+    NumPy). The input is never modified.
+    """
+    backend = _state.backend
+    if backend.is_array(x) and dtype is None and not _is_float(dtype_name(x)):
+        return x
+    host = to_numpy(x) if (backend_of(x) is not None or _has_dlpack(x)) else np.asarray(x)
+    if dtype is not None:
+        host = host.astype(_dtype_name(dtype), copy=False)
+    elif host.dtype.kind == "f" or host.dtype.kind == "c":
+        host = host.astype(_state.dtype, copy=False)
+    elif host.dtype.kind == "O":
+        raise TypeError(f"nnx.asarray: cannot convert data of type {type(x).__name__}")
+    return backend.from_numpy(host, _state.device)
+
+
+def _is_float(name: str) -> bool:
+    return name.startswith("float")
+
+
+def _has_dlpack(x: Any) -> bool:
+    return hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Bring an array of any backend (or host data) back to a NumPy array."""
+    backend = backend_of(x)
+    if backend is not None:
+        return backend.to_numpy(x)
+    if _has_dlpack(x):
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
+def from_numpy(a: np.ndarray, like: Any) -> Any:
+    """Copy a NumPy array to the backend and device of the array ``like``."""
+    backend = backend_of(like)
+    if backend is None:
+        xp = namespace_of(like)
+        return xp.asarray(a)
+    return backend.from_numpy(a, backend.device_of(like))
+
+
+def sliding_window(x: Any, k_size: int, stride: int) -> Any:
+    """``(batch, out_length, channels, k_size)`` windows of a ``(batch, length, channels)`` array.
+
+    ``out[b, o, c, k] = x[b, o * stride + k, c]``. NumPy and CuPy return a strided view
+    (no copy), PyTorch ``Tensor.unfold`` (no copy), any other namespace a gather.
+    """
+    backend = backend_of(x)
+    if backend is None:
+        return gather_windows(namespace_of(x), x, k_size, stride)
+    return backend.windows(x, k_size, stride)
+
+
+def _startup_backend() -> None:
+    name = os.environ.get("NNX_BACKEND", "").strip() or "numpy"
+    _state.backend = BACKENDS["numpy"].load()
+    if name != "numpy":
+        set_backend(name)
+
+
+_startup_backend()

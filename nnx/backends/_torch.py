@@ -1,0 +1,54 @@
+"""PyTorch backend: tensors on any torch device (CPU, CUDA, MPS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    module_name = "torch"
+    install_hint = (
+        "pip install torch  (the CPU build: pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu)"
+    )
+
+    def _load(self) -> None:
+        import array_api_compat.torch as xp
+        import torch
+
+        self._torch = torch
+        self.array_type = torch.Tensor
+        self.xp = xp
+
+    def normalize_device(self, device: Any) -> Any:
+        if device is None:
+            return None
+        try:
+            dev = self._torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"backend 'torch': invalid device {device!r}: {exc}") from None
+        if dev.type == "cuda" and not self._torch.cuda.is_available():
+            raise RuntimeError(
+                "backend 'torch': device 'cuda' asked for, but torch.cuda.is_available() "
+                "is False (a CPU build of PyTorch, or no NVIDIA GPU)"
+            )
+        return dev
+
+    def device_of(self, x: Any) -> Any:
+        return x.device
+
+    def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
+        t = self._torch.from_numpy(np.array(a, copy=True))
+        return t if device is None else t.to(device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def windows(self, x: Any, k_size: int, stride: int) -> Any:
+        # Tensor.unfold(dim, size, step) appends the window axis: (B, O, C, K), no copy.
+        return x.unfold(1, k_size, stride)

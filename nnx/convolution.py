@@ -1,0 +1,326 @@
+r"""1-D convolution, pooling and flattening, channels last: ``(batch, length, chan)``.
+
+Every module here reads its input through sliding windows
+:math:`V[b, o, c, k] = X[b, o s + k, c]` of shape ``(batch, out_length, chan, k_size)``
+with :math:`\text{out\_length} = \lfloor (\text{length} - k) / s \rfloor + 1`, built by
+:func:`nnx.backends.sliding_window` (a strided view on NumPy and CuPy, ``unfold`` on
+PyTorch, a gather elsewhere). Backward passes scatter window gradients back with one
+strided slice ``+=`` per kernel tap :math:`k`: ``dX[:, k : k + s(O-1) + 1 : s] += ...``,
+which accumulates overlapping windows correctly on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backends, init
+from .init import InitType
+from .module import Array, Module, check_positive_int, namespace
+
+
+def _tap(k: int, stride: int, out_length: int) -> slice:
+    """Positions ``k, k + s, ..., k + s (O - 1)``: tap ``k`` of every window."""
+    return slice(k, k + stride * (out_length - 1) + 1, stride)
+
+
+class _Windowed(Module):
+    """Shared geometry and checks of Conv1D and the pools."""
+
+    k_size: int
+    stride: int
+
+    def _init_geometry(self, owner: str, k_size: Any, stride: Any) -> None:
+        check_positive_int(owner, "k_size", k_size)
+        check_positive_int(owner, "stride", stride)
+        self.k_size, self.stride = int(k_size), int(stride)
+
+    def out_length(self, length: int) -> int:
+        """:math:`\\lfloor (\\text{length} - k) / s \\rfloor + 1`."""
+        return (length - self.k_size) // self.stride + 1
+
+    def _check_x(self, X: Array, chan: Any, like: Array = None) -> int:
+        self._check_input(X, ("batch", "length", chan), like=like)
+        if X.shape[1] < self.k_size:
+            raise ValueError(
+                f"{self.name}: input length {X.shape[1]} is shorter than k_size "
+                f"{self.k_size} (input shape {tuple(X.shape)})"
+            )
+        return self.out_length(X.shape[1])
+
+    def _check_delta(self, input: Array, delta: Array, chan_out: int | None = None) -> int:
+        """Check ``delta`` against the output shape for ``input`` (already checked)."""
+        out_length = self.out_length(input.shape[1])
+        chan = input.shape[2] if chan_out is None else chan_out
+        self._check_input(delta, (input.shape[0], out_length, chan), "delta", like=input)
+        return out_length
+
+
+class Conv1D(_Windowed):
+    r"""1-D convolution (cross-correlation), channels last.
+
+    .. math::
+        \text{forward:}\quad Z[b, o, d] = \sum_{k=0}^{K-1} \sum_{c} X[b, o s + k, c]\,
+        W[k, c, d] + \beta[d]
+
+    .. math::
+        \text{backward\_update\_gradient:}\quad
+        \nabla_W L[k, c, d] \mathrel{+}= \sum_{b, o} X[b, o s + k, c]\, \delta[b, o, d],
+        \qquad \nabla_\beta L[d] \mathrel{+}= \sum_{b, o} \delta[b, o, d]
+
+    .. math::
+        \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, t, c] =
+        \sum_{(o, k):\, o s + k = t} \sum_d \delta[b, o, d]\, W[k, c, d]
+
+    (a transposed convolution: overlapping windows add up).
+
+    Parameters
+    ----------
+    k_size, chan_in, chan_out : int
+        Kernel size :math:`K`, input and output channels.
+    stride : int, default 1
+        Step :math:`s` between windows.
+    bias : bool, default False
+        Add a learnable :math:`\beta` of shape ``(chan_out,)``.
+    init_type : str, default ``"xavier_normal"``
+        fan_in = k_size * chan_in, fan_out = k_size * chan_out.
+
+    Shapes: input ``(batch, length, chan_in)``; output
+    ``(batch, (length - k_size) // stride + 1, chan_out)``; ``weight``
+    ``(k_size, chan_in, chan_out)``; ``bias`` ``(chan_out,)``.
+
+    >>> import nnx, numpy as np
+    >>> conv = nnx.Conv1D(3, 1, 32, stride=1)
+    >>> conv(nnx.asarray(np.zeros((8, 256, 1)))).shape
+    (8, 254, 32)
+    """
+
+    def __init__(
+        self,
+        k_size: int,
+        chan_in: int,
+        chan_out: int,
+        stride: int = 1,
+        bias: bool = False,
+        init_type: InitType = "xavier_normal",
+    ) -> None:
+        super().__init__()
+        owner = f"Conv1D({k_size!r}, {chan_in!r}, {chan_out!r}, stride={stride!r})"
+        self._init_geometry(owner, k_size, stride)
+        check_positive_int(owner, "chan_in", chan_in)
+        check_positive_int(owner, "chan_out", chan_out)
+        init.check_init_type(owner, init_type)
+        self.chan_in, self.chan_out = int(chan_in), int(chan_out)
+        self.bias, self.init_type = bool(bias), init_type
+        fan_in, fan_out = self.k_size * self.chan_in, self.k_size * self.chan_out
+        shape = (self.k_size, self.chan_in, self.chan_out)
+        self._register("weight", init.parameter(shape, init_type, fan_in, fan_out))
+        if self.bias:
+            self._register(
+                "bias",
+                init.parameter((self.chan_out,), init.bias_init_type(init_type), fan_in, fan_out),
+            )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "k_size": self.k_size,
+            "chan_in": self.chan_in,
+            "chan_out": self.chan_out,
+            "stride": self.stride,
+            "bias": self.bias,
+            "init_type": self.init_type,
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.k_size}, {self.chan_in}, {self.chan_out}, stride={self.stride}, bias={self.bias}"
+
+    def _flat_weight(self, xp: Any) -> Array:
+        """``W`` as a ``(chan_in * k_size, chan_out)`` matrix matching the window layout."""
+        W = xp.permute_dims(self._parameters["weight"], (1, 0, 2))  # (C, K, D)
+        return xp.reshape(W, (self.chan_in * self.k_size, self.chan_out))
+
+    def forward(self, X: Array) -> Array:
+        W = self._parameters["weight"]
+        out_length = self._check_x(X, self.chan_in, like=W)
+        xp = namespace(X)
+        windows = backends.sliding_window(X, self.k_size, self.stride)  # (B, O, C, K)
+        batch = X.shape[0]
+        cols = xp.reshape(windows, (batch * out_length, self.chan_in * self.k_size))
+        out = cols @ self._flat_weight(xp)
+        if self.bias:
+            out += self._parameters["bias"]
+        self._cache_key, self._cache = X, cols
+        return xp.reshape(out, (batch, out_length, self.chan_out))
+
+    def backward_update_gradient(self, input: Array, delta: Array) -> None:
+        W = self._parameters["weight"]
+        self._check_x(input, self.chan_in, like=W)
+        out_length = self._check_delta(input, delta, self.chan_out)
+        xp = namespace(input)
+        batch = input.shape[0]
+        if self._cache_key is input:
+            cols = self._cache
+        else:
+            windows = backends.sliding_window(input, self.k_size, self.stride)
+            cols = xp.reshape(windows, (batch * out_length, self.chan_in * self.k_size))
+        d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
+        grad = xp.matrix_transpose(cols) @ d2  # (C * K, D)
+        grad = xp.permute_dims(
+            xp.reshape(grad, (self.chan_in, self.k_size, self.chan_out)), (1, 0, 2)
+        )
+        self._gradient["weight"] += grad
+        if self.bias:
+            self._gradient["bias"] += xp.sum(d2, axis=0)
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        W = self._parameters["weight"]
+        self._check_x(input, self.chan_in, like=W)
+        out_length = self._check_delta(input, delta, self.chan_out)
+        xp = namespace(input)
+        batch, K, s = input.shape[0], self.k_size, self.stride
+        # (B, O, D) @ (D, K * C) -> gradient of every window tap at once
+        W_t = xp.reshape(xp.permute_dims(W, (2, 0, 1)), (self.chan_out, K * self.chan_in))
+        taps = xp.reshape(delta @ W_t, (batch, out_length, K, self.chan_in))
+        dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+        if s == K:  # back-to-back windows: tap k of window o is position o * K + k
+            dX[:, : out_length * K, :] = xp.reshape(taps, (batch, out_length * K, self.chan_in))
+            return dX
+        for k in range(K):
+            dX[:, _tap(k, s, out_length), :] += taps[:, :, k, :]
+        return dX
+
+
+def _device(x: Array) -> Any:
+    return getattr(x, "device", None)
+
+
+class MaxPool1D(_Windowed):
+    r"""Max over each window, per channel.
+
+    .. math::
+        \text{forward:}\quad Z[b, o, c] = \max_{0 \le k < K} X[b, o s + k, c]
+
+    .. math::
+        \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, t, c] =
+        \sum_{(o, k):\, o s + k = t} \delta[b, o, c]\,
+        \mathbb{1}\big[k = k^*(b, o, c)\big]
+
+    where :math:`k^*` is the *first* tap reaching the maximum (PyTorch's choice for
+    ties); overlapping windows add up. No parameters: ``backward_update_gradient`` is a
+    no-op.
+
+    The maximum is computed tap by tap (``K - 1`` element-wise ``maximum`` calls on
+    strided slices), which measured far faster than an ``argmax`` over the window axis.
+
+    Shapes: ``(batch, length, chan)`` -> ``(batch, (length - k_size) // stride + 1, chan)``.
+
+    >>> import nnx
+    >>> nnx.MaxPool1D(2, 2)(nnx.asarray([[[1.0], [3.0], [2.0], [0.0]]]))[..., 0]
+    array([[3., 2.]], dtype=float32)
+    """
+
+    def __init__(self, k_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self._init_geometry(f"MaxPool1D({k_size!r}, {stride!r})", k_size, stride)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"k_size": self.k_size, "stride": self.stride}
+
+    def forward(self, X: Array) -> Array:
+        out_length = self._check_x(X, None)
+        xp = namespace(X)
+        out = X[:, _tap(0, self.stride, out_length), :]
+        for k in range(1, self.k_size):
+            out = xp.maximum(out, X[:, _tap(k, self.stride, out_length), :])
+        self._cache_key, self._cache = X, out
+        return out
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        self._check_x(input, None)
+        out_length = self._check_delta(input, delta)
+        xp = namespace(input)
+        out = self._cache if self._cache_key is input else self.forward(input)
+        dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+        free = None  # windows whose maximum has not been claimed yet
+        for k in range(self.k_size):
+            sl = _tap(k, self.stride, out_length)
+            hit = input[:, sl, :] == out
+            if free is not None:
+                hit = xp.logical_and(hit, free)
+            dX[:, sl, :] += xp.where(hit, delta, 0.0)
+            if k + 1 < self.k_size:
+                free = (
+                    xp.logical_not(hit)
+                    if free is None
+                    else xp.logical_and(free, xp.logical_not(hit))
+                )
+        return dX
+
+
+class AvgPool1D(_Windowed):
+    r"""Mean over each window, per channel.
+
+    .. math::
+        \text{forward:}\quad Z[b, o, c] = \frac{1}{K} \sum_{k=0}^{K-1} X[b, o s + k, c]
+
+    .. math::
+        \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, t, c] =
+        \frac{1}{K} \sum_{(o, k):\, o s + k = t} \delta[b, o, c]
+
+    No parameters: ``backward_update_gradient`` is a no-op.
+
+    Shapes: ``(batch, length, chan)`` -> ``(batch, (length - k_size) // stride + 1, chan)``.
+
+    >>> import nnx
+    >>> nnx.AvgPool1D(2, 2)(nnx.asarray([[[1.0], [3.0], [2.0], [0.0]]]))[..., 0]
+    array([[2., 1.]], dtype=float32)
+    """
+
+    def __init__(self, k_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self._init_geometry(f"AvgPool1D({k_size!r}, {stride!r})", k_size, stride)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"k_size": self.k_size, "stride": self.stride}
+
+    def forward(self, X: Array) -> Array:
+        out_length = self._check_x(X, None)
+        out = X[:, _tap(0, self.stride, out_length), :]
+        for k in range(1, self.k_size):
+            out = out + X[:, _tap(k, self.stride, out_length), :]
+        return out / self.k_size
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        self._check_x(input, None)
+        out_length = self._check_delta(input, delta)
+        xp = namespace(input)
+        share = delta / self.k_size
+        dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+        for k in range(self.k_size):
+            dX[:, _tap(k, self.stride, out_length), :] += share
+        return dX
+
+
+class Flatten(Module):
+    r"""Row-major flattening of everything but the batch axis.
+
+    .. math::
+        \text{forward:}\quad Z[b, l \cdot C + c] = X[b, l, c] \qquad
+        \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, l, c] =
+        \delta[b, l \cdot C + c]
+
+    No parameters. Shapes: ``(batch, length, chan)`` -> ``(batch, length * chan)``.
+
+    >>> import nnx, numpy as np
+    >>> nnx.Flatten()(nnx.asarray(np.zeros((2, 5, 3)))).shape
+    (2, 15)
+    """
+
+    def forward(self, X: Array) -> Array:
+        self._check_input(X, ("batch", "length", "chan"))
+        return namespace(X).reshape(X, (X.shape[0], -1))
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        self._check_input(input, ("batch", "length", "chan"))
+        width = input.shape[1] * input.shape[2]
+        self._check_input(delta, (input.shape[0], width), "delta", like=input)
+        return namespace(input).reshape(delta, tuple(input.shape))

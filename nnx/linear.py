@@ -1,0 +1,103 @@
+r"""Fully connected layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import init
+from .init import InitType
+from .module import Array, Module, check_positive_int, namespace
+
+
+class Linear(Module):
+    r"""Affine map of each row: :math:`Z = XW + b`.
+
+    .. math::
+        \text{forward:}\quad Z = X W + \mathbf{1} b, \qquad
+        X \in \mathbb{R}^{n \times d_{in}},\ W \in \mathbb{R}^{d_{in} \times d_{out}},\
+        b \in \mathbb{R}^{1 \times d_{out}}
+
+    .. math::
+        \text{backward\_update\_gradient:}\quad
+        \nabla_W L \mathrel{+}= X^\top \delta, \qquad
+        \nabla_b L \mathrel{+}= \mathbf{1}^\top \delta = \sum_i \delta_{i,:}
+
+    .. math::
+        \text{backward\_delta:}\quad \frac{\partial L}{\partial X} = \delta W^\top
+
+    Parameters
+    ----------
+    input_size, output_size : int
+        :math:`d_{in}` and :math:`d_{out}`.
+    bias : bool, default True
+        Add the learnable row :math:`b`.
+    init_type : str, default ``"he_normal"``
+        One of :data:`nnx.init.INIT_TYPES` (fan_in = input_size, fan_out = output_size).
+
+    Shapes: input ``(batch, input_size)``, output ``(batch, output_size)``,
+    ``weight`` ``(input_size, output_size)``, ``bias`` ``(1, output_size)``.
+
+    >>> import nnx
+    >>> nnx.manual_seed(0)
+    >>> layer = nnx.Linear(4, 3)
+    >>> layer(nnx.asarray([[1.0, 2.0, 3.0, 4.0]])).shape
+    (1, 3)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        init_type: InitType = "he_normal",
+    ) -> None:
+        super().__init__()
+        owner = f"Linear({input_size!r}, {output_size!r})"
+        for arg, value in (("input_size", input_size), ("output_size", output_size)):
+            check_positive_int(owner, arg, value)
+        init.check_init_type(owner, init_type)
+        self.input_size, self.output_size = int(input_size), int(output_size)
+        self.bias, self.init_type = bool(bias), init_type
+        shape = (self.input_size, self.output_size)
+        self._register("weight", init.parameter(shape, init_type, *shape))
+        if self.bias:
+            self._register(
+                "bias",
+                init.parameter((1, self.output_size), init.bias_init_type(init_type), *shape),
+            )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "bias": self.bias,
+            "init_type": self.init_type,
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.output_size}, bias={self.bias}"
+
+    def forward(self, X: Array) -> Array:
+        W = self._parameters["weight"]
+        self._check_input(X, ("batch", self.input_size), like=W)
+        out = X @ W
+        if self.bias:
+            out += self._parameters["bias"]
+        return out
+
+    def _check_backward(self, input: Array, delta: Array) -> None:
+        W = self._parameters["weight"]
+        self._check_input(input, ("batch", self.input_size), like=W)
+        self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+
+    def backward_update_gradient(self, input: Array, delta: Array) -> None:
+        self._check_backward(input, delta)
+        xp = namespace(input)
+        self._gradient["weight"] += xp.matrix_transpose(input) @ delta
+        if self.bias:
+            self._gradient["bias"] += xp.sum(delta, axis=0, keepdims=True)
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        self._check_backward(input, delta)
+        xp = namespace(input)
+        return delta @ xp.matrix_transpose(self._parameters["weight"])

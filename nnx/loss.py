@@ -1,0 +1,200 @@
+r"""Losses. ``forward(y, yhat)`` returns one loss per sample, shape ``(batch,)``;
+``backward(y, yhat)`` returns :math:`\partial L / \partial \hat y` for
+:math:`L = \sum_i \ell_i`, the shape of ``yhat``.
+
+Targets ``y`` have the shape of ``yhat`` (one-hot or real targets), or, for a
+``(batch, K)`` prediction, may be integer class labels of shape ``(batch,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backends
+from .activation import log_softmax
+from .module import Array, Loss, check_array, is_floating, namespace
+
+__all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_like"]
+
+
+def one_hot_like(labels: Array, yhat: Array) -> Array:
+    """One-hot ``(batch, K)`` matrix of ``labels`` in ``yhat``'s dtype and device."""
+    xp = namespace(yhat)
+    classes = xp.arange(yhat.shape[-1], device=getattr(yhat, "device", None))
+    return xp.astype(labels[:, None] == classes[None, :], yhat.dtype)
+
+
+class _TargetLoss(Loss):
+    """Input checks and target normalisation shared by the losses."""
+
+    #: required ``yhat.ndim`` (``None``: any ``ndim >= 1``)
+    yhat_ndim: int | None = None
+
+    def _targets(self, y: Array, yhat: Array) -> Array:
+        """Validate ``(y, yhat)``; return ``y`` as a float array of ``yhat``'s shape."""
+        name = type(self).__name__
+        shape = (
+            ("batch", "K")
+            if self.yhat_ndim == 2
+            else ("batch",) + (None,) * max(len(getattr(yhat, "shape", ())) - 1, 0)
+        )
+        check_array(name, yhat, shape, "yhat")
+        if not backends.is_array(y):
+            raise TypeError(f"{name}: expected y to be an array, got {type(y).__name__}")
+        if type(y) is not type(yhat):
+            raise TypeError(
+                f"{name}: y is a {backends.backend_name(y)} array but yhat is a "
+                f"{backends.backend_name(yhat)} array; put both on one backend"
+            )
+        if tuple(y.shape) == tuple(yhat.shape):
+            if is_floating(y):
+                if y.dtype != yhat.dtype:
+                    raise TypeError(
+                        f"{name}: y has dtype {backends.dtype_name(y)} but yhat has "
+                        f"{backends.dtype_name(yhat)}; convert the targets explicitly"
+                    )
+                return y
+            return namespace(yhat).astype(y, yhat.dtype)
+        if len(y.shape) == 1 and len(yhat.shape) == 2 and y.shape[0] == yhat.shape[0]:
+            if is_floating(y) or backends.dtype_name(y) == "bool":
+                raise TypeError(
+                    f"{name}: 1-D targets must be integer class labels, got dtype "
+                    f"{backends.dtype_name(y)}"
+                )
+            check_labels(name, y, yhat.shape[1])
+            return one_hot_like(y, yhat)
+        raise ValueError(
+            f"{name}: expected y of shape {tuple(yhat.shape)} (like yhat) or integer labels "
+            f"of shape ({yhat.shape[0]},), got shape {tuple(y.shape)}"
+        )
+
+
+def check_labels(owner: str, labels: Array, num_classes: int) -> None:
+    """Raise ``ValueError`` unless every label lies in ``[0, num_classes)``."""
+    if labels.shape[0] == 0:
+        return
+    xp = namespace(labels)
+    lo, hi = int(xp.min(labels)), int(xp.max(labels))
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{owner}: labels must lie in [0, {num_classes}) for {num_classes} classes, "
+            f"got values in [{lo}, {hi}]"
+        )
+
+
+def _per_sample(xp: Any, values: Array) -> Array:
+    """Sum over every axis but the first: ``(batch, ...) -> (batch,)``."""
+    if len(values.shape) == 1:
+        return values
+    return xp.sum(xp.reshape(values, (values.shape[0], -1)), axis=1)
+
+
+class MSELoss(_TargetLoss):
+    r"""Squared error summed over features.
+
+    .. math::
+        \ell_i = \sum_j (y_{ij} - \hat y_{ij})^2 \qquad
+        \frac{\partial L}{\partial \hat y_{ij}} = -2\,(y_{ij} - \hat y_{ij})
+
+    >>> import nnx
+    >>> nnx.MSELoss()(nnx.asarray([[1.0, 0.0]]), nnx.asarray([[0.5, 0.5]]))
+    array([0.5], dtype=float32)
+    """
+
+    def forward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        diff = y - yhat
+        return _per_sample(namespace(yhat), diff * diff)
+
+    def backward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        return -2.0 * (y - yhat)
+
+
+class BCELoss(_TargetLoss):
+    r"""Binary cross-entropy of probabilities, summed over features.
+
+    .. math::
+        \ell_i = -\sum_j \big[y_{ij} \log \hat y_{ij} + (1 - y_{ij}) \log(1 - \hat y_{ij})\big]
+
+    Each log is clamped at :math:`-100` (as in PyTorch), so :math:`\hat y \in \{0, 1\}`
+    gives finite losses. The gradient is
+
+    .. math::
+        \frac{\partial L}{\partial \hat y_{ij}} =
+        \frac{\hat y_{ij} - y_{ij}}{\max\big(\hat y_{ij}(1 - \hat y_{ij}),\ 10^{-12}\big)}.
+
+    >>> import nnx
+    >>> nnx.BCELoss()(nnx.asarray([[1.0, 0.0]]), nnx.asarray([[1.0, 0.0]]))
+    array([0.], dtype=float32)
+    """
+
+    def forward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        xp = namespace(yhat)
+        log_p = xp.maximum(xp.log(yhat), -100.0)
+        log_q = xp.maximum(xp.log(1.0 - yhat), -100.0)
+        return -_per_sample(xp, y * log_p + (1.0 - y) * log_q)
+
+    def backward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        xp = namespace(yhat)
+        return (yhat - y) / xp.maximum(yhat * (1.0 - yhat), 1e-12)
+
+
+class CrossEntropyLoss(_TargetLoss):
+    r"""Negative log-likelihood of log-probabilities (use after :class:`~nnx.LogSoftmax`).
+
+    .. math::
+        \ell_i = -\sum_k y_{ik}\, \hat y_{ik} \qquad
+        \frac{\partial L}{\partial \hat y_{ik}} = -y_{ik}
+
+    With integer labels, :math:`\ell_i = -\hat y_{i, y_i}`.
+
+    >>> import nnx, numpy as np
+    >>> logp = nnx.asarray(np.log([[0.25, 0.75]]))
+    >>> nnx.CrossEntropyLoss()(nnx.asarray(np.array([1])), logp)
+    array([0.2876821], dtype=float32)
+    """
+
+    yhat_ndim = 2
+
+    def forward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        return -namespace(yhat).sum(y * yhat, axis=-1)
+
+    def backward(self, y: Array, yhat: Array) -> Array:
+        return -self._targets(y, yhat)
+
+
+class CELogSoftmax(_TargetLoss):
+    r"""Cross-entropy of raw logits (a fused, stable LogSoftmax + CrossEntropyLoss).
+
+    .. math::
+        \ell_i = -\hat y_{i, y_i} + \log \sum_k e^{\hat y_{ik}}
+        \quad\Big(\text{soft targets: } -\sum_k y_{ik} \big(\hat y_{ik} -
+        \log \textstyle\sum_j e^{\hat y_{ij}}\big)\Big)
+
+    .. math::
+        \frac{\partial L}{\partial \hat y_{ik}} = \text{softmax}(\hat y_i)_k
+        \sum_j y_{ij} - y_{ik}
+
+    (:math:`\text{softmax}(\hat y_i) - y_i` for one-hot targets). Finite for logits of
+    magnitude :math:`10^4` in float32.
+
+    >>> import nnx, numpy as np
+    >>> nnx.CELogSoftmax()(nnx.asarray(np.array([1])), nnx.asarray([[1e4, -1e4]]))
+    array([20000.], dtype=float32)
+    """
+
+    yhat_ndim = 2
+
+    def forward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        return -namespace(yhat).sum(y * log_softmax(namespace(yhat), yhat), axis=-1)
+
+    def backward(self, y: Array, yhat: Array) -> Array:
+        y = self._targets(y, yhat)
+        xp = namespace(yhat)
+        probs = xp.exp(log_softmax(xp, yhat))
+        return probs * xp.sum(y, axis=-1, keepdims=True) - y

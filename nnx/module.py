@@ -1,0 +1,299 @@
+r"""The two base classes: :class:`Module` (a layer) and :class:`Loss`.
+
+A network is a chain of modules :math:`z^h = M^h(z^{h-1}; w^h)`. Back-propagation
+needs, for each module, the two vector-Jacobian products of the incoming
+:math:`\delta^h = \partial L / \partial z^h`:
+
+.. math::
+
+    \frac{\partial L}{\partial w^h} = \Big(\frac{\partial z^h}{\partial w^h}\Big)^{\!\top}
+    \delta^h \quad \text{(backward\_update\_gradient, accumulated)}, \qquad
+    \delta^{h-1} = \Big(\frac{\partial z^h}{\partial z^{h-1}}\Big)^{\!\top} \delta^h
+    \quad \text{(backward\_delta)}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import backends
+
+Array = Any
+
+
+class Module:
+    """Base class of every layer.
+
+    Attributes
+    ----------
+    _parameters : dict[str, array]
+        Learnable parameters by name.
+    _gradient : dict[str, array]
+        Accumulated :math:`\\partial L / \\partial w` for each parameter (same keys,
+        shapes, backend and dtype).
+    """
+
+    def __init__(self) -> None:
+        self._parameters: dict[str, Array] = {}
+        self._gradient: dict[str, Array] = {}
+        self._owned: dict[str, Array] = {}
+        self._cache_key: Any = None
+        self._cache: Any = None
+
+    # -- the protocol ---------------------------------------------------------------
+    def forward(self, X: Array) -> Array:
+        """Compute the module's output for input ``X``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def __call__(self, X: Array) -> Array:
+        return self.forward(X)
+
+    def backward_update_gradient(self, input: Array, delta: Array) -> None:
+        """Add :math:`\\partial L / \\partial w` to ``_gradient`` (no-op without parameters)."""
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        """Return :math:`\\partial L / \\partial \\text{input}` (same shape as ``input``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward_delta")
+
+    def update_parameters(self, gradient_step: float = 1e-3) -> None:
+        """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L`."""
+        for name, p in self._parameters.items():
+            step = gradient_step * self._gradient[name]
+            if self._owned.get(name) is p:
+                p -= step
+            else:  # an array the user assigned: never modify it in place
+                self._set_parameter(name, p - step)
+
+    def zero_grad(self) -> None:
+        """Reset the accumulated gradients to zero (in place, no reallocation)."""
+        for g in self._gradient.values():
+            g[...] = 0
+
+    # -- parameters -----------------------------------------------------------------
+    def _register(self, name: str, value: Array) -> None:
+        """Register a parameter and its zero gradient buffer."""
+        self._set_parameter(name, value)
+        self._gradient[name] = namespace(value).zeros_like(value)
+
+    def _set_parameter(self, name: str, value: Array) -> None:
+        self._parameters[name] = value
+        self._owned[name] = value
+
+    def children(self) -> list[Module]:
+        """Direct sub-modules (none for a plain layer)."""
+        return []
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        """``(dotted name, parameter)`` pairs, this module's then its children's."""
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for i, child in enumerate(self.children()):
+            yield from child.named_parameters(f"{prefix}{i}.")
+
+    def named_gradients(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        """``(dotted name, gradient)`` pairs in the order of :meth:`named_parameters`."""
+        for name, g in self._gradient.items():
+            yield prefix + name, g
+        for i, child in enumerate(self.children()):
+            yield from child.named_gradients(f"{prefix}{i}.")
+
+    def parameters(self) -> list[Array]:
+        """All parameters (recursively), in a stable order."""
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every descendant, depth first."""
+        yield self
+        for child in self.children():
+            yield from child.modules()
+
+    def num_parameters(self) -> int:
+        """Total number of scalar parameters."""
+        return sum(int(np.prod(p.shape)) for p in self.parameters())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as NumPy arrays by dotted name (``"0.weight"``, ``"3.bias"``)."""
+        return {name: backends.to_numpy(p).copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Copy values from ``state`` (arrays of any backend) into the parameters.
+
+        Values are converted to each parameter's backend, device and dtype. With
+        ``strict``, missing or unexpected names raise ``KeyError``; a shape mismatch
+        always raises ``ValueError``. Gradients are reset to zero.
+        """
+        own = dict(self.named_parameters())
+        if strict:
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            if missing or unexpected:
+                raise KeyError(
+                    f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                    f"unexpected keys {unexpected}"
+                )
+        for module, prefix in _modules_with_prefix(self):
+            for name, p in list(module._parameters.items()):
+                key = prefix + name
+                if key not in state:
+                    continue
+                value = backends.to_numpy(state[key])
+                if tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"{type(self).__name__}.load_state_dict: parameter {key!r} expects "
+                        f"shape {tuple(p.shape)}, got {tuple(value.shape)}"
+                    )
+                value = value.astype(backends.dtype_name(p), copy=True)
+                module._set_parameter(name, backends.from_numpy(value, p))
+        self.zero_grad()
+
+    def to(self, backend: str | None = None, dtype: Any = None, device: Any = None) -> Module:
+        """Move parameters and gradients (recursively) to a backend, dtype and device.
+
+        ``backend`` defaults to the current backend, ``dtype`` to each parameter's own,
+        ``device`` to the target backend's default. Returns ``self``.
+        """
+        target = backends._get(backend) if backend is not None else backends.current()
+        dev = (
+            target.normalize_device(device)
+            if device is not None
+            else (backends.get_device() if target is backends.current() else None)
+        )
+        dt = None if dtype is None else backends._dtype_name(dtype)
+        if dt is not None and dt not in backends.FLOAT_DTYPES:
+            raise ValueError(
+                f"{type(self).__name__}.to: dtype must be float32 or float64, got {dtype!r}"
+            )
+        for module in self.modules():
+            for table in (module._parameters, module._gradient):
+                for name, value in list(table.items()):
+                    host = backends.to_numpy(value)
+                    host = host.astype(dt or host.dtype, copy=False)
+                    table[name] = target.from_numpy(host, dev)
+            module._owned = dict(module._parameters)
+            module._cache_key = module._cache = None
+            module._moved()
+        return self
+
+    def _moved(self) -> None:
+        """Hook for subclasses holding other arrays (optimiser state, buffers)."""
+
+    # -- description ----------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this module (used by ``nnx.save``)."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    @property
+    def name(self) -> str:
+        """Short description used in error messages, e.g. ``"Linear(4, 3)"``."""
+        return repr(self)
+
+    # -- checks shared by the layers --------------------------------------------------
+    def _check_input(
+        self, X: Array, shape: tuple[Any, ...], what: str = "input", like: Array = None
+    ) -> None:
+        """Check that ``X`` is a floating array of ``shape`` (``None`` = any size).
+
+        ``like`` (a parameter) fixes the expected backend and dtype. Entries of
+        ``shape`` may be strings used only in the message (any size accepted).
+        """
+        check_array(self.name, X, shape, what, like)
+
+
+def check_array(
+    owner: str, X: Array, shape: tuple[Any, ...], what: str, like: Array = None
+) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming ``owner`` unless ``X`` fits.
+
+    ``shape`` entries: an ``int`` (that exact size), ``None`` or a string (any size; the
+    string names the axis in the message).
+    """
+    backend = backends.backend_of(X)
+    if backend is None and not backends.is_array(X):
+        raise TypeError(f"{owner}: expected {what} to be an array, got {type(X).__name__}")
+    if like is not None and type(X) is not type(like):
+        raise TypeError(
+            f"{owner}: {what} is a {backends.backend_name(X)} array but the module's "
+            f"parameters are on backend {backends.backend_name(like)!r}; move the data "
+            f"with nnx.asarray(...) or the module with .to(...)"
+        )
+    if len(X.shape) != len(shape) or any(
+        isinstance(s, int) and s != n for s, n in zip(shape, X.shape, strict=True)
+    ):
+        expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(
+            f"{owner}: expected {what} of shape {expected}, got shape {tuple(X.shape)}"
+        )
+    if like is not None:
+        if X.dtype != like.dtype:
+            raise TypeError(
+                f"{owner}: expected {what} of dtype {backends.dtype_name(like)} (the "
+                f"parameters' dtype), got {backends.dtype_name(X)}; convert it explicitly"
+            )
+    elif not is_floating(X):
+        raise TypeError(
+            f"{owner}: expected a floating-point {what}, got dtype {backends.dtype_name(X)}"
+        )
+
+
+def check_positive_int(owner: str, arg: str, value: Any) -> None:
+    """Raise unless ``value`` is a positive integer (``bool`` is refused)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{owner}: {arg} must be an int, got {type(value).__name__} {value!r}")
+    if int(value) <= 0:
+        raise ValueError(f"{owner}: {arg} must be a positive int, got {value!r}")
+
+
+_FLOATING: dict[Any, bool] = {}
+
+
+def is_floating(X: Array) -> bool:
+    """Whether ``X`` has a real floating dtype (cached per dtype)."""
+    key = id(X.dtype)
+    result = _FLOATING.get(key)
+    if result is None:
+        result = _FLOATING[key] = backends.dtype_name(X).startswith("float")
+    return result
+
+
+def namespace(x: Array) -> Any:
+    """Array API namespace of an array (short alias used by the layers)."""
+    return backends.namespace_of(x)
+
+
+def _modules_with_prefix(module: Module, prefix: str = "") -> Iterator[tuple[Module, str]]:
+    yield module, prefix
+    for i, child in enumerate(module.children()):
+        yield from _modules_with_prefix(child, f"{prefix}{i}.")
+
+
+class Loss:
+    """Base class of the losses.
+
+    ``forward(y, yhat)`` returns the per-sample losses, shape ``(batch,)``;
+    ``backward(y, yhat)`` returns :math:`\\partial L / \\partial \\hat y` for
+    :math:`L = \\sum_i \\ell_i`, the same shape as ``yhat``.
+    """
+
+    def forward(self, y: Array, yhat: Array) -> Array:
+        raise NotImplementedError
+
+    def backward(self, y: Array, yhat: Array) -> Array:
+        raise NotImplementedError
+
+    def __call__(self, y: Array, yhat: Array) -> Array:
+        return self.forward(y, yhat)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
