@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .module import Array, Loss, Module, namespace
+from .module import Array, Loss, Module, is_floating, namespace
 
 
 class Sequential(Module):
@@ -181,13 +181,18 @@ class Optim:
         self.optimizer = optimizer
 
     def _device_data(self, X: Any) -> Array:
-        """Host data (or an array of another backend) on the network's backend."""
+        """Data on the network's backend; floating data takes the network's dtype.
+
+        This is the one place where nnx converts: host data (NumPy arrays, lists) or
+        arrays of another backend are moved, floating data is cast to the parameters'
+        dtype; integer labels keep their dtype. Arrays already right are returned as is.
+        """
         like = next(iter(self.network.parameters()), None)
-        if like is not None and type(X) is type(like):
-            return X
         if like is None:
-            return backends.asarray(X) if backends.backend_of(X) is None else X
-        host = backends.to_numpy(X)
+            return backends.asarray(X) if backends.backend_of(X) is not backends.current() else X
+        if type(X) is type(like) and (X.dtype == like.dtype or not is_floating(X)):
+            return X
+        host = backends.to_numpy(X) if backends.is_array(X) else np.asarray(X)
         if host.dtype.kind == "f":
             host = host.astype(backends.dtype_name(like), copy=False)
         return backends.from_numpy(host, like)

@@ -1,0 +1,88 @@
+"""One fixture runs every test on each installed backend.
+
+``backend`` is parametrised over numpy, array_api_strict, torch and cupy. A backend
+whose library is missing is skipped with the reason; CuPy without a GPU is skipped,
+unless ``NNX_REQUIRE_GPU=1`` (GPU machines), which turns that skip into a failure.
+``NNX_TEST_BACKENDS=numpy,torch`` restricts the run (each nox session sets it to its
+own backend). The fixture selects the backend for the test and restores the previous
+backend, default dtype and seed afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import backends
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy")
+
+
+def _selected() -> tuple[str, ...]:
+    raw = os.environ.get("NNX_TEST_BACKENDS", "").strip()
+    if not raw:
+        return ALL_BACKENDS
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    unknown = set(names) - set(ALL_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"NNX_TEST_BACKENDS: unknown backend(s) {sorted(unknown)}")
+    return names
+
+
+def _unavailable_reason(name: str) -> str | None:
+    module = backends.BACKENDS[name].module_name
+    if importlib.util.find_spec(module) is None:
+        return f"backend {name!r}: {module} is not installed"
+    try:
+        backends.BACKENDS[name].load()
+    except (ImportError, RuntimeError) as exc:
+        return f"backend {name!r} unavailable: {exc}"
+    return None
+
+
+def _params() -> list:
+    params = []
+    for name in _selected():
+        marks = [pytest.mark.gpu] if name == "cupy" else []
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+@pytest.fixture(params=_params())
+def backend(request: pytest.FixtureRequest) -> str:
+    """Name of the backend under test; it is selected for the duration of the test."""
+    name = request.param
+    reason = _unavailable_reason(name)
+    if reason is not None:
+        if name == "cupy" and os.environ.get("NNX_REQUIRE_GPU") == "1":
+            pytest.fail(f"NNX_REQUIRE_GPU=1 but {reason}")
+        pytest.skip(reason)
+    saved_dtype = nnx.get_default_dtype()
+    with nnx.use_backend(name):
+        nnx.manual_seed(0)
+        try:
+            yield name
+        finally:
+            nnx.set_default_dtype(saved_dtype)
+
+
+@pytest.fixture
+def xp(backend: str):
+    """Array API namespace of the backend under test."""
+    return backends.BACKENDS[backend].xp
+
+
+@pytest.fixture
+def float64(backend: str):
+    """Switch the default dtype to float64 for the test (gradient checks)."""
+    nnx.set_default_dtype("float64")
+    yield "float64"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
