@@ -252,15 +252,16 @@ def check_positive_int(owner: str, arg: str, value: Any) -> None:
         raise ValueError(f"{owner}: {arg} must be a positive int, got {value!r}")
 
 
-_FLOATING: dict[Any, bool] = {}
+_FLOATING: dict[type, dict[Any, bool]] = {}
 
 
 def is_floating(X: Array) -> bool:
-    """Whether ``X`` has a real floating dtype (cached per dtype)."""
-    key = id(X.dtype)
-    result = _FLOATING.get(key)
+    """Whether ``X`` has a real floating dtype (cached per library and dtype)."""
+    dt = X.dtype
+    table = _FLOATING.setdefault(type(dt), {})  # one table per library: no cross-library ==
+    result = table.get(dt)
     if result is None:
-        result = _FLOATING[key] = backends.dtype_name(X).startswith("float")
+        result = table[dt] = backends.dtype_name(X).startswith("float")
     return result
 
 
