@@ -8,6 +8,7 @@ last axis. None has parameters, so ``backward_update_gradient`` is a no-op; thei
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from .module import Array, Module, namespace
@@ -92,6 +93,10 @@ class LeakyReLU(Activation):
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(
+                f"LeakyReLU: alpha must be a real number, got {type(alpha).__name__} {alpha!r}"
+            )
         self.alpha = float(alpha)
 
     def get_config(self) -> dict[str, Any]:

@@ -155,7 +155,11 @@ class Module:
         ``backend`` defaults to the current backend, ``dtype`` to each parameter's own,
         ``device`` to the target backend's default. Returns ``self``.
         """
-        target = backends._get(backend) if backend is not None else backends.current()
+        target = (
+            backends._get(backend, f"{type(self).__name__}.to")
+            if backend is not None
+            else backends.current()
+        )
         dev = (
             target.normalize_device(device)
             if device is not None

@@ -70,9 +70,9 @@ class _State:
 _state = _State()
 
 
-def _get(name: str) -> Backend:
+def _get(name: str, owner: str = "nnx.set_backend") -> Backend:
     if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+        raise ValueError(f"{owner}: unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     backend = BACKENDS[name]
     try:
         return backend.load()
@@ -128,7 +128,9 @@ def set_default_dtype(dtype: Any) -> None:
     """Set the float dtype of new parameters and of :func:`asarray` (float32/float64)."""
     name = _dtype_name(dtype)
     if name not in FLOAT_DTYPES:
-        raise ValueError(f"default dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+        raise ValueError(
+            f"nnx.set_default_dtype: dtype must be one of {FLOAT_DTYPES}, got {dtype!r}"
+        )
     _state.dtype = name
 
 
@@ -153,6 +155,12 @@ def dtype_name(x: Any) -> str:
 
 def manual_seed(seed: int) -> None:
     """Seed nnx's random generator (initialisation, shuffles without explicit seed)."""
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(
+            f"nnx.manual_seed: seed must be a non-negative int, got {type(seed).__name__} {seed!r}"
+        )
+    if int(seed) < 0:
+        raise ValueError(f"nnx.manual_seed: seed must be a non-negative int, got {seed!r}")
     _state.rng = np.random.default_rng(seed)
 
 
