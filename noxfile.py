@@ -1,0 +1,154 @@
+"""Test matrix, lint, docs and benchmarks for nnx.
+
+``nox`` runs every session that can run on a CPU-only machine: ``lint``, the four
+``tests(backend=...)`` sessions (the CuPy one skips, with a message, when there is no
+NVIDIA GPU) and ``docs``. ``bench`` runs only when asked for.
+
+Select sessions by name or by tag::
+
+    nox -s "tests(backend='numpy')"   # one backend
+    nox -t cpu                       # numpy, array_api_strict, torch
+    nox -t gpu                       # cupy (fails instead of skipping if NNX_REQUIRE_GPU=1)
+    nox -s docs
+    nox -s bench -- --quick          # arguments after -- go to benchmarks/run.py
+    nox -s "tests(backend='torch')" -- -k conv -x   # ... or to pytest
+
+Environment variables:
+
+``NNX_REQUIRE_GPU=1``
+    On a machine that must have a GPU: the CuPy session fails instead of skipping when
+    no NVIDIA GPU is found, and the test suite fails instead of skipping CuPy tests.
+``NNX_TORCH_REQUIREMENT``
+    What ``pip install`` gets for PyTorch (default ``torch==2.13.0``; the tests compare
+    every layer against PyTorch autograd). Several words are split like a shell, e.g.
+    ``NNX_TORCH_REQUIREMENT="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"``
+    for a CUDA build on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "docs"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+LINT_PATHS = ("nnx", "tests", "benchmarks", "examples", "docs", "noxfile.py")
+DEFAULT_TORCH = "torch==2.13.0"
+# Tests that check error messages: run once more with asserts stripped (python -O).
+ERROR_TEST_GLOBS = ("tests/test_bad_input*.py", "tests/test_errors*.py")
+NO_TESTS_COLLECTED = 5
+
+BACKENDS = [
+    nox.param("numpy", tags=["numpy", "cpu"]),
+    nox.param("array_api_strict", tags=["array_api_strict", "cpu"]),
+    nox.param("torch", tags=["torch", "cpu"]),
+    nox.param("cupy", tags=["cupy", "gpu"]),
+]
+
+
+def _torch_requirement() -> list[str]:
+    raw = os.environ.get("NNX_TORCH_REQUIREMENT", "").strip()
+    return shlex.split(raw) if raw else [DEFAULT_TORCH]
+
+
+def _require_gpu() -> bool:
+    return os.environ.get("NNX_REQUIRE_GPU", "").strip() == "1"
+
+
+def _nvidia_gpu() -> str | None:
+    """Describe the NVIDIA GPU of this machine, or return None (CuPy is not imported)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            out = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            out = None
+        if out is not None and out.returncode == 0:
+            gpus = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+            if gpus:
+                return gpus[0]
+    if Path("/dev/nvidia0").exists():
+        return "/dev/nvidia0"
+    return None
+
+
+def _pytest_success_codes(session: nox.Session) -> list[int]:
+    # pytest exits 5 when it collects nothing. With no extra arguments the whole suite
+    # runs, so an empty run means something is broken; with a user's selection (-k, -m,
+    # a path) one backend may legitimately have nothing to run.
+    return [0, NO_TESTS_COLLECTED] if session.posargs else [0]
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Run the test suite on one backend (NNX_TEST_BACKENDS=<backend>)."""
+    env = {"NNX_TEST_BACKENDS": backend}
+    extras = "tests"
+    if backend == "cupy":
+        gpu = _nvidia_gpu()
+        if gpu is None:
+            msg = "no NVIDIA GPU found (no nvidia-smi GPU, no /dev/nvidia0): CuPy not tested"
+            if _require_gpu():
+                session.error(f"NNX_REQUIRE_GPU=1 but {msg}")
+            session.skip(msg)
+        session.log(f"GPU: {gpu}")
+        extras = "tests,cupy"
+        # A GPU is present: the CuPy tests must run, not skip.
+        env["NNX_REQUIRE_GPU"] = "1"
+    session.install(f".[{extras}]", *_torch_requirement())
+    session.run("pytest", *session.posargs, env=env, success_codes=_pytest_success_codes(session))
+    if backend == "numpy":
+        # Docstring examples of the installed package.
+        session.run("pytest", "--doctest-modules", "--pyargs", "nnx", "-q")
+        # The errors must not rely on assert statements.
+        error_tests = sorted({f for pattern in ERROR_TEST_GLOBS for f in glob.glob(pattern)})
+        if error_tests:
+            session.run("python", "-O", "-m", "pytest", "-x", "-q", *error_tests, env=env)
+        else:
+            session.log(f"no test file matches {ERROR_TEST_GLOBS}: python -O run skipped")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Generate the figures (docs/scripts/*.py), then build the HTML with warnings as errors."""
+    session.install(".[docs]")
+    for script in sorted(glob.glob("docs/scripts/*.py")):
+        session.run("python", script)
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not run by plain ``nox``): ``nox -s bench -- <args of benchmarks/run.py>``."""
+    session.install(".", *_torch_requirement())
+    session.run("python", "benchmarks/run.py", *session.posargs)
