@@ -239,12 +239,15 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     if backend.is_array(x) and dtype is None and not _is_float(dtype_name(x)):
         return x
     host = to_numpy(x) if (backend_of(x) is not None or _has_dlpack(x)) else np.asarray(x)
+    if host.dtype.kind not in "biuf":
+        raise TypeError(
+            f"nnx.asarray: expected numeric data (bool, int or float), got "
+            f"{type(x).__name__} of dtype {host.dtype}"
+        )
     if dtype is not None:
         host = host.astype(_dtype_name(dtype), copy=False)
-    elif host.dtype.kind == "f" or host.dtype.kind == "c":
+    elif host.dtype.kind == "f":
         host = host.astype(_state.dtype, copy=False)
-    elif host.dtype.kind == "O":
-        raise TypeError(f"nnx.asarray: cannot convert data of type {type(x).__name__}")
     return backend.from_numpy(host, _state.device)
 
 
