@@ -317,7 +317,8 @@ class Flatten(Module):
 
     def forward(self, X: Array) -> Array:
         self._check_input(X, ("batch", "length", "chan"))
-        return namespace(X).reshape(X, (X.shape[0], -1))
+        # explicit width: reshape (0, -1) is ambiguous for an empty batch
+        return namespace(X).reshape(X, (X.shape[0], X.shape[1] * X.shape[2]))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_input(input, ("batch", "length", "chan"))

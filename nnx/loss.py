@@ -86,7 +86,7 @@ def _per_sample(xp: Any, values: Array) -> Array:
     """Sum over every axis but the first: ``(batch, ...) -> (batch,)``."""
     if len(values.shape) == 1:
         return values
-    return xp.sum(xp.reshape(values, (values.shape[0], -1)), axis=1)
+    return xp.sum(values, axis=tuple(range(1, len(values.shape))))
 
 
 class MSELoss(_TargetLoss):
