@@ -1,0 +1,448 @@
+"""Forward and both backward methods of every module against PyTorch and finite differences.
+
+Every test runs on each backend (``backend`` fixture). With :math:`L = \\sum out \\odot R`
+for a random ``R``: forward, ``backward_delta`` (dL/dinput) and the gradient accumulated by
+``backward_update_gradient`` (dL/dparams) are compared with PyTorch autograd in float64
+(and in float32 with float32 tolerances), and with central finite differences in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from helpers import (
+    assert_close,
+    finite_difference_check,
+    host,
+    module_vjp,
+    torch_module_reference,
+)
+
+import nnx
+from nnx import backends
+
+pytest.importorskip("torch")
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def away_from_kinks(x: np.ndarray, gap: float = 0.05) -> np.ndarray:
+    """Move values within ``gap`` of 0 to +-gap (ReLU and LeakyReLU are not smooth at 0)."""
+    return np.where(np.abs(x) < gap, np.where(x < 0, -gap, gap), x)
+
+
+def distinct_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values at least 0.1 apart (no ties, so a max-pool's argmax is stable under +-h)."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) * 0.1 - 0.05 * n).reshape(shape) + rng.uniform(0, 0.01, shape)
+
+
+ACTIVATIONS: list[tuple[str, Callable[[], nnx.Module]]] = [
+    ("ReLU", nnx.ReLU),
+    ("LeakyReLU", nnx.LeakyReLU),
+    ("LeakyReLU0.3", lambda: nnx.LeakyReLU(alpha=0.3)),
+    ("Sigmoid", nnx.Sigmoid),
+    ("StableSigmoid", nnx.StableSigmoid),
+    ("TanH", nnx.TanH),
+    ("Softplus", nnx.Softplus),
+    ("Softmax", nnx.Softmax),
+    ("LogSoftmax", nnx.LogSoftmax),
+]
+ACT_IDS = [name for name, _ in ACTIVATIONS]
+ACT_MAKERS = [make for _, make in ACTIVATIONS]
+SHAPES = [(4, 6), (2, 3, 5)]
+
+# (k_size, stride, length, chan_in, chan_out, bias): k 1-5, stride 1-4 (also > k),
+# length == k, (length - k) not a multiple of the stride, 1-3 channels.
+CONV_GEOMETRIES = [
+    (1, 1, 5, 1, 1, False),
+    (1, 2, 7, 2, 3, True),
+    (1, 4, 10, 2, 2, False),
+    (2, 1, 6, 1, 2, True),
+    (2, 2, 9, 3, 2, False),
+    (2, 3, 10, 2, 2, True),
+    (3, 1, 8, 1, 4, False),
+    (3, 2, 10, 2, 3, True),
+    (3, 3, 11, 3, 1, False),
+    (3, 4, 13, 2, 2, True),
+    (4, 1, 7, 2, 2, False),
+    (4, 3, 12, 1, 3, True),
+    (4, 4, 4, 2, 2, True),
+    (5, 1, 9, 3, 2, True),
+    (5, 2, 12, 1, 1, False),
+    (5, 3, 5, 1, 2, False),
+    (5, 4, 16, 2, 3, True),
+]
+CONV_IDS = [f"k{k}s{s}L{n}c{c}d{d}{'b' if b else ''}" for k, s, n, c, d, b in CONV_GEOMETRIES]
+
+# (k_size, stride, length, chan)
+POOL_GEOMETRIES = [
+    (1, 1, 5, 2),
+    (1, 3, 8, 1),
+    (2, 1, 7, 3),
+    (2, 2, 9, 2),
+    (2, 3, 10, 1),
+    (3, 1, 8, 2),
+    (3, 2, 10, 3),
+    (3, 3, 3, 1),
+    (3, 4, 14, 2),
+    (4, 2, 11, 2),
+    (4, 4, 13, 3),
+    (5, 1, 9, 1),
+    (5, 3, 12, 2),
+    (5, 4, 17, 2),
+]
+POOL_IDS = [f"k{k}s{s}L{n}c{c}" for k, s, n, c in POOL_GEOMETRIES]
+POOLS = {"max": nnx.MaxPool1D, "avg": nnx.AvgPool1D}
+
+F64 = {"rtol": 1e-10, "atol": 1e-10}
+F32 = {"rtol": 2e-4, "atol": 2e-5}
+
+
+def check_against_torch(module: nnx.Module, x: np.ndarray, rng: np.random.Generator) -> None:
+    """Forward, dL/dx and dL/dparams of ``module`` (current backend) equal PyTorch's."""
+    out_shape = tuple(module.forward(nnx.asarray(x, dtype=_dtype(module))).shape)
+    R = rng.standard_normal(out_shape)
+    out, dx, grads = module_vjp(module, x, R)
+    # the reference sees the very values nnx saw (float32 inputs rounded the same way)
+    x_seen = x.astype(_dtype(module)).astype(np.float64)
+    t_out, t_dx, t_grads = torch_module_reference(module, x_seen, R)
+    tol = F64 if _dtype(module) == "float64" else F32
+    scale = max(1.0, float(np.abs(t_out).max()))
+    np.testing.assert_allclose(out, t_out, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    np.testing.assert_allclose(dx, t_dx, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    assert set(grads) == set(t_grads)
+    for name, g in grads.items():
+        g_scale = max(1.0, float(np.abs(t_grads[name]).max()))
+        np.testing.assert_allclose(
+            g, t_grads[name], rtol=tol["rtol"], atol=tol["atol"] * g_scale, err_msg=name
+        )
+
+
+def _dtype(module: nnx.Module) -> str:
+    params = module.parameters()
+    return backends.dtype_name(params[0]) if params else nnx.get_default_dtype()
+
+
+def activation_input(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal(shape) * 2.0
+    return away_from_kinks(x) if "ReLU" in name else x
+
+
+# -- activations -------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d"])
+@pytest.mark.parametrize("make", ACT_MAKERS, ids=ACT_IDS)
+def test_activation_vs_torch(backend, float64, rng, make, shape):
+    module = make()
+    check_against_torch(module, activation_input(type(module).__name__, shape, rng), rng)
+
+
+@pytest.mark.parametrize("make", ACT_MAKERS, ids=ACT_IDS)
+def test_activation_vs_torch_float32(backend, rng, make):
+    module = make()
+    check_against_torch(module, activation_input(type(module).__name__, (5, 7), rng), rng)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d"])
+@pytest.mark.parametrize("make", ACT_MAKERS, ids=ACT_IDS)
+def test_activation_finite_differences(backend, float64, rng, make, shape):
+    module = make()
+    finite_difference_check(module, activation_input(type(module).__name__, shape, rng))
+
+
+def test_relu_family_derivative_at_zero(backend, float64):
+    """At exactly 0, ReLU passes no gradient and LeakyReLU passes alpha (as PyTorch)."""
+    x = nnx.asarray([[-1.0, 0.0, 2.0]])
+    delta = nnx.asarray([[1.0, 1.0, 1.0]])
+    assert_close(nnx.ReLU().backward_delta(x, delta), [[0.0, 0.0, 1.0]])
+    assert_close(nnx.LeakyReLU(0.25).backward_delta(x, delta), [[0.25, 0.25, 1.0]])
+    assert_close(nnx.LeakyReLU(0.25)(x), [[-0.25, 0.0, 2.0]])
+
+
+def test_activation_backward_without_forward(backend, float64, rng):
+    """backward_delta on an input never seen by forward (no stale cache)."""
+    for make in ACT_MAKERS:
+        module = make()
+        x1 = nnx.asarray(rng.standard_normal((3, 4)))
+        x2 = nnx.asarray(rng.standard_normal((3, 4)))
+        delta = nnx.asarray(rng.standard_normal((3, 4)))
+        module.forward(x1)
+        fresh = make()
+        assert_close(module.backward_delta(x2, delta), fresh.backward_delta(x2, delta), 1e-12)
+
+
+# -- Linear ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("sizes", [(1, 1), (4, 3), (7, 5)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_linear_vs_torch(backend, float64, rng, bias, sizes):
+    module = nnx.Linear(*sizes, bias=bias, init_type="normal")
+    check_against_torch(module, rng.standard_normal((6, sizes[0])), rng)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_linear_vs_torch_float32(backend, rng, bias):
+    module = nnx.Linear(7, 5, bias=bias, init_type="normal")
+    check_against_torch(module, rng.standard_normal((6, 7)), rng)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_linear_finite_differences(backend, float64, rng, bias):
+    module = nnx.Linear(5, 4, bias=bias, init_type="normal")
+    finite_difference_check(module, rng.standard_normal((3, 5)))
+
+
+def test_linear_parameter_shapes(backend):
+    layer = nnx.Linear(4, 3)
+    assert tuple(layer._parameters["weight"].shape) == (4, 3)
+    assert tuple(layer._parameters["bias"].shape) == (1, 3)
+    assert set(nnx.Linear(4, 3, bias=False)._parameters) == {"weight"}
+    for name, p in layer._parameters.items():
+        assert tuple(layer._gradient[name].shape) == tuple(p.shape)
+        assert np.all(host(layer._gradient[name]) == 0)
+
+
+# -- Conv1D ------------------------------------------------------------------------------
+def conv_and_input(geometry: tuple, rng: np.random.Generator) -> tuple[nnx.Conv1D, np.ndarray]:
+    k, s, length, c_in, c_out, bias = geometry
+    module = nnx.Conv1D(k, c_in, c_out, stride=s, bias=bias, init_type="normal")
+    return module, rng.standard_normal((3, length, c_in))
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=CONV_IDS)
+def test_conv1d_vs_torch(backend, float64, rng, geometry):
+    module, x = conv_and_input(geometry, rng)
+    k, s, length, _, c_out, _ = geometry
+    assert tuple(module(nnx.asarray(x)).shape) == (3, (length - k) // s + 1, c_out)
+    check_against_torch(module, x, rng)
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES[::4], ids=CONV_IDS[::4])
+def test_conv1d_vs_torch_float32(backend, rng, geometry):
+    module, x = conv_and_input(geometry, rng)
+    check_against_torch(module, x, rng)
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=CONV_IDS)
+def test_conv1d_finite_differences(backend, float64, rng, geometry):
+    module, x = conv_and_input(geometry, rng)
+    finite_difference_check(module, x)
+
+
+def test_conv1d_formula(backend, float64, rng):
+    """out[b, o, d] = sum_k sum_c X[b, o*s + k, c] W[k, c, d] + bias[d], by explicit loops."""
+    module = nnx.Conv1D(3, 2, 2, stride=2, bias=True, init_type="normal")
+    x = rng.standard_normal((2, 8, 2))
+    W, b = host(module._parameters["weight"]), host(module._parameters["bias"])
+    expected = np.zeros((2, 3, 2))
+    for bi in range(2):
+        for o in range(3):
+            for d in range(2):
+                expected[bi, o, d] = b[d] + sum(
+                    x[bi, o * 2 + k, c] * W[k, c, d] for k in range(3) for c in range(2)
+                )
+    assert_close(module(nnx.asarray(x)), expected, rtol=1e-12, atol=1e-12)
+
+
+# -- pools -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(POOLS))
+@pytest.mark.parametrize("geometry", POOL_GEOMETRIES, ids=POOL_IDS)
+def test_pool_vs_torch(backend, float64, rng, kind, geometry):
+    k, s, length, chan = geometry
+    module = POOLS[kind](k, s)
+    x = distinct_values(rng, (3, length, chan))
+    assert tuple(module(nnx.asarray(x)).shape) == (3, (length - k) // s + 1, chan)
+    check_against_torch(module, x, rng)
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+@pytest.mark.parametrize("geometry", POOL_GEOMETRIES, ids=POOL_IDS)
+def test_pool_finite_differences(backend, float64, rng, kind, geometry):
+    k, s, length, chan = geometry
+    finite_difference_check(POOLS[kind](k, s), distinct_values(rng, (3, length, chan)))
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_pool_vs_torch_float32(backend, rng, kind):
+    check_against_torch(POOLS[kind](3, 2), distinct_values(rng, (4, 11, 3)), rng)
+
+
+def test_maxpool_ties_go_to_first_maximum(backend, float64):
+    # windows (k=3, s=1) of [1, 3, 3, 2, 3]: maxima at positions 1, 1, 2
+    x = nnx.asarray(np.array([1.0, 3.0, 3.0, 2.0, 3.0]).reshape(1, 5, 1))
+    pool = nnx.MaxPool1D(3, 1)
+    assert_close(pool(x)[0, :, 0], [3.0, 3.0, 3.0])
+    dx = pool.backward_delta(x, nnx.asarray(np.ones((1, 3, 1))))
+    assert_close(dx[0, :, 0], [0.0, 2.0, 1.0, 0.0, 0.0])
+
+
+def test_maxpool_ties_match_torch(backend, float64, rng):
+    """Many ties (values from {0, 1, 2}), overlapping and gapped windows."""
+    for k, s in [(2, 1), (3, 1), (3, 2), (4, 3), (2, 3)]:
+        x = rng.integers(0, 3, (3, 13, 2)).astype(np.float64)
+        check_against_torch(nnx.MaxPool1D(k, s), x, rng)
+
+
+def test_maxpool_all_equal_window(backend, float64):
+    x = nnx.asarray(np.full((2, 4, 3), 7.0))
+    dx = nnx.MaxPool1D(4, 1).backward_delta(x, nnx.asarray(np.ones((2, 1, 3))))
+    expected = np.zeros((2, 4, 3))
+    expected[:, 0, :] = 1.0
+    assert_close(dx, expected)
+
+
+# -- Flatten -----------------------------------------------------------------------------
+def test_flatten_vs_torch(backend, float64, rng):
+    check_against_torch(nnx.Flatten(), rng.standard_normal((3, 5, 4)), rng)
+
+
+def test_flatten_finite_differences(backend, float64, rng):
+    finite_difference_check(nnx.Flatten(), rng.standard_normal((2, 4, 3)))
+
+
+def test_flatten_row_major(backend):
+    x = np.arange(24.0).reshape(2, 4, 3)
+    out = nnx.Flatten()(nnx.asarray(x))
+    assert_close(out, x.reshape(2, 12))
+    back = nnx.Flatten().backward_delta(nnx.asarray(x), out)
+    assert_close(back, x)
+
+
+# -- parameter-free modules --------------------------------------------------------------
+PARAM_FREE = [
+    *ACT_MAKERS,
+    lambda: nnx.MaxPool1D(2, 2),
+    lambda: nnx.AvgPool1D(3, 1),
+    nnx.Flatten,
+]
+
+
+@pytest.mark.parametrize("make", PARAM_FREE)
+def test_parameter_free_modules(backend, rng, make):
+    module = make()
+    x = nnx.asarray(rng.standard_normal((2, 6, 3)))
+    out = module(x)
+    module.backward_update_gradient(x, out)  # a no-op, but it must accept the call
+    module.zero_grad()
+    module.update_parameters(0.1)
+    assert module._parameters == {} and module._gradient == {}
+    assert list(module.named_parameters()) == []
+
+
+# -- gradient bookkeeping ----------------------------------------------------------------
+PARAM_MODULES = {
+    "linear": (lambda: nnx.Linear(4, 3, init_type="normal"), (5, 4)),
+    "linear_nobias": (lambda: nnx.Linear(4, 3, bias=False), (5, 4)),
+    "conv": (lambda: nnx.Conv1D(3, 2, 4, stride=2, bias=True, init_type="normal"), (3, 9, 2)),
+    "conv_nobias": (lambda: nnx.Conv1D(2, 3, 2, stride=1), (3, 6, 3)),
+}
+
+
+def _one_backward(module: nnx.Module, x, delta) -> dict[str, np.ndarray]:
+    module.backward_update_gradient(x, delta)
+    return {k: host(g) for k, g in module._gradient.items()}
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_MODULES))
+def test_gradients_accumulate_until_zero_grad(backend, float64, rng, name):
+    make, shape = PARAM_MODULES[name]
+    module = make()
+    x = nnx.asarray(rng.standard_normal(shape))
+    delta = nnx.asarray(rng.standard_normal(tuple(module(x).shape)))
+    x2 = nnx.asarray(rng.standard_normal(shape))
+    once = _one_backward(module, x, delta)
+    assert any(np.any(g != 0) for g in once.values())
+    twice = _one_backward(module, x, delta)
+    for key in once:
+        np.testing.assert_allclose(twice[key], 2 * once[key], rtol=1e-12, atol=1e-12)
+    # a different input adds its own contribution
+    fresh = make()
+    fresh.load_state_dict(module.state_dict())
+    other = _one_backward(fresh, x2, delta)
+    thrice = _one_backward(module, x2, delta)
+    for key in once:
+        np.testing.assert_allclose(thrice[key], 2 * once[key] + other[key], rtol=1e-12)
+    gradient_buffers = dict(module._gradient)
+    module.zero_grad()
+    for key, g in module._gradient.items():
+        assert np.all(host(g) == 0)
+        assert g is gradient_buffers[key]  # zeroed in place
+    again = _one_backward(module, x, delta)
+    for key in once:
+        np.testing.assert_allclose(again[key], once[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_MODULES))
+def test_update_parameters(backend, float64, rng, name):
+    make, shape = PARAM_MODULES[name]
+    module = make()
+    x = nnx.asarray(rng.standard_normal(shape))
+    delta = nnx.asarray(rng.standard_normal(tuple(module(x).shape)))
+    module.backward_update_gradient(x, delta)
+    before = {k: host(p) for k, p in module._parameters.items()}
+    grads = {k: host(g) for k, g in module._gradient.items()}
+    module.update_parameters(0.25)
+    for k, p in module._parameters.items():
+        np.testing.assert_allclose(host(p), before[k] - 0.25 * grads[k], rtol=1e-12, atol=1e-15)
+    # the default step is 1e-3; gradients are not reset by an update
+    module.update_parameters()
+    for k, p in module._parameters.items():
+        np.testing.assert_allclose(host(p), before[k] - 0.251 * grads[k], rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(host(module._gradient[k]), grads[k])
+    # the forward pass uses the updated values
+    if name.startswith("linear"):
+        W = host(module._parameters["weight"])
+        b = host(module._parameters["bias"]) if "bias" in module._parameters else 0.0
+        assert_close(module(x), host(x) @ W + b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_MODULES))
+def test_assigned_parameter_takes_effect(backend, float64, rng, name):
+    make, shape = PARAM_MODULES[name]
+    module, reference = make(), make()
+    x = nnx.asarray(rng.standard_normal(shape))
+    first = host(module(x))
+    new_values = {k: rng.standard_normal(tuple(p.shape)) for k, p in module._parameters.items()}
+    for k, value in new_values.items():
+        module._parameters[k] = nnx.asarray(value)
+        reference._parameters[k] = nnx.asarray(value)
+    out = host(module(x))  # x is the same object as in the cached forward above
+    assert not np.allclose(out, first)
+    assert_close(out, torch_module_reference(reference, host(x), np.ones(out.shape))[0], 1e-10)
+    # backward uses the assigned values too
+    delta = nnx.asarray(rng.standard_normal(out.shape))
+    _, t_dx, t_grads = torch_module_reference(reference, host(x), host(delta))
+    module.zero_grad()
+    module.backward_update_gradient(x, delta)
+    assert_close(module.backward_delta(x, delta), t_dx, 1e-10, 1e-12)
+    for k, g in module._gradient.items():
+        assert_close(g, t_grads[k], 1e-10, 1e-12)
+    # update_parameters never modifies the caller's array in place
+    assigned = {k: p for k, p in module._parameters.items()}
+    module.update_parameters(0.5)
+    for k, value in new_values.items():
+        np.testing.assert_array_equal(host(assigned[k]), value)
+        assert_close(module._parameters[k], value - 0.5 * host(module._gradient[k]), 1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [PARAM_MODULES["conv"], PARAM_MODULES["linear"], (lambda: nnx.MaxPool1D(3, 2), (2, 9, 2))]
+    + [(m, (3, 5)) for m in ACT_MAKERS],
+)
+def test_no_input_modified(backend, rng, make, shape):
+    """forward, both backward methods and update_parameters leave every argument intact."""
+    module = make()
+    x = nnx.asarray(rng.standard_normal(shape))
+    x_copy = host(x)
+    out = module(x)
+    out_copy = host(out)
+    delta = nnx.asarray(rng.standard_normal(tuple(out.shape)))
+    delta_copy = host(delta)
+    module.backward_update_gradient(x, delta)
+    module.backward_delta(x, delta)
+    module.update_parameters(0.1)
+    np.testing.assert_array_equal(host(x), x_copy)
+    np.testing.assert_array_equal(host(delta), delta_copy)
+    np.testing.assert_array_equal(host(out), out_copy)
