@@ -306,11 +306,13 @@ def torch_reference(
     fn: Callable[..., Any],
     inputs: Mapping[str, Any],
     weights: np.ndarray | None = None,
+    no_grad: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Forward and gradients by PyTorch autograd, in float64.
 
     ``inputs`` maps keyword names of ``fn`` to host arrays; floating ones become float64
-    leaf tensors requiring grad, integer ones plain int64 tensors. Returns
+    leaf tensors requiring grad (unless named in ``no_grad``), integer ones plain int64
+    tensors. Returns
     ``(out, grads)`` with ``grads[name]`` = :math:`\\partial L / \\partial
     \\text{inputs[name]}` for :math:`L = \\sum \\text{out} \\odot \\text{weights}`
     (``weights`` default: ones), zeros when ``out`` does not depend on it.
@@ -321,7 +323,7 @@ def torch_reference(
     for name, value in inputs.items():
         a = np.asarray(backends.to_numpy(value))
         if a.dtype.kind == "f":
-            tensors[name] = torch.tensor(a.astype(np.float64), requires_grad=True)
+            tensors[name] = torch.tensor(a.astype(np.float64), requires_grad=name not in no_grad)
         else:
             tensors[name] = torch.tensor(a.astype(np.int64))
     out = fn(**tensors)

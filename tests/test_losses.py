@@ -1,0 +1,190 @@
+"""Every loss against PyTorch's own loss functions and against finite differences.
+
+``forward(y, yhat)`` returns per-sample losses ``(batch,)``; ``backward(y, yhat)`` is
+dL/dyhat for L = sum of them. Both are checked with random per-sample weights ``w``
+(:math:`L = \\sum_i w_i \\ell_i`), so row ``i`` of ``backward`` must be the derivative of
+sample ``i``'s loss alone. Class losses take one-hot, soft (CELogSoftmax) or integer
+targets; every test runs on each backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import (
+    assert_close,
+    finite_difference_check_loss,
+    host,
+    torch_loss_forward,
+    torch_reference,
+)
+
+import nnx
+from nnx import backends
+
+pytest.importorskip("torch")
+
+BATCH, K = 5, 4
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def make_case(name: str, rng: np.random.Generator) -> tuple[nnx.Loss, np.ndarray, np.ndarray]:
+    """``(loss, y, yhat)`` host arrays for the case ``name``."""
+    labels = rng.integers(0, K, BATCH)
+    one_hot = np.eye(K)[labels]
+    logits = rng.standard_normal((BATCH, K)) * 2.0
+    if name == "mse":
+        return nnx.MSELoss(), rng.standard_normal((BATCH, K)), rng.standard_normal((BATCH, K))
+    if name == "mse_3d":
+        shape = (BATCH, 3, 2)
+        return nnx.MSELoss(), rng.standard_normal(shape), rng.standard_normal(shape)
+    if name == "bce":
+        y = rng.integers(0, 2, (BATCH, K)).astype(np.float64)
+        return nnx.BCELoss(), y, rng.uniform(0.05, 0.95, (BATCH, K))
+    if name == "bce_soft":
+        return nnx.BCELoss(), rng.uniform(0, 1, (BATCH, K)), rng.uniform(0.05, 0.95, (BATCH, K))
+    if name == "ce_onehot":
+        return nnx.CrossEntropyLoss(), one_hot, _log_softmax(logits)
+    if name == "ce_labels":
+        return nnx.CrossEntropyLoss(), labels, _log_softmax(logits)
+    if name == "celsm_onehot":
+        return nnx.CELogSoftmax(), one_hot, logits
+    if name == "celsm_labels":
+        return nnx.CELogSoftmax(), labels, logits
+    if name == "celsm_soft":
+        soft = rng.uniform(0.1, 1.0, (BATCH, K))
+        return nnx.CELogSoftmax(), soft / soft.sum(axis=1, keepdims=True), logits
+    raise ValueError(name)
+
+
+CASES = [
+    "mse",
+    "mse_3d",
+    "bce",
+    "bce_soft",
+    "ce_onehot",
+    "ce_labels",
+    "celsm_onehot",
+    "celsm_labels",
+    "celsm_soft",
+]
+
+
+def to_backend(a: np.ndarray, dtype: str) -> object:
+    """Targets: integer labels keep their dtype, floating data takes ``dtype``."""
+    return nnx.asarray(a, dtype=dtype if a.dtype.kind == "f" else None)
+
+
+def check_loss_against_torch(
+    loss: nnx.Loss, y: np.ndarray, yhat: np.ndarray, dtype: str, rng: np.random.Generator
+) -> None:
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == "float64" else {"rtol": 2e-5, "atol": 2e-6}
+    yb, yhatb = to_backend(y, dtype), to_backend(yhat, dtype)
+    y_before, yhat_before = host(yb), host(yhatb)
+    out = loss.forward(yb, yhatb)
+    grad = loss.backward(yb, yhatb)
+    for what, arr, shape in (("forward", out, (y.shape[0],)), ("backward", grad, yhat.shape)):
+        assert type(arr) is type(yhatb), what
+        assert backends.dtype_name(arr) == dtype, what
+        assert tuple(arr.shape) == tuple(shape), what
+    np.testing.assert_array_equal(host(yb), y_before)
+    np.testing.assert_array_equal(host(yhatb), yhat_before)
+
+    w = rng.uniform(0.5, 2.0, y.shape[0])
+    seen = {  # the values nnx saw, rounded to its dtype
+        "y": host(yb) if y.dtype.kind != "f" else host(yb).astype(np.float64),
+        "yhat": host(yhatb).astype(np.float64),
+    }
+    t_out, t_grads = torch_reference(
+        lambda y, yhat: torch_loss_forward(loss, y, yhat), seen, w, no_grad=("y",)
+    )
+    scale = max(1.0, float(np.abs(t_out).max()))
+    np.testing.assert_allclose(host(out), t_out, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    weighted = host(grad) * w.reshape((-1,) + (1,) * (yhat.ndim - 1))
+    g_scale = max(1.0, float(np.abs(t_grads["yhat"]).max()))
+    np.testing.assert_allclose(
+        weighted, t_grads["yhat"], rtol=tol["rtol"], atol=tol["atol"] * g_scale
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loss_vs_torch(backend, float64, rng, case):
+    loss, y, yhat = make_case(case, rng)
+    check_loss_against_torch(loss, y, yhat, "float64", rng)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loss_vs_torch_float32(backend, rng, case):
+    loss, y, yhat = make_case(case, rng)
+    check_loss_against_torch(loss, y, yhat, "float32", rng)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loss_finite_differences(backend, float64, rng, case):
+    loss, y, yhat = make_case(case, rng)
+    finite_difference_check_loss(loss, y, yhat)
+
+
+@pytest.mark.parametrize("label_dtype", ["int64", "int32", "uint8"])
+@pytest.mark.parametrize("loss_type", [nnx.CrossEntropyLoss, nnx.CELogSoftmax])
+def test_integer_labels_equal_one_hot(backend, float64, rng, loss_type, label_dtype):
+    labels = rng.integers(0, K, BATCH).astype(label_dtype)
+    yhat = nnx.asarray(_log_softmax(rng.standard_normal((BATCH, K))))
+    loss = loss_type()
+    by_label = nnx.asarray(labels)
+    assert backends.dtype_name(by_label) == label_dtype
+    by_one_hot = nnx.asarray(np.eye(K)[labels])
+    assert_close(loss.forward(by_label, yhat), loss.forward(by_one_hot, yhat), 1e-14)
+    assert_close(loss.backward(by_label, yhat), loss.backward(by_one_hot, yhat), 1e-14)
+    np.testing.assert_array_equal(host(by_label), labels)
+
+
+def test_formulas_by_hand(backend, float64):
+    """Small cases whose values are known in closed form."""
+    y = nnx.asarray([[1.0, 0.0], [0.0, 0.0]])
+    yhat = nnx.asarray([[0.5, 0.5], [1.0, -1.0]])
+    assert_close(nnx.MSELoss()(y, yhat), [0.5, 2.0], 1e-14)
+    assert_close(nnx.MSELoss().backward(y, yhat), [[-1.0, 1.0], [2.0, -2.0]], 1e-14)
+
+    p = nnx.asarray([[0.25, 0.5]])
+    t = nnx.asarray([[1.0, 0.0]])
+    assert_close(nnx.BCELoss()(t, p), [-np.log(0.25) - np.log(0.5)], 1e-14)
+
+    logp = nnx.asarray(np.log([[0.2, 0.3, 0.5]]))
+    labels = nnx.asarray(np.array([2]))
+    assert_close(nnx.CrossEntropyLoss()(labels, logp), [-np.log(0.5)], 1e-14)
+    assert_close(nnx.CrossEntropyLoss().backward(labels, logp), [[0.0, 0.0, -1.0]])
+
+    logits = nnx.asarray([[0.0, 0.0, np.log(2.0)]])  # softmax = (1/4, 1/4, 1/2)
+    assert_close(nnx.CELogSoftmax()(labels, logits), [np.log(2.0)], 1e-14)
+    assert_close(nnx.CELogSoftmax().backward(labels, logits), [[0.25, 0.25, -0.5]], 1e-14)
+
+
+def test_celogsoftmax_equals_logsoftmax_then_crossentropy(backend, float64, rng):
+    logits = nnx.asarray(rng.standard_normal((6, 5)) * 3)
+    labels = nnx.asarray(rng.integers(0, 5, 6))
+    lsm, ce, fused = nnx.LogSoftmax(), nnx.CrossEntropyLoss(), nnx.CELogSoftmax()
+    logp = lsm(logits)
+    assert_close(fused(labels, logits), ce(labels, logp), 1e-12, 1e-12)
+    chained = lsm.backward_delta(logits, ce.backward(labels, logp))
+    assert_close(fused.backward(labels, logits), chained, 1e-12, 1e-12)
+
+
+def test_bce_saturated_predictions_are_finite(backend, float64):
+    """yhat exactly 0 or 1: finite loss (logs clamped at -100, as in PyTorch)."""
+    y = np.array([[1.0, 0.0, 1.0, 0.0]])
+    yhat = np.array([[0.0, 1.0, 1.0, 0.0]])
+    out = host(nnx.BCELoss()(nnx.asarray(y), nnx.asarray(yhat)))
+    grad = host(nnx.BCELoss().backward(nnx.asarray(y), nnx.asarray(yhat)))
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(grad))
+    t_out, _ = torch_reference(
+        lambda y, yhat: torch_loss_forward(nnx.BCELoss(), y, yhat), {"y": y, "yhat": yhat}
+    )
+    np.testing.assert_allclose(out, t_out)  # 200: two clamped logs
+    assert out[0] == pytest.approx(200.0)
+    assert grad[0, 2] == 0.0 and grad[0, 3] == 0.0  # correct predictions: no gradient
+    assert grad[0, 0] < 0 < grad[0, 1]  # wrong ones are pushed the right way
