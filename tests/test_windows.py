@@ -1,0 +1,184 @@
+"""Sliding windows: every code path gives the same ``(batch, out_length, chan, k)`` windows.
+
+``windows[b, o, c, k] = x[b, o * stride + k, c]``. Paths: the NumPy strided view, the
+CuPy code path (same function, driven here by NumPy's ``as_strided``, which has CuPy's
+signature, so its stride arithmetic is checked without a GPU), PyTorch ``unfold``, and
+the generic gather with array_api_strict's and NumPy's namespaces.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import array_api_compat.numpy as np_xp
+import numpy as np
+import pytest
+from helpers import host
+
+import nnx
+from nnx import backends
+from nnx.backends import gather_windows, sliding_window, strided_windows
+
+as_strided = np.lib.stride_tricks.as_strided
+
+# (k_size, stride, length, chan): k 1-5, stride 1-4 (also > k), length == k,
+# (length - k) not a multiple of the stride.
+GEOMETRIES = [
+    (1, 1, 4, 1),
+    (1, 3, 8, 2),
+    (2, 1, 5, 3),
+    (2, 2, 9, 1),
+    (2, 4, 11, 2),
+    (3, 1, 3, 2),
+    (3, 2, 10, 3),
+    (3, 3, 12, 1),
+    (4, 1, 9, 2),
+    (4, 3, 14, 3),
+    (4, 4, 4, 1),
+    (5, 2, 12, 2),
+    (5, 4, 19, 3),
+    (5, 1, 6, 1),
+]
+IDS = [f"k{k}s{s}L{n}c{c}" for k, s, n, c in GEOMETRIES]
+
+
+def reference(x: np.ndarray, k_size: int, stride: int) -> np.ndarray:
+    """Windows by plain index arithmetic, one element at a time."""
+    batch, length, chan = x.shape
+    out_length = (length - k_size) // stride + 1
+    ref = np.empty((batch, out_length, chan, k_size), dtype=x.dtype)
+    for o in range(out_length):
+        for k in range(k_size):
+            ref[:, o, :, k] = x[:, o * stride + k, :]
+    return ref
+
+
+def data(geometry: tuple[int, int, int, int], batch: int = 2) -> np.ndarray:
+    """Distinct integer-valued floats: every mix-up of positions shows."""
+    _, _, length, chan = geometry
+    return np.arange(batch * length * chan, dtype=np.float64).reshape(batch, length, chan)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_sliding_window_every_backend(backend, geometry):
+    k, s, _, _ = geometry
+    x_host = data(geometry)
+    x = nnx.asarray(x_host)
+    w = sliding_window(x, k, s)
+    assert type(w) is type(x)
+    assert backends.dtype_name(w) == backends.dtype_name(x)
+    np.testing.assert_array_equal(host(w), reference(x_host.astype(np.float32), k, s))
+    np.testing.assert_array_equal(host(x), x_host)  # the input is untouched
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_numpy_strided_view(geometry):
+    k, s, _, _ = geometry
+    x = data(geometry)
+    w = strided_windows(as_strided, x, k, s)
+    np.testing.assert_array_equal(w, reference(x, k, s))
+    assert np.shares_memory(w, x)  # a view, no copy
+    w_backend = backends.BACKENDS["numpy"].windows(x, k, s)
+    np.testing.assert_array_equal(w_backend, w)
+    assert np.shares_memory(w_backend, x)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["channels_first_transposed", "strided_length", "sliced_channels", "fortran", "int32"],
+)
+def test_numpy_strided_view_of_non_contiguous_input(layout):
+    """The stride arithmetic uses the input's own strides: views of any layout work."""
+    base = np.arange(3 * 40 * 6, dtype=np.float64)
+    if layout == "channels_first_transposed":
+        x = base.reshape(3, 6, 40).transpose(0, 2, 1)
+    elif layout == "strided_length":
+        x = base.reshape(3, 40, 6)[:, 1::3, :]
+    elif layout == "sliced_channels":
+        x = base.reshape(3, 40, 6)[:, 2:37, 1:5]
+    elif layout == "fortran":
+        x = np.asfortranarray(base.reshape(3, 40, 6))
+    else:
+        x = base.astype(np.int32).reshape(3, 40, 6)
+    for k, s in [(1, 1), (3, 2), (4, 3), (5, 4), (2, 5)]:
+        w = strided_windows(as_strided, x, k, s)
+        np.testing.assert_array_equal(w, reference(np.ascontiguousarray(x), k, s))
+        assert np.shares_memory(w, x)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_generic_gather_numpy_and_strict(geometry):
+    xps = pytest.importorskip("array_api_strict")
+    k, s, _, _ = geometry
+    x = data(geometry)
+    expected = reference(x, k, s)
+    np.testing.assert_array_equal(gather_windows(np_xp, x, k, s), expected)
+    w_strict = gather_windows(xps, xps.asarray(x), k, s)
+    assert isinstance(w_strict, type(xps.asarray(0.0)))
+    np.testing.assert_array_equal(np.from_dlpack(w_strict), expected)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_torch_unfold(geometry):
+    torch = pytest.importorskip("torch")
+    k, s, _, _ = geometry
+    x_host = data(geometry)
+    x = torch.from_numpy(x_host.copy())
+    w = backends.BACKENDS["torch"].load().windows(x, k, s)
+    np.testing.assert_array_equal(w.numpy(), reference(x_host, k, s))
+    assert w.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()  # no copy
+    # a non-contiguous tensor (channels-first transposed) too
+    xt = torch.from_numpy(np.ascontiguousarray(x_host.transpose(0, 2, 1))).permute(0, 2, 1)
+    np.testing.assert_array_equal(
+        backends.BACKENDS["torch"].windows(xt, k, s).numpy(), reference(x_host, k, s)
+    )
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_cupy_code_path_without_gpu(geometry):
+    """CupyBackend.windows with a stand-in CuPy module whose as_strided is NumPy's."""
+    k, s, _, _ = geometry
+    x = data(geometry)
+    fake = type("FakeCupy", (), {})()
+    fake.lib = type("lib", (), {})()
+    fake.lib.stride_tricks = type("stride_tricks", (), {"as_strided": staticmethod(as_strided)})()
+    cupy_backend = backends.CupyBackend()
+    cupy_backend._cupy = fake  # the attribute its _load sets to the cupy module
+    w = cupy_backend.windows(x, k, s)
+    np.testing.assert_array_equal(w, reference(x, k, s))
+    assert np.shares_memory(w, x)
+
+
+def test_cupy_as_strided_has_numpy_signature():
+    """The CuPy path passes shape= and strides= by keyword; CuPy's function takes them."""
+    cupy = pytest.importorskip("cupy")
+    params = inspect.signature(cupy.lib.stride_tricks.as_strided).parameters
+    assert {"shape", "strides"} <= set(params)
+    np_params = inspect.signature(as_strided).parameters
+    assert list(params)[:3] == list(np_params)[:3]
+
+
+@pytest.mark.parametrize("k, s", [(3, 2), (4, 1), (2, 4)])
+def test_all_paths_agree(k, s):
+    """One random input, every path, element for element."""
+    x = np.random.default_rng(0).standard_normal((3, 17, 4))
+    paths = {
+        "reference": reference(x, k, s),
+        "numpy": strided_windows(as_strided, x, k, s),
+        "gather_numpy": np.asarray(gather_windows(np_xp, x, k, s)),
+    }
+    try:
+        import array_api_strict as xps
+
+        paths["gather_strict"] = np.from_dlpack(gather_windows(xps, xps.asarray(x), k, s))
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        paths["torch"] = backends.BACKENDS["torch"].load().windows(torch.from_numpy(x), k, s)
+        paths["torch"] = paths["torch"].numpy()
+    except ImportError:
+        pass
+    for name, w in paths.items():
+        np.testing.assert_array_equal(w, paths["reference"], err_msg=name)
