@@ -86,6 +86,8 @@ class LeakyReLU(Activation):
     alpha : float, default 0.01
         Slope for :math:`x < 0`.
 
+    Examples
+    --------
     >>> import nnx
     >>> nnx.LeakyReLU(0.1)(nnx.asarray([[-1.0, 2.0]]))
     array([[-0.1,  2. ]], dtype=float32)

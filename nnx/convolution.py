@@ -84,10 +84,14 @@ class Conv1D(_Windowed):
     init_type : str, default ``"xavier_normal"``
         fan_in = k_size * chan_in, fan_out = k_size * chan_out.
 
-    Shapes: input ``(batch, length, chan_in)``; output
+    Shapes
+    ------
+    input ``(batch, length, chan_in)``; output
     ``(batch, (length - k_size) // stride + 1, chan_out)``; ``weight``
     ``(k_size, chan_in, chan_out)``; ``bias`` ``(chan_out,)``.
 
+    Examples
+    --------
     >>> import nnx, numpy as np
     >>> conv = nnx.Conv1D(3, 1, 32, stride=1)
     >>> conv(nnx.asarray(np.zeros((8, 256, 1)))).shape

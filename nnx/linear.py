@@ -34,9 +34,13 @@ class Linear(Module):
     init_type : str, default ``"he_normal"``
         One of :data:`nnx.init.INIT_TYPES` (fan_in = input_size, fan_out = output_size).
 
-    Shapes: input ``(batch, input_size)``, output ``(batch, output_size)``,
+    Shapes
+    ------
+    input ``(batch, input_size)``, output ``(batch, output_size)``,
     ``weight`` ``(input_size, output_size)``, ``bias`` ``(1, output_size)``.
 
+    Examples
+    --------
     >>> import nnx
     >>> nnx.manual_seed(0)
     >>> layer = nnx.Linear(4, 3)
