@@ -1,0 +1,350 @@
+"""The backend API: selection, start-up default, errors, dtypes, data moves, seeding, ``to``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import host
+
+import nnx
+from nnx import backends
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("numpy", "cupy", "torch", "array_api_strict")
+
+
+def run_python(code: str, nnx_backend: str | None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with ``NNX_BACKEND`` set (or unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    if nnx_backend is not None:
+        env["NNX_BACKEND"] = nnx_backend
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+PROBE = (
+    "import nnx; w = nnx.Linear(2, 2)._parameters['weight']; "
+    "print(nnx.get_backend(), nnx.get_default_dtype(), type(w).__module__.split('.')[0])"
+)
+MODULE_OF = {"numpy": "numpy", "torch": "torch", "array_api_strict": "array_api_strict"}
+
+
+# -- selection ---------------------------------------------------------------------------
+def test_default_backend_is_numpy():
+    result = run_python(PROBE, None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["numpy", "float32", "numpy"]
+
+
+def test_empty_env_var_means_numpy():
+    result = run_python(PROBE, "  ")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "numpy"
+
+
+def test_env_var_sets_startup_default(backend):
+    result = run_python(PROBE, backend)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [backend, "float32", MODULE_OF.get(backend, backend)]
+
+
+def test_env_var_unknown_backend_fails_clearly():
+    result = run_python("import nnx", "jax")
+    assert result.returncode != 0
+    assert "ValueError" in result.stderr and "'jax'" in result.stderr
+    for name in NAMES:
+        assert name in result.stderr
+
+
+def test_use_backend_restores(backend):
+    assert nnx.get_backend() == backend
+    with nnx.use_backend("numpy"):
+        assert nnx.get_backend() == "numpy"
+        with nnx.use_backend("array_api_strict"):
+            assert nnx.get_backend() == "array_api_strict"
+        assert nnx.get_backend() == "numpy"
+        nnx.set_backend("array_api_strict")  # undone by the enclosing block's exit
+    assert nnx.get_backend() == backend
+
+
+def test_use_backend_restores_after_exception(backend):
+    with pytest.raises(KeyError, match="boom"), nnx.use_backend("numpy"):
+        assert nnx.get_backend() == "numpy"
+        raise KeyError("boom")
+    assert nnx.get_backend() == backend
+
+
+def test_set_backend_then_get(backend):
+    other = "numpy" if backend != "numpy" else "array_api_strict"
+    try:
+        nnx.set_backend(other)
+        assert nnx.get_backend() == other
+        assert nnx.get_device() is None
+    finally:
+        nnx.set_backend(backend)
+    assert nnx.get_backend() == backend
+
+
+@pytest.mark.parametrize("bad", ["jax", "Numpy", "", "cuda", None, 3])
+def test_unknown_backend_value_error(backend, bad):
+    with pytest.raises(ValueError) as info:
+        nnx.set_backend(bad)
+    message = str(info.value)
+    for name in NAMES:
+        assert name in message
+    assert nnx.get_backend() == backend  # unchanged
+    with pytest.raises(ValueError), nnx.use_backend(bad):
+        pass
+    assert nnx.get_backend() == backend
+
+
+@pytest.mark.parametrize(
+    "name, modules, hint",
+    [
+        ("torch", ["torch", "array_api_compat.torch"], "pip install torch"),
+        ("array_api_strict", ["array_api_strict"], "pip install array-api-strict"),
+        ("cupy", ["cupy", "array_api_compat.cupy"], "pip install cupy"),
+    ],
+)
+def test_missing_library_import_error(backend, monkeypatch, name, modules, hint):
+    """A library that cannot be imported: ImportError naming it, with the install command."""
+    fresh = type(backends.BACKENDS[name])()  # not loaded yet
+    monkeypatch.setitem(backends.BACKENDS, name, fresh)
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(ImportError) as info:
+        nnx.set_backend(name)
+    message = str(info.value)
+    assert repr(name) in message and hint in message
+    assert nnx.get_backend() == backend
+
+
+def test_cupy_without_gpu_runtime_error(backend):
+    cupy = pytest.importorskip("cupy")
+    if cupy.is_available():
+        pytest.skip("a GPU is available: CuPy works here")
+    with pytest.raises(RuntimeError, match="GPU") as info:
+        nnx.set_backend("cupy")
+    assert "cupy" in str(info.value).lower()
+    assert nnx.get_backend() == backend
+    result = run_python("import nnx", "cupy")
+    assert result.returncode != 0 and "RuntimeError" in result.stderr
+
+
+def test_cpu_backends_refuse_gpu_devices(backend):
+    if backend == "cupy":
+        pytest.skip("CuPy takes GPU devices")
+    for name in ("numpy", "array_api_strict"):
+        with pytest.raises(ValueError, match="CPU"):
+            nnx.set_backend(name, device="cuda:0")
+    assert nnx.get_backend() == backend
+
+
+# -- dtypes ------------------------------------------------------------------------------
+def test_default_dtype(backend):
+    assert nnx.get_default_dtype() == "float32"
+    nnx.set_default_dtype("float64")
+    assert nnx.get_default_dtype() == "float64"
+    assert backends.dtype_name(nnx.Linear(2, 3)._parameters["weight"]) == "float64"
+    nnx.set_default_dtype("float32")
+    assert backends.dtype_name(nnx.Linear(2, 3)._parameters["weight"]) == "float32"
+    nnx.set_default_dtype(np.dtype("float64"))  # dtype objects are understood too
+    assert nnx.get_default_dtype() == "float64"
+
+
+@pytest.mark.parametrize("bad", ["float16", "int32", "bool", "double", "", None, 64])
+def test_default_dtype_errors(backend, bad):
+    nnx.set_default_dtype("float64")
+    with pytest.raises(ValueError) as info:
+        nnx.set_default_dtype(bad)
+    assert "float32" in str(info.value) and "float64" in str(info.value)
+    assert nnx.get_default_dtype() == "float64"  # unchanged
+
+
+def test_parameters_on_current_backend(backend, float64):
+    for module in (nnx.Linear(3, 2), nnx.Conv1D(2, 3, 4, bias=True)):
+        for table in (module._parameters, module._gradient):
+            for value in table.values():
+                assert backends.backend_of(value).name == backend
+                assert backends.dtype_name(value) == "float64"
+
+
+# -- asarray / to_numpy ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "data, dtype_arg, default, expected",
+    [
+        (np.arange(6, dtype=np.int32).reshape(2, 3), None, "float32", "int32"),
+        (np.arange(6, dtype=np.int64), None, "float64", "int64"),
+        (np.array([1, 0, 1], dtype=np.uint8), None, "float32", "uint8"),
+        (np.array([True, False]), None, "float32", "bool"),
+        (np.linspace(0, 1, 5), None, "float32", "float32"),
+        (np.linspace(0, 1, 5), None, "float64", "float64"),
+        (np.linspace(0, 1, 5).astype(np.float32), None, "float64", "float64"),
+        (np.linspace(0, 1, 5), "float64", "float32", "float64"),
+        (np.linspace(0, 1, 5), "float32", "float64", "float32"),
+        (np.arange(4), "float64", "float32", "float64"),
+        ([[1.0, 2.5], [3.0, 4.0]], None, "float32", "float32"),
+        ([1, 2, 3], None, "float32", "int64"),
+        (2.5, None, "float64", "float64"),
+    ],
+)
+def test_asarray_dtypes(backend, data, dtype_arg, default, expected):
+    nnx.set_default_dtype(default)
+    before = np.array(data, copy=True)
+    out = nnx.asarray(data, dtype=dtype_arg)
+    assert backends.backend_of(out).name == backend
+    assert backends.dtype_name(out) == expected
+    np.testing.assert_array_equal(np.asarray(data), before)  # the input is untouched
+    np.testing.assert_allclose(host(out).astype(np.float64), before.astype(np.float64), 1e-6)
+
+
+def test_asarray_moves_arrays_of_other_backends(backend):
+    torch = pytest.importorskip("torch")
+    xps = pytest.importorskip("array_api_strict")
+    values = np.arange(6.0).reshape(2, 3)
+    for source in (values, torch.tensor(values), xps.asarray(values)):
+        out = nnx.asarray(source)
+        assert backends.backend_of(out).name == backend
+        assert backends.dtype_name(out) == "float32"
+        np.testing.assert_array_equal(host(out), values)
+    labels = nnx.asarray(torch.tensor([1, 2, 3]))
+    assert backends.backend_of(labels).name == backend
+    assert backends.dtype_name(labels) == "int64"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "bool"])
+def test_to_numpy(backend, dtype):
+    values = (np.arange(12).reshape(3, 4) % 3).astype(dtype)
+    x = nnx.asarray(values, dtype=dtype if dtype.startswith("float") else None)
+    out = nnx.to_numpy(x)
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, values)
+    np.testing.assert_array_equal(nnx.to_numpy(x[1:, ::2]), values[1:, ::2])
+    np.testing.assert_array_equal(nnx.to_numpy([1.0, 2.0]), np.array([1.0, 2.0]))
+
+
+# -- seeding -----------------------------------------------------------------------------
+def _net() -> nnx.Sequential:
+    return nnx.Sequential(
+        *(nnx.Linear(3, 4, init_type=t) for t in nnx.init.INIT_TYPES),
+        nnx.Conv1D(3, 2, 4, bias=True, init_type="he_uniform"),
+        nnx.Conv1D(2, 1, 3, bias=True, init_type="normal"),
+    )
+
+
+def test_manual_seed_same_weights_on_every_backend(backend):
+    nnx.manual_seed(123)
+    here = _net().state_dict()
+    with nnx.use_backend("numpy"):
+        nnx.manual_seed(123)
+        on_numpy = _net().state_dict()
+    assert list(here) == list(on_numpy)
+    for name in here:
+        np.testing.assert_array_equal(here[name], on_numpy[name], err_msg=name)
+        assert here[name].dtype == np.float32
+    nnx.manual_seed(123)
+    np.testing.assert_array_equal(_net().state_dict()["0.weight"], here["0.weight"])
+    nnx.manual_seed(124)
+    assert not np.array_equal(_net().state_dict()["0.weight"], here["0.weight"])
+
+
+def test_manual_seed_float64_is_the_unrounded_draw(backend):
+    nnx.manual_seed(5)
+    w32 = nnx.to_numpy(nnx.Linear(6, 5, init_type="normal")._parameters["weight"])
+    nnx.set_default_dtype("float64")
+    nnx.manual_seed(5)
+    w64 = nnx.to_numpy(nnx.Linear(6, 5, init_type="normal")._parameters["weight"])
+    assert w64.dtype == np.float64
+    np.testing.assert_array_equal(w64.astype(np.float32), w32)
+
+
+# -- Module.to ---------------------------------------------------------------------------
+def test_module_to(backend, rng):
+    with nnx.use_backend("numpy"):
+        net = nnx.Sequential(
+            nnx.Conv1D(3, 2, 3, bias=True), nnx.ReLU(), nnx.Flatten(), nnx.Linear(12, 2)
+        )
+        x_np = rng.standard_normal((4, 6, 2)).astype(np.float32)
+        out_np = nnx.to_numpy(net(nnx.asarray(x_np)))
+        delta = nnx.asarray(rng.standard_normal(out_np.shape))
+        net.backward(nnx.asarray(x_np), delta)
+    params = net.state_dict()
+    grads = {k: nnx.to_numpy(g).copy() for k, g in net.named_gradients()}
+
+    assert net.to(backend, "float64") is net
+    for table in (dict(net.named_parameters()), dict(net.named_gradients())):
+        for name, value in table.items():
+            assert backends.backend_of(value).name == backend, name
+            assert backends.dtype_name(value) == "float64", name
+    for name, value in net.named_parameters():
+        np.testing.assert_array_equal(host(value), params[name].astype(np.float64))
+    for name, value in net.named_gradients():
+        np.testing.assert_array_equal(host(value), grads[name].astype(np.float64))
+    x = nnx.asarray(x_np, dtype="float64")
+    np.testing.assert_allclose(host(net(x)), out_np, rtol=1e-5, atol=1e-5)
+    net.backward(x, nnx.asarray(rng.standard_normal(out_np.shape), dtype="float64"))
+    net.update_parameters(0.1)  # the moved buffers work in place
+
+    # dtype only (stays on this backend), then back to numpy float32
+    assert net.to(dtype="float32") is net
+    assert all(backends.dtype_name(p) == "float32" for p in net.parameters())
+    assert all(backends.backend_of(p).name == backend for p in net.parameters())
+    net.to("numpy")
+    assert all(isinstance(p, np.ndarray) for p in net.parameters())
+    with pytest.raises(ValueError):
+        net.to(dtype="float16")
+    with pytest.raises(ValueError):
+        net.to("jax")
+
+
+# -- state_dict --------------------------------------------------------------------------
+def test_state_dict_round_trip(backend, rng):
+    def build() -> nnx.Sequential:
+        return nnx.Sequential(
+            nnx.Conv1D(3, 1, 4, bias=True),
+            nnx.MaxPool1D(2, 2),
+            nnx.Flatten(),
+            nnx.Sequential(nnx.Linear(12, 5), nnx.TanH()),
+            nnx.Linear(5, 3, bias=False),
+        )
+
+    nnx.manual_seed(1)
+    a = build()
+    nnx.manual_seed(2)
+    b = build()
+    state = a.state_dict()
+    assert list(state) == [
+        "0.weight",
+        "0.bias",
+        "3.0.weight",
+        "3.0.bias",
+        "4.weight",
+    ]
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    x = nnx.asarray(rng.standard_normal((2, 8, 1)))
+    assert not np.allclose(host(a(x)), host(b(x)))
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(host(b(x)), host(a(x)))
+    for p in b.parameters():
+        assert backends.backend_of(p).name == backend
+    # the dict holds copies: changing it changes neither network
+    state["0.weight"][...] = 0.0
+    assert not np.all(host(a[0]._parameters["weight"]) == 0)
+    assert not np.all(host(b[0]._parameters["weight"]) == 0)
+    # values given as arrays of the current backend are accepted too
+    b.load_state_dict({k: nnx.asarray(v) for k, v in a.state_dict().items()})
+    np.testing.assert_array_equal(host(b(x)), host(a(x)))
+    with pytest.raises(KeyError):
+        b.load_state_dict({"0.weight": state["0.weight"]})
+    bad = a.state_dict()
+    bad["4.weight"] = np.zeros((3, 5), dtype=np.float32)
+    with pytest.raises(ValueError):
+        b.load_state_dict(bad)
