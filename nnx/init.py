@@ -6,15 +6,15 @@ same weights on every backend. Fan-in / fan-out follow PyTorch (``Linear``: fan_
 input_size, fan_out = output_size; ``Conv1D``: fan_in = k_size * chan_in, fan_out =
 k_size * chan_out).
 
-=================  ================================================================
-``normal``         :math:`\\mathcal{N}(0, 1)` (``torch.nn.init.normal_``)
-``uniform``        :math:`\\mathcal{U}(0, 1)` (``torch.nn.init.uniform_``)
-``zeros``/``ones`` constants
-``he_normal``      :math:`\\mathcal{N}(0, 2 / \\text{fan\\_in})`
-``he_uniform``     :math:`\\mathcal{U}(-b, b),\\ b = \\sqrt{6 / \\text{fan\\_in}}`
-``xavier_normal``  :math:`\\mathcal{N}(0, 2 / (\\text{fan\\_in} + \\text{fan\\_out}))`
-``xavier_uniform`` :math:`\\mathcal{U}(-b, b),\\ b = \\sqrt{6 / (\\text{fan\\_in} + \\text{fan\\_out})}`
-=================  ================================================================
+==================  ================================================================
+``normal``          :math:`\\mathcal{N}(0, 1)` (``torch.nn.init.normal_``)
+``uniform``         :math:`\\mathcal{U}(0, 1)` (``torch.nn.init.uniform_``)
+``zeros``/``ones``  constants
+``he_normal``       :math:`\\mathcal{N}(0, 2 / \\text{fan\\_in})`
+``he_uniform``      :math:`\\mathcal{U}(-b, b),\\ b = \\sqrt{6 / \\text{fan\\_in}}`
+``xavier_normal``   :math:`\\mathcal{N}(0, 2 / (\\text{fan\\_in} + \\text{fan\\_out}))`
+``xavier_uniform``  :math:`\\mathcal{U}(-b, b),\\ b = \\sqrt{6 / (\\text{fan\\_in} + \\text{fan\\_out})}`
+==================  ================================================================
 """
 
 from __future__ import annotations
