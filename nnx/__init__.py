@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from . import backends, init
+from . import backends, datasets, init, models, optimizers, serialization, training
 from .activation import (
     LeakyReLU,
     LogSoftmax,
@@ -37,6 +37,7 @@ from .encapsulation import Optim, Sequential
 from .linear import Linear
 from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss
 from .module import Loss, Module
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -64,13 +65,20 @@ __all__ = [
     "TanH",
     "asarray",
     "backends",
+    "datasets",
     "get_backend",
     "get_default_dtype",
     "get_device",
     "init",
+    "load",
     "manual_seed",
+    "models",
+    "optimizers",
+    "save",
+    "serialization",
     "set_backend",
     "set_default_dtype",
     "to_numpy",
+    "training",
     "use_backend",
 ]

@@ -3,13 +3,15 @@ r"""Containers and training: :class:`Sequential` and :class:`Optim`."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import math
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from . import backends
-from .module import Array, Loss, Module, is_floating, namespace
+from . import backends, training
+from .module import Array, Loss, Module, check_positive_int, is_floating, namespace
 
 
 class Sequential(Module):
@@ -158,17 +160,57 @@ def _snapshot(module: Module) -> dict[str, np.ndarray]:
 
 
 class Optim:
-    """Ties a network, a loss and a step size (or an optimiser) together.
+    r"""Ties a network, a loss and an update rule together, and runs training loops.
 
-    ``step(batch_x, batch_y)`` runs forward, loss, backward and the parameter update,
-    and returns the per-sample losses of the batch.
+    ``step(batch_x, batch_y)`` does forward, loss, backward and update, and returns
+    the per-sample losses. The gradient is that of the *sum* of the per-sample losses
+    :math:`L = \sum_i \ell_i` (the :class:`~nnx.Loss` contract), so the plain update
+    :math:`w \leftarrow w - \epsilon \nabla_w L` scales with the batch size, as in the
+    seed library. With an ``optimizer`` (:mod:`nnx.optimizers`), ``optimizer.step``
+    replaces ``network.update_parameters(eps)``.
+
+    The loops :meth:`SGD` and :meth:`SGD_eval`:
+
+    - draw a new shuffle every epoch from ``numpy.random.default_rng(seed)``: the same
+      seed gives the same sequence of batches; batches are consecutive slices of
+      ``batch_size`` samples of the shuffled order, the last one smaller;
+    - move host data (NumPy arrays, lists) to the network's backend and dtype once
+      when ``X`` and ``y`` together take at most :attr:`max_device_bytes`, otherwise
+      batch by batch; integer labels ``(n,)`` and one-hot targets ``(n, K)`` both work;
+    - check the loss of every batch before the update: a non-finite loss raises
+      ``FloatingPointError`` naming the epoch and the batch (both 1-based), with the
+      parameters as they were before that step;
+    - stop cleanly on Ctrl-C (``KeyboardInterrupt``): bars closed, the parameters
+      put back as they were at the end of the last finished epoch (or the best epoch,
+      see ``restore_best``), and the history of the finished epochs returned;
+      :attr:`interrupted` is then ``True``.
+
+    Parameters
+    ----------
+    network : Module
+        The model (usually a :class:`Sequential`).
+    loss : Loss
+        Per-sample loss, e.g. :class:`~nnx.CELogSoftmax`.
+    eps : float, default 1e-3
+        Step size of the plain update (unused with an ``optimizer``).
+    optimizer : nnx.optimizers.Optimizer, optional
+        Update rule used after each backward pass.
 
     >>> import nnx, numpy as np
     >>> net = nnx.Sequential(nnx.Linear(2, 2))
     >>> opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.1)
     >>> opt.step(nnx.asarray([[1.0, 0.0]]), nnx.asarray(np.array([1]))).shape
     (1,)
+    >>> X, y = np.random.default_rng(0).normal(size=(64, 2)), np.arange(64) % 2
+    >>> opt.SGD(X, y, batch_size=16, epochs=3).shape
+    (3,)
     """
+
+    #: Largest ``X.nbytes + y.nbytes`` (on the network's dtype) moved to the backend at
+    #: once; larger data is moved batch by batch.
+    max_device_bytes: int = 1 << 30
+    #: Batch size of the evaluation passes (:meth:`score`, test losses).
+    eval_batch_size: int = 1024
 
     def __init__(
         self, network: Module, loss: Loss, eps: float = 1e-3, optimizer: Any = None
@@ -177,8 +219,30 @@ class Optim:
             raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
         if not isinstance(loss, Loss):
             raise TypeError(f"Optim: loss must be a nnx Loss, got {type(loss).__name__}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"Optim: eps must be a non-negative number, got {eps!r}")
+        if optimizer is not None and not callable(getattr(optimizer, "step", None)):
+            raise TypeError(
+                f"Optim: optimizer must have a step(network) method (see nnx.optimizers), "
+                f"got {type(optimizer).__name__}"
+            )
         self.network, self.loss, self.eps = network, loss, float(eps)
         self.optimizer = optimizer
+        #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
+        self.X_train: Any = None
+        self.y_train: Any = None
+        self.X_test: Any = None
+        self.y_test: Any = None
+        #: History of the last loop (dict of lists), kept up to date epoch by epoch.
+        self.history: dict[str, list[float]] = {}
+        #: Whether the last loop was stopped by Ctrl-C.
+        self.interrupted = False
+        #: Epoch (1-based) whose parameters the last :meth:`SGD_eval` kept.
+        self.best_epoch: int | None = None
+
+    # -- data -------------------------------------------------------------------------
+    def _like(self) -> Array | None:
+        return next(iter(self.network.parameters()), None)
 
     def _device_data(self, X: Any) -> Array:
         """Data on the network's backend; floating data takes the network's dtype.
@@ -187,7 +251,7 @@ class Optim:
         arrays of another backend are moved, floating data is cast to the parameters'
         dtype; integer labels keep their dtype. Arrays already right are returned as is.
         """
-        like = next(iter(self.network.parameters()), None)
+        like = self._like()
         if like is None:
             return backends.asarray(X) if backends.backend_of(X) is not backends.current() else X
         if type(X) is type(like) and (X.dtype == like.dtype or not is_floating(X)):
@@ -195,15 +259,87 @@ class Optim:
         host = backends.to_numpy(X) if backends.is_array(X) else np.asarray(X)
         if host.dtype.kind == "f":
             host = host.astype(backends.dtype_name(like), copy=False)
+        elif host.dtype.kind not in "iub":
+            raise TypeError(f"Optim: cannot use data of dtype {host.dtype} ({type(X).__name__})")
         return backends.from_numpy(host, like)
 
-    def step(self, batch_x: Any, batch_y: Any) -> Array:
-        """One training step on a batch; returns the per-sample losses (backend array)."""
-        X, y = self._device_data(batch_x), self._device_data(batch_y)
+    def _on_network(self, X: Any) -> bool:
+        like = self._like()
+        return like is None or type(X) is type(like)
+
+    def _prepare(self, owner: str, X: Any, y: Any) -> tuple[Any, Any, int, bool]:
+        """Check ``X``/``y`` and move them at once when they fit.
+
+        Returns ``(X, y, n, on_device)``; when ``on_device`` is False, ``X`` and ``y``
+        are NumPy arrays moved batch by batch.
+        """
+        if not backends.is_array(X):
+            X = np.asarray(X)
+        if not backends.is_array(y):
+            y = np.asarray(y)
+        if len(X.shape) == 0 or len(y.shape) == 0:
+            raise ValueError(
+                f"{owner}: X and y need a sample axis, got shapes {X.shape}, {y.shape}"
+            )
+        n = int(X.shape[0])
+        if int(y.shape[0]) != n:
+            raise ValueError(
+                f"{owner}: X and y must have the same number of samples, got X {tuple(X.shape)} "
+                f"and y {tuple(y.shape)}"
+            )
+        if n == 0:
+            raise ValueError(f"{owner}: no samples (X has shape {tuple(X.shape)})")
+        if self._on_network(X) and self._on_network(y):
+            return self._device_data(X), self._device_data(y), n, True
+        like = self._like()
+        itemsize = np.dtype(backends.dtype_name(like)).itemsize if like is not None else 8
+        size = int(np.prod(X.shape)) * itemsize + int(np.prod(y.shape)) * 8
+        if size <= self.max_device_bytes:
+            return self._device_data(X), self._device_data(y), n, True
+        return backends.to_numpy(X), backends.to_numpy(y), n, False
+
+    def _batches(
+        self, X: Any, y: Any, n: int, batch_size: int, order: np.ndarray | None, on_device: bool
+    ) -> Iterator[tuple[Array, Array]]:
+        """Consecutive batches of ``batch_size`` in ``order`` (``None``: as stored)."""
+        idx = None
+        if order is not None and on_device:
+            idx = (
+                backends.from_numpy(order.astype(np.int64), X)
+                if not isinstance(X, np.ndarray)
+                else order
+            )
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if order is None:
+                bx, by = X[start:stop, ...], y[start:stop, ...]
+            elif on_device and idx is not None and not isinstance(X, np.ndarray):
+                xp = namespace(X)
+                sel = idx[start:stop]
+                bx, by = xp.take(X, sel, axis=0), xp.take(y, sel, axis=0)
+            else:
+                sel = order[start:stop]
+                bx, by = X[sel], y[sel]
+            if not on_device or isinstance(bx, np.ndarray):
+                bx, by = self._device_data(bx), self._device_data(by)
+            yield bx, by
+
+    # -- one step ---------------------------------------------------------------------
+    def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        """Forward, loss, finiteness check, backward, update.
+
+        Returns ``(losses, yhat, sum of losses)``; raises ``FloatingPointError`` before
+        touching the parameters when the loss is not finite.
+        """
         net = self.network
         net.zero_grad()
         yhat = net.forward(X)
         losses = self.loss.forward(y, yhat)
+        total = float(namespace(losses).sum(losses))
+        if not math.isfinite(total):
+            raise FloatingPointError(
+                f"non-finite loss (sum over the batch = {total}); the parameters were not updated"
+            )
         delta = self.loss.backward(y, yhat)
         if isinstance(net, Sequential):
             net.backward(X, delta, input_grad=False)
@@ -213,18 +349,357 @@ class Optim:
             self.optimizer.step(net)
         else:
             net.update_parameters(self.eps)
-        return losses
+        return losses, yhat, total
+
+    def step(self, batch_x: Any, batch_y: Any) -> Array:
+        """One training step on a batch; returns the per-sample losses (backend array).
+
+        Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        """
+        X, y = self._device_data(batch_x), self._device_data(batch_y)
+        try:
+            return self._step(X, y)[0]
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"Optim.step: {exc}") from None
+
+    # -- evaluation -------------------------------------------------------------------
+    @staticmethod
+    def _correct(yhat: Array, y: Array) -> int | None:
+        """Number of rows where ``argmax(yhat)`` equals the label (``None``: no classes)."""
+        if len(yhat.shape) != 2:
+            return None
+        xp = namespace(yhat)
+        pred = xp.argmax(yhat, axis=-1)
+        if len(y.shape) == 2:
+            if tuple(y.shape) != tuple(yhat.shape):
+                return None
+            target = xp.argmax(y, axis=-1)
+        elif len(y.shape) == 1 and not is_floating(y):
+            target = xp.astype(y, pred.dtype)
+        else:
+            return None
+        return int(xp.sum(xp.astype(pred == target, xp.int64)))
 
     def predict(self, X: Any) -> Array:
-        """Network output for ``X`` (moved to the network's backend)."""
-        return self.network.forward(self._device_data(X))
+        """Network output for ``X`` (moved to the network's backend), in batches of
+        :attr:`eval_batch_size`."""
+        if not backends.is_array(X):
+            X = np.asarray(X)
+        n = int(X.shape[0]) if len(X.shape) else 0
+        if n <= self.eval_batch_size:
+            return self.network.forward(self._device_data(X))
+        parts = [
+            self.network.forward(self._device_data(X[i : i + self.eval_batch_size, ...]))
+            for i in range(0, n, self.eval_batch_size)
+        ]
+        return namespace(parts[0]).concat(parts, axis=0)
+
+    def _evaluate(self, X: Any, y: Any, n: int) -> tuple[float, float]:
+        """Mean per-sample loss and accuracy (NaN when not a classification)."""
+        total, correct, counted = 0.0, 0, True
+        for start in range(0, n, self.eval_batch_size):
+            stop = min(start + self.eval_batch_size, n)
+            bx = self._device_data(X[start:stop, ...])
+            by = self._device_data(y[start:stop, ...])
+            yhat = self.network.forward(bx)
+            losses = self.loss.forward(by, yhat)
+            total += float(namespace(losses).sum(losses))
+            c = self._correct(yhat, by)
+            if c is None:
+                counted = False
+            else:
+                correct += c
+        return total / n, (correct / n if counted else math.nan)
 
     def score(self, X: Any, y: Any) -> float:
-        """Accuracy of ``argmax(network(X))`` against labels or one-hot ``y``."""
+        """Accuracy of ``argmax(network(X))`` against integer labels or one-hot ``y``.
+
+        >>> import nnx, numpy as np
+        >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
+        >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
+        True
+        """
         yhat = self.predict(X)
         xp = namespace(yhat)
+        if len(yhat.shape) != 2:
+            raise ValueError(
+                f"Optim.score: accuracy needs (batch, classes) outputs, got shape {tuple(yhat.shape)}"
+            )
         pred = backends.to_numpy(xp.argmax(yhat, axis=-1))
-        target = backends.to_numpy(y)
+        target = backends.to_numpy(y) if backends.is_array(y) else np.asarray(y)
         if target.ndim == 2:
             target = target.argmax(axis=1)
+        if target.shape != pred.shape:
+            raise ValueError(
+                f"Optim.score: expected labels of shape {pred.shape} or one-hot "
+                f"({pred.shape[0]}, K), got shape {target.shape}"
+            )
         return float(np.mean(pred == target))
+
+    # -- loops ------------------------------------------------------------------------
+    def _epoch(
+        self,
+        owner: str,
+        epoch: int,
+        data: tuple[Any, Any, int, bool],
+        batch_size: int,
+        order: np.ndarray | None,
+        bars: training.Progress,
+    ) -> tuple[float, float]:
+        """Train one epoch; returns (mean per-sample loss, running accuracy)."""
+        X, y, n, on_device = data
+        batches = -(-n // batch_size)
+        bars.start_epoch(epoch, batches)
+        total, correct, counted = 0.0, 0, True
+        for b, (bx, by) in enumerate(self._batches(X, y, n, batch_size, order, on_device), 1):
+            try:
+                _, yhat, s = self._step(bx, by)
+            except FloatingPointError as exc:
+                raise FloatingPointError(
+                    f"{owner}: non-finite loss at epoch {epoch}, batch {b} of {batches}: {exc}"
+                ) from None
+            total += s
+            c = self._correct(yhat, by)
+            if c is None:
+                counted = False
+            else:
+                correct += c
+            bars.batch_bar.update(1)
+        return total / n, (correct / n if counted else math.nan)
+
+    def _use_network(self, network: Module | None) -> None:
+        if network is not None:
+            if not isinstance(network, Module):
+                raise TypeError(
+                    f"Optim: network must be a nnx Module, got {type(network).__name__}"
+                )
+            self.network = network
+            if self.optimizer is not None and hasattr(self.optimizer, "reset"):
+                self.optimizer.reset()
+
+    def SGD(
+        self,
+        X: Any,
+        y: Any,
+        batch_size: int,
+        epochs: int,
+        network: Module | None = None,
+        shuffle: bool = True,
+        seed: int | None = 42,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Mini-batch training; returns the mean per-sample loss of each epoch.
+
+        Parameters
+        ----------
+        X, y : array
+            Inputs ``(n, ...)`` and targets: integer labels ``(n,)`` or ``(n, ...)``
+            targets such as one-hot rows. NumPy or backend arrays.
+        batch_size, epochs : int
+            Batches are consecutive slices of ``batch_size`` samples, the last smaller.
+        network : Module, optional
+            Train this network instead (it becomes ``self.network``).
+        shuffle : bool, default True
+            Draw a new order every epoch from ``default_rng(seed)``.
+        seed : int, default 42
+            Seed of the shuffles.
+        progress : bool, optional
+            Progress bars: ``None`` shows them in a terminal or notebook only.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(epochs_done,)``: :math:`\\frac{1}{n}\\sum_i \\ell_i` of each epoch
+            (fewer than ``epochs`` after Ctrl-C).
+        """
+        check_positive_int("Optim.SGD", "batch_size", batch_size)
+        check_positive_int("Optim.SGD", "epochs", epochs)
+        self._use_network(network)
+        data = self._prepare("Optim.SGD", X, y)
+        n = data[2]
+        rng = np.random.default_rng(seed)
+        self.interrupted = False
+        self.history = {"epoch": [], "loss_train": [], "score_train": []}
+        last = _snapshot(self.network)
+        bars = training.Progress(progress, int(epochs))
+        try:
+            for epoch in range(1, int(epochs) + 1):
+                order = rng.permutation(n) if shuffle else None
+                loss, score = self._epoch("Optim.SGD", epoch, data, int(batch_size), order, bars)
+                last = _snapshot(self.network)
+                for k, v in (("epoch", epoch), ("loss_train", loss), ("score_train", score)):
+                    self.history[k].append(v)
+                bars.end_epoch(loss=loss)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.network.load_state_dict(last)
+        finally:
+            bars.close()
+        return np.asarray(self.history["loss_train"], dtype=np.float64)
+
+    def _split(
+        self, X: Any, y: Any, test_size: float | int, shuffle_test: bool, seed: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n = int(X.shape[0]) if len(getattr(X, "shape", ())) else 0
+        if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+            raise TypeError(
+                f"Optim.SGD_eval: test_size must be a float or an int, got {test_size!r}"
+            )
+        if isinstance(test_size, float):
+            if not 0.0 < test_size < 1.0:
+                raise ValueError(
+                    f"Optim.SGD_eval: a float test_size must lie in (0, 1), got {test_size}"
+                )
+            n_test = math.ceil(test_size * n)
+        else:
+            n_test = int(test_size)
+        if not 0 < n_test < n:
+            raise ValueError(
+                f"Optim.SGD_eval: test_size={test_size!r} leaves {n_test} test and "
+                f"{n - n_test} training samples out of {n}; both must be at least 1"
+            )
+        order = np.random.default_rng(seed).permutation(n) if shuffle_test else np.arange(n)
+        return order[: n - n_test], order[n - n_test :]
+
+    @staticmethod
+    def _take(A: Any, idx: np.ndarray) -> Any:
+        if isinstance(A, np.ndarray):
+            return A[idx]
+        if not backends.is_array(A):
+            return np.asarray(A)[idx]
+        xp = namespace(A)
+        return xp.take(A, backends.from_numpy(idx.astype(np.int64), A), axis=0)
+
+    def SGD_eval(
+        self,
+        X: Any,
+        y: Any,
+        batch_size: int,
+        epochs: int,
+        test_size: float | int,
+        patience: int | None = 10,
+        network: Module | None = None,
+        shuffle_train: bool = True,
+        shuffle_test: bool = False,
+        seed: int | None = 42,
+        return_dataframe: bool = False,
+        online_plot: bool | str | os.PathLike[str] = False,
+        progress: bool | None = None,
+        restore_best: bool = True,
+        monitor: str = "score",
+        callback: Callable[[dict[str, float]], Any] | None = None,
+    ) -> Any:
+        """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
+
+        The last ``test_size`` part of the data (a fraction in (0, 1) or a count) is the
+        test set; with ``shuffle_test`` the split is drawn at random from
+        ``default_rng(seed)`` instead. The split is kept on the Optim as
+        :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`.
+
+        Every epoch trains on the training part (a new shuffle per epoch when
+        ``shuffle_train``), then records ``loss_train``/``score_train`` (mean loss and
+        accuracy over the epoch's batches, measured during the epoch, as Keras does)
+        and ``loss_test``/``score_test`` (a full pass over the test set).
+
+        Early stopping: when the monitored test quantity (``monitor="score"``: highest
+        ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for
+        ``patience`` epochs, training stops (``patience=None``: never). With
+        ``restore_best`` (default) the network ends with the parameters of the best
+        epoch (:attr:`best_epoch`), also after Ctrl-C; otherwise with the last
+        finished epoch's.
+
+        Parameters
+        ----------
+        progress : bool, optional
+            Nested bars (epochs, batches). ``None``: only in a terminal or notebook;
+            ``False``: silent.
+        online_plot : bool or path
+            Redraw the learning curves after every epoch: live in a notebook, else a PNG
+            file (``"learning_curve.png"`` for ``True``, or the given path).
+        callback : callable, optional
+            Called after every epoch with that epoch's record (a dict).
+
+        Returns
+        -------
+        pandas.DataFrame or tuple of numpy.ndarray
+            With ``return_dataframe``, a DataFrame with columns ``epoch, loss_train,
+            loss_test, score_train, score_test``; otherwise the four arrays
+            ``(loss_train, loss_test, score_train, score_test)``, one value per epoch.
+        """
+        owner = "Optim.SGD_eval"
+        check_positive_int(owner, "batch_size", batch_size)
+        check_positive_int(owner, "epochs", epochs)
+        if patience is not None:
+            check_positive_int(owner, "patience", patience)
+        if monitor not in ("score", "loss"):
+            raise ValueError(f"{owner}: monitor must be 'score' or 'loss', got {monitor!r}")
+        if return_dataframe:
+            training.history_frame({c: [] for c in training.HISTORY_COLUMNS})  # pandas there?
+        plot = training.LivePlot(online_plot) if online_plot else None
+        self._use_network(network)
+        if not backends.is_array(X):
+            X = np.asarray(X)
+        if not backends.is_array(y):
+            y = np.asarray(y)
+        if int(y.shape[0]) != int(X.shape[0]):
+            raise ValueError(
+                f"{owner}: X and y must have the same number of samples, got X {tuple(X.shape)} "
+                f"and y {tuple(y.shape)}"
+            )
+        train_idx, test_idx = self._split(X, y, test_size, shuffle_test, seed)
+        self.X_train, self.y_train = self._take(X, train_idx), self._take(y, train_idx)
+        self.X_test, self.y_test = self._take(X, test_idx), self._take(y, test_idx)
+        train = self._prepare(owner, self.X_train, self.y_train)
+        test = self._prepare(owner, self.X_test, self.y_test)
+        rng = np.random.default_rng(seed)
+        self.interrupted = False
+        self.history = {c: [] for c in training.HISTORY_COLUMNS}
+        best_value, best_state, wait = None, None, 0
+        last = _snapshot(self.network)
+        self.best_epoch = None
+        bars = training.Progress(progress, int(epochs))
+        try:
+            for epoch in range(1, int(epochs) + 1):
+                order = rng.permutation(train[2]) if shuffle_train else None
+                loss_train, score_train = self._epoch(
+                    owner, epoch, train, int(batch_size), order, bars
+                )
+                loss_test, score_test = self._evaluate(test[0], test[1], test[2])
+                last = _snapshot(self.network)
+                record = {
+                    "epoch": epoch,
+                    "loss_train": loss_train,
+                    "loss_test": loss_test,
+                    "score_train": score_train,
+                    "score_test": score_test,
+                }
+                for k, v in record.items():
+                    self.history[k].append(v)
+                bars.end_epoch(loss=loss_train, test_loss=loss_test, test_score=score_test)
+                if plot is not None:
+                    plot.update(self.history)
+                if callback is not None:
+                    callback(dict(record))
+                value = score_test if monitor == "score" else -loss_test
+                if best_value is None or (math.isfinite(value) and value > best_value):
+                    best_value, best_state, wait = value, last, 0
+                    self.best_epoch = epoch
+                else:
+                    wait += 1
+                    if patience is not None and wait >= patience:
+                        break
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.network.load_state_dict(last)
+        finally:
+            bars.close()
+        if restore_best and best_state is not None:
+            self.network.load_state_dict(best_state)
+        elif not restore_best:
+            self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
+        if return_dataframe:
+            return training.history_frame(self.history)
+        return tuple(
+            np.asarray(self.history[c], dtype=np.float64)
+            for c in ("loss_train", "loss_test", "score_train", "score_test")
+        )
