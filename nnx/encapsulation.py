@@ -411,6 +411,17 @@ class Optim:
                 correct += c
         return total / n, (correct / n if counted else math.nan)
 
+    def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
+        """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
+        outputs are ``(n, K)`` and ``y`` holds labels or one-hot rows); no update.
+
+        >>> import nnx, numpy as np
+        >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
+        >>> loss, acc = opt.evaluate(np.eye(2), np.array([0, 1]))
+        """
+        X, y, n, _ = self._prepare("Optim.evaluate", X, y)
+        return self._evaluate(X, y, n)
+
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of ``argmax(network(X))`` against integer labels or one-hot ``y``.
 
