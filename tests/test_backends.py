@@ -134,6 +134,12 @@ def test_cupy_without_gpu_runtime_error(backend):
         nnx.set_backend("cupy")
     assert "cupy" in str(info.value).lower()
     assert nnx.get_backend() == backend
+
+
+def test_cupy_without_gpu_env_var_fails_at_import():
+    cupy = pytest.importorskip("cupy")
+    if cupy.is_available():
+        pytest.skip("a GPU is available: CuPy works here")
     result = run_python("import nnx", "cupy")
     assert result.returncode != 0 and "RuntimeError" in result.stderr
 
