@@ -198,7 +198,7 @@ def test_reset_restores_initial_parameters(backend, rng):
     assert nnx.backends.backend_of(net[0]._parameters["weight"]).name == backend
 
 
-def test_repr():
+def test_repr(backend):
     net = nnx.Sequential(
         nnx.Conv1D(3, 1, 32, stride=2),
         nnx.Sequential(nnx.MaxPool1D(2, 2), nnx.LeakyReLU(0.1)),
