@@ -196,6 +196,8 @@ class Optim:
     optimizer : nnx.optimizers.Optimizer, optional
         Update rule used after each backward pass.
 
+    Examples
+    --------
     >>> import nnx, numpy as np
     >>> net = nnx.Sequential(nnx.Linear(2, 2))
     >>> opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.1)

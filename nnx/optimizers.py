@@ -6,12 +6,12 @@ place. It keeps its state (velocities, moment estimates) on the parameters' back
 device and dtype; if the network is moved (``Module.to``) the state follows at the
 next step.
 
-================  ==============================================================
-:class:`SGD`      :math:`w \leftarrow w - \eta g`
-:class:`Momentum` :math:`b \leftarrow \mu b + g,\ w \leftarrow w - \eta b`
-                  (Nesterov: :math:`w \leftarrow w - \eta (g + \mu b)`)
-:class:`Adam`     bias-corrected first and second moments (Kingma & Ba, 2015)
-================  ==============================================================
+=================  ==============================================================
+:class:`SGD`       :math:`w \leftarrow w - \eta g`
+:class:`Momentum`  :math:`b \leftarrow \mu b + g,\ w \leftarrow w - \eta b`
+                   (Nesterov: :math:`w \leftarrow w - \eta (g + \mu b)`)
+:class:`Adam`      bias-corrected first and second moments (Kingma & Ba, 2015)
+=================  ==============================================================
 
 The rules are exactly PyTorch's ``torch.optim.SGD`` (with ``dampening=0``) and
 ``torch.optim.Adam`` (without weight decay), step for step.
@@ -157,6 +157,8 @@ class Momentum(Optimizer):
     nesterov : bool, default False
         Use Nesterov's look-ahead form.
 
+    Examples
+    --------
     >>> import nnx
     >>> nnx.optimizers.Momentum(0.01, nesterov=True)
     Momentum(lr=0.01, momentum=0.9, nesterov=True)
@@ -206,6 +208,8 @@ class Adam(Optimizer):
     eps : float, default 1e-8
         :math:`\varepsilon`, added to the denominator.
 
+    Examples
+    --------
     >>> import nnx
     >>> nnx.optimizers.Adam()
     Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08)
