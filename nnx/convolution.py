@@ -243,20 +243,34 @@ class MaxPool1D(_Windowed):
         out_length = self._check_delta(input, delta)
         xp = namespace(input)
         out = self._cache if self._cache_key is input else self.forward(input)
+        K, s = self.k_size, self.stride
+        batch, length, chan = input.shape
+        # Tap k receives delta where it is the first tap equal to the window's maximum.
+        # Masks are applied by multiplying with a 0/1 float array: NumPy's ``where``
+        # with an irregular mask measured ~20x slower. The last tap gets what no earlier
+        # tap claimed, ``delta - sum(earlier taps)`` (exact: at most one term is nonzero).
+        taps = []
+        claimed = None
+        for k in range(K - 1):
+            eq = input[:, _tap(k, s, out_length), :] == out
+            hit = eq if claimed is None else xp.logical_and(eq, xp.logical_not(claimed))
+            taps.append(delta * xp.astype(hit, delta.dtype))
+            claimed = eq if claimed is None else xp.logical_or(claimed, eq)
+        rest = delta
+        for t in taps:
+            rest = rest - t
+        taps.append(rest)
+        if s == K:  # back-to-back windows: interleave the taps, no zeros and no scatter
+            dX = xp.reshape(xp.stack(taps, axis=2), (batch, out_length * K, chan))
+            if out_length * K == length:
+                return dX
+            tail = xp.zeros(
+                (batch, length - out_length * K, chan), dtype=input.dtype, device=_device(input)
+            )
+            return xp.concat([dX, tail], axis=1)
         dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
-        free = None  # windows whose maximum has not been claimed yet
-        for k in range(self.k_size):
-            sl = _tap(k, self.stride, out_length)
-            hit = input[:, sl, :] == out
-            if free is not None:
-                hit = xp.logical_and(hit, free)
-            dX[:, sl, :] += xp.where(hit, delta, 0.0)
-            if k + 1 < self.k_size:
-                free = (
-                    xp.logical_not(hit)
-                    if free is None
-                    else xp.logical_and(free, xp.logical_not(hit))
-                )
+        for k, t in enumerate(taps):
+            dX[:, _tap(k, s, out_length), :] += t
         return dX
 
 
