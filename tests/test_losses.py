@@ -58,6 +58,8 @@ def make_case(name: str, rng: np.random.Generator) -> tuple[nnx.Loss, np.ndarray
     if name == "celsm_soft":
         soft = rng.uniform(0.1, 1.0, (BATCH, K))
         return nnx.CELogSoftmax(), soft / soft.sum(axis=1, keepdims=True), logits
+    if name == "celsm_unnormalized":  # rows not summing to 1: dL/dyhat = softmax * sum(y) - y
+        return nnx.CELogSoftmax(), rng.uniform(0.0, 2.0, (BATCH, K)), logits
     raise ValueError(name)
 
 
@@ -71,6 +73,7 @@ CASES = [
     "celsm_onehot",
     "celsm_labels",
     "celsm_soft",
+    "celsm_unnormalized",
 ]
 
 
