@@ -110,8 +110,9 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install(f".[{extras}]", *_torch_requirement())
     session.run("pytest", *session.posargs, env=env, success_codes=_pytest_success_codes(session))
     if backend == "numpy":
-        # Docstring examples of the installed package.
+        # Docstring examples of the installed package, and the examples of the guides.
         session.run("pytest", "--doctest-modules", "--pyargs", "nnx", "-q")
+        session.run("pytest", "--doctest-glob=*.rst", "-q", "docs")
         # The errors must not rely on assert statements.
         error_tests = sorted({f for pattern in ERROR_TEST_GLOBS for f in glob.glob(pattern)})
         if error_tests:
@@ -132,13 +133,17 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Generate the figures (docs/scripts/*.py), then build the HTML with warnings as errors."""
-    session.install(".[docs]")
+    session.install(".[docs]", "pytest")
+    # Every public name documented, every layer's math present, docstrings that
+    # napoleon parses (this part of the test needs Sphinx, hence here too).
+    session.run("pytest", "-q", "tests/test_docs.py")
     for script in sorted(glob.glob("docs/scripts/*.py")):
         session.run("python", script)
     session.run(
         "sphinx-build",
         "-W",
         "--keep-going",
+        "-E",
         "-b",
         "html",
         "docs",
