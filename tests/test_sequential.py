@@ -216,3 +216,49 @@ def test_repr(backend):
     assert lines[6] == "  (2): Flatten()"
     assert lines[7] == "  (3): Linear(4, 8, bias=False)"
     assert lines[8] == ")"
+
+
+def test_shared_module_instances(backend, float64, rng):
+    """A module used twice in a chain: its cache never goes stale, its gradient sums both uses."""
+    lin, sig = nnx.Linear(4, 4, init_type="normal"), nnx.Sigmoid()
+    net = nnx.Sequential(lin, sig, lin, sig)
+    x = rng.standard_normal((3, 4))
+    R = rng.standard_normal((3, 4))
+    out, dx, grads = module_vjp(net, x, R)
+    t_out, t_dx, t_grads = torch_module_reference(net, x, R)  # two copies of lin in torch
+    np.testing.assert_allclose(out, t_out, rtol=1e-12)
+    np.testing.assert_allclose(dx, t_dx, rtol=1e-10, atol=1e-14)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(grads[f"0.{name}"], grads[f"2.{name}"])  # one buffer
+        both = t_grads[f"0.{name}"] + t_grads[f"2.{name}"]
+        np.testing.assert_allclose(grads[f"0.{name}"], both, rtol=1e-10, atol=1e-14)
+
+
+def test_reset_after_to(backend, rng):
+    """reset() brings back the initial values on the backend and dtype the net now has."""
+    with nnx.use_backend("numpy"):
+        net = nnx.Sequential(nnx.Linear(3, 2), nnx.TanH())
+    initial = net.state_dict()
+    net.to(backend, "float64")
+    x = nnx.asarray(rng.standard_normal((4, 3)), dtype="float64")
+    net.backward(x, nnx.asarray(rng.standard_normal((4, 2)), dtype="float64"))
+    net.update_parameters(0.5)
+    net.reset()
+    for name, p in net.named_parameters():
+        assert nnx.backends.backend_of(p).name == backend
+        assert nnx.backends.dtype_name(p) == "float64"
+        np.testing.assert_array_equal(host(p), initial[name].astype(np.float64))
+
+
+def test_load_state_dict_does_not_alias_the_callers_arrays(backend, rng):
+    net = nnx.Sequential(nnx.Linear(3, 2))
+    state = {
+        k: rng.standard_normal(v.shape).astype(np.float32) for k, v in net.state_dict().items()
+    }
+    saved = {k: v.copy() for k, v in state.items()}
+    net.load_state_dict(state)
+    x = nnx.asarray(rng.standard_normal((4, 3)))
+    net.backward(x, nnx.asarray(rng.standard_normal((4, 2))))
+    net.update_parameters(0.5)
+    for k, v in state.items():
+        np.testing.assert_array_equal(v, saved[k])
