@@ -159,6 +159,25 @@ def _snapshot(module: Module) -> dict[str, np.ndarray]:
     return copy.deepcopy(module.state_dict())
 
 
+def _check_finite(owner: str, name: str, A: Any) -> None:
+    """Raise ``ValueError`` naming the first sample of floating ``A`` with a NaN or inf."""
+    if isinstance(A, np.ndarray):
+        if A.dtype.kind not in "fc":
+            return
+        ok = np.isfinite(A.reshape(A.shape[0], -1)).all(axis=1)
+    else:
+        if not is_floating(A):
+            return
+        xp = namespace(A)
+        ok = backends.to_numpy(xp.all(xp.isfinite(xp.reshape(A, (A.shape[0], -1))), axis=1))
+    if not ok.all():
+        bad = int(np.argmin(ok))
+        raise ValueError(
+            f"{owner}: {name} contains non-finite values (NaN or inf), first at sample {bad} "
+            f"of {A.shape[0]}; clean the data before training"
+        )
+
+
 class Optim:
     r"""Ties a network, a loss and an update rule together, and runs training loops.
 
@@ -291,6 +310,8 @@ class Optim:
             )
         if n == 0:
             raise ValueError(f"{owner}: no samples (X has shape {tuple(X.shape)})")
+        for name, A in (("X", X), ("y", y)):
+            _check_finite(owner, name, A)
         if self._on_network(X) and self._on_network(y):
             return self._device_data(X), self._device_data(y), n, True
         like = self._like()
@@ -335,9 +356,11 @@ class Optim:
         """
         net = self.network
         net.zero_grad()
-        yhat = net.forward(X)
-        losses = self.loss.forward(y, yhat)
-        total = float(namespace(losses).sum(losses))
+        # a non-finite loss is reported below as FloatingPointError, not as NumPy warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            yhat = net.forward(X)
+            losses = self.loss.forward(y, yhat)
+            total = float(namespace(losses).sum(losses))
         if not math.isfinite(total):
             raise FloatingPointError(
                 f"non-finite loss (sum over the batch = {total}); the parameters were not updated"
