@@ -164,7 +164,7 @@ def _open(path: Path) -> Any:
         raise FileNotFoundError(f"nnx.load: no such file: {str(path)!r}")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         raise ModelFileError(
             f"nnx.load: {str(path)!r} is not an nnx model file (not a readable .npz "
             f"archive, or truncated): {exc}"
@@ -184,7 +184,8 @@ def _read(archive: Any, key: str, path: Path) -> np.ndarray:
             f"nnx.load: {str(path)!r} entry {key!r} holds pickled (object) data, which nnx "
             f"refuses to load: {exc}"
         ) from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, NotImplementedError) as exc:
+        # NotImplementedError: zipfile's answer to a corrupted version/compression field
         raise ModelFileError(
             f"nnx.load: {str(path)!r} is damaged or truncated (entry {key!r}): {exc}"
         ) from None
