@@ -59,6 +59,7 @@ def test_env_var_unknown_backend_fails_clearly():
     result = run_python("import nnx", "jax")
     assert result.returncode != 0
     assert "ValueError" in result.stderr and "'jax'" in result.stderr
+    assert "NNX_BACKEND" in result.stderr.splitlines()[-1]
     for name in NAMES:
         assert name in result.stderr
 
@@ -142,6 +143,7 @@ def test_cupy_without_gpu_env_var_fails_at_import():
         pytest.skip("a GPU is available: CuPy works here")
     result = run_python("import nnx", "cupy")
     assert result.returncode != 0 and "RuntimeError" in result.stderr
+    assert "NNX_BACKEND='cupy'" in result.stderr.splitlines()[-1]
 
 
 def test_cpu_backends_refuse_gpu_devices(backend):

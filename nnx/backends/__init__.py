@@ -294,7 +294,11 @@ def _startup_backend() -> None:
     name = os.environ.get("NNX_BACKEND", "").strip() or "numpy"
     _state.backend = BACKENDS["numpy"].load()
     if name != "numpy":
-        set_backend(name)
+        try:
+            set_backend(name)
+        except (ValueError, ImportError, RuntimeError) as exc:
+            # say where the name came from: the user may not know the variable is set
+            raise type(exc)(f"environment variable NNX_BACKEND={name!r}: {exc}") from exc
 
 
 _startup_backend()
