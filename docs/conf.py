@@ -39,8 +39,13 @@ html_css_files = ["nnx.css"]
 html_theme = "furo"
 html_title = f"nnx {release}"
 html_theme_options = {"navigation_with_keys": True}
-pygments_style = "sphinx"
-pygments_dark_style = "monokai"
+
+# MathJax (4, Sphinx's default): textmacros lets \text{backward\_delta} show an
+# underscore instead of a backslash.
+mathjax4_config = {
+    "loader": {"load": ["[tex]/textmacros"]},
+    "tex": {"packages": {"[+]": ["textmacros"]}},
+}
 
 # -- autodoc / napoleon ----------------------------------------------------------------
 autodoc_member_order = "bysource"

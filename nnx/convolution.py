@@ -64,8 +64,9 @@ class Conv1D(_Windowed):
 
     .. math::
         \text{backward\_update\_gradient:}\quad
-        \nabla_W L[k, c, d] \mathrel{+}= \sum_{b, o} X[b, o s + k, c]\, \delta[b, o, d],
-        \qquad \nabla_\beta L[d] \mathrel{+}= \sum_{b, o} \delta[b, o, d]
+        \nabla_W L[k, c, d] \mathrel{+}= \sum_{b, o} X[b, o s + k, c]\, \delta[b, o, d]
+
+        \nabla_\beta L[d] \mathrel{+}= \sum_{b, o} \delta[b, o, d]
 
     .. math::
         \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, t, c] =
