@@ -382,8 +382,9 @@ def torch_forward(module: nnx.Module, x: Any, params: Mapping[str, Any], prefix:
     }
     if isinstance(module, nnx.LeakyReLU):
         return F.leaky_relu(x, module.alpha)
-    if type(module) in simple:
-        return simple[type(module)](x)
+    for kind, fn in simple.items():
+        if isinstance(module, kind):
+            return fn(x)
     raise NotImplementedError(f"no torch reference for {module!r}")
 
 

@@ -446,3 +446,28 @@ def test_no_input_modified(backend, rng, make, shape):
     np.testing.assert_array_equal(host(x), x_copy)
     np.testing.assert_array_equal(host(delta), delta_copy)
     np.testing.assert_array_equal(host(out), out_copy)
+
+
+# -- the checkers themselves can fail ----------------------------------------------------
+class _WrongTanH(nnx.TanH):
+    def _backward(self, xp, X, out, delta):  # type: ignore[override]
+        return delta * (1.0 - out)  # should be 1 - out**2
+
+
+class _WrongBiasLinear(nnx.Linear):
+    def backward_update_gradient(self, input, delta) -> None:  # type: ignore[override]
+        super().backward_update_gradient(input, delta)
+        self._gradient["bias"] *= 1.001  # 0.1 % off
+
+
+def test_checkers_catch_wrong_gradients(backend, float64, rng):
+    x = rng.standard_normal((3, 4))
+    with pytest.raises(AssertionError, match="dL/dinput"):
+        finite_difference_check(_WrongTanH(), x)
+    with pytest.raises(AssertionError, match="dL/dbias"):
+        finite_difference_check(_WrongBiasLinear(4, 2, init_type="normal"), x)
+    with pytest.raises(AssertionError):
+        check_against_torch(_WrongTanH(), x, rng)
+    with pytest.raises(AssertionError, match="float64"):
+        nnx.set_default_dtype("float32")
+        finite_difference_check(nnx.Linear(4, 2), x)
