@@ -471,3 +471,34 @@ def test_checkers_catch_wrong_gradients(backend, float64, rng):
     with pytest.raises(AssertionError, match="float64"):
         nnx.set_default_dtype("float32")
         finite_difference_check(nnx.Linear(4, 2), x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nnx.Conv1D(3, 4, 2, stride=2, bias=True, init_type="normal"),
+        lambda: nnx.MaxPool1D(3, 2),
+        lambda: nnx.AvgPool1D(2, 3),
+        nnx.Flatten,
+        nnx.Softmax,
+    ],
+    ids=["conv", "maxpool", "avgpool", "flatten", "softmax"],
+)
+def test_non_contiguous_inputs(backend, float64, rng, make):
+    """A permuted (channels-first data viewed channels-last) input gives the same results."""
+    module = make()
+    x_cf = rng.standard_normal((3, 4, 11))  # (batch, chan, length)
+    xp = backends.BACKENDS[backend].xp
+    x_view = xp.permute_dims(nnx.asarray(x_cf), (0, 2, 1))  # (batch, length, chan), strided
+    x_plain = nnx.asarray(np.ascontiguousarray(x_cf.transpose(0, 2, 1)))
+    out = module(x_view)
+    assert_close(out, module(x_plain), 1e-13, 1e-14)
+    delta = nnx.asarray(rng.standard_normal(tuple(out.shape)))
+    module.zero_grad()
+    module.backward_update_gradient(x_view, delta)
+    grads = {k: host(g) for k, g in module._gradient.items()}
+    module.zero_grad()
+    module.backward_update_gradient(x_plain, delta)
+    for k, g in module._gradient.items():
+        assert_close(g, grads[k], 1e-13, 1e-14)
+    assert_close(module.backward_delta(x_view, delta), module.backward_delta(x_plain, delta), 1e-13)
