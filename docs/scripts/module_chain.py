@@ -47,18 +47,18 @@ def main() -> None:
     has_params = [bool(m._parameters) for m in net] + [False]
 
     n = len(names)
-    fig, ax = plt.subplots(figsize=(13, 4.6), dpi=130)
+    fig, ax = plt.subplots(figsize=(12, 4.4), dpi=150)
     ax.set_xlim(-1.5, n * 2.0 - 0.4)
     ax.set_ylim(-2.55, 2.35)
     ax.axis("off")
-    box_w, box_h, y0 = 1.35, 0.9, 0.0
+    box_w, box_h, y0 = 1.42, 1.1, 0.0
     forward_c, backward_c, grad_c = "#1f6fb4", "#c0392b", "#2d8a4e"
 
     def box(i: int) -> tuple[float, float]:
         return i * 2.0 + 0.6, y0
 
     # input X
-    ax.text(-1.05, y0, r"$X = z^0$", ha="center", va="center", fontsize=11)
+    ax.text(-1.05, y0, r"$X = z^0$", ha="center", va="center", fontsize=13)
     for i, (name, params) in enumerate(zip(names, has_params, strict=True)):
         cx, cy = box(i)
         is_loss = i == n - 1
@@ -74,26 +74,26 @@ def main() -> None:
                 linewidth=1.2,
             )
         )
-        label = name if is_loss else f"$M^{{{i + 1}}}$: {name}"
-        ax.text(cx, cy + 0.12, label, ha="center", va="center", fontsize=9.5)
+        label = f"loss\n{name}" if is_loss else f"$M^{{{i + 1}}}$\n{name}"
+        ax.text(cx, cy + 0.14, label, ha="center", va="center", fontsize=11.5, linespacing=1.3)
         if not is_loss:
             ax.text(
                 cx,
-                cy - 0.2,
+                cy - 0.33,
                 str(shapes[i + 1]),
                 ha="center",
                 va="center",
-                fontsize=7.5,
+                fontsize=10,
                 color="#555",
             )
         else:
             ax.text(
                 cx,
-                cy - 0.2,
-                "L = sum of losses",
+                cy - 0.33,
+                r"$L = \sum_i \ell_i$",
                 ha="center",
                 va="center",
-                fontsize=7.5,
+                fontsize=10,
                 color="#555",
             )
         if params:
@@ -106,7 +106,7 @@ def main() -> None:
                 xytext=(cx, cy - 2.05),
                 ha="center",
                 va="center",
-                fontsize=7.5,
+                fontsize=10,
                 color=grad_c,
                 arrowprops={"arrowstyle": "->", "color": grad_c, "lw": 1.0},
             )
@@ -136,7 +136,7 @@ def main() -> None:
             f"$z^{{{i}}}$",
             ha="center",
             color=forward_c,
-            fontsize=10,
+            fontsize=14,
         )
         arrow(left, prev_right, cy - 0.3, backward_c, -0.35)
         ax.text(
@@ -145,10 +145,10 @@ def main() -> None:
             rf"$\delta^{{{i}}}$",
             ha="center",
             color=backward_c,
-            fontsize=10,
+            fontsize=14,
         )
 
-    ax.text(-1.45, 2.1, "forward: $z^h = M^h(z^{h-1})$", color=forward_c, fontsize=11)
+    ax.text(-1.45, 2.1, "forward: $z^h = M^h(z^{h-1})$", color=forward_c, fontsize=13)
     ax.text(
         -1.45,
         1.7,
@@ -156,13 +156,13 @@ def main() -> None:
         r"\delta^h$,  starting from $\delta^H = \partial L / \partial \hat y$"
         " (Loss.backward)",
         color=backward_c,
-        fontsize=11,
+        fontsize=13,
     )
     ax.text(
         -1.45,
         -2.45,
         "blue boxes hold parameters (weight, bias); grey ones have none",
-        fontsize=8.5,
+        fontsize=10,
         color="#555",
     )
     fig.tight_layout()
