@@ -498,6 +498,155 @@ def asarray_objects(c):
     return lambda: nnx.asarray(data), [data]
 
 
+# -- training loops, optimisers, data helpers, files --------------------------------------
+def _training(c, n: int = 20, width: int = 4, classes: int = 3):
+    """A small classifier, its Optim, and host data (the loops accept NumPy arrays)."""
+    net = nnx.Sequential(nnx.Linear(width, classes))
+    opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.1)
+    X = np.random.default_rng(0).standard_normal((n, width))
+    y = np.arange(n) % classes
+    return net, opt, X, y
+
+
+@case(ValueError, r"Optim\.SGD\b", r"batch_size must be a positive int", r"got 0")
+def sgd_batch_size_zero(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD(X, y, 0, 2, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD\b", r"batch_size must be a positive int", r"got -3")
+def sgd_batch_size_negative(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD(X, y, -3, 2, progress=False), [net, X, y]
+
+
+@case(TypeError, r"Optim\.SGD\b", r"batch_size must be an int", r"got float 2\.5")
+def sgd_batch_size_float(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD(X, y, 2.5, 2, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD\b", r"epochs must be a positive int", r"got -1")
+def sgd_epochs_negative(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD(X, y, 4, -1, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD\b", r"no samples", r"shape \(0, 4\)")
+def sgd_no_data(c):
+    net, opt, X, y = _training(c)
+    X0, y0 = c.A(X[:0]), c.A(y[:0])
+    return lambda: opt.SGD(X0, y0, 4, 2, progress=False), [net, X0, y0]
+
+
+@case(ValueError, r"Optim\.SGD_eval", r"both must be at least 1", r"out of 0\b")
+def sgd_eval_no_data(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X[:0], y[:0], 4, 2, 0.2, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD\b", r"same number of samples", r"X \(20, 4\) and y \(10,\)")
+def sgd_x_y_length_mismatch(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD(X, y[:10], 4, 2, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD\b", r"non-finite", r"sample 7 of 20")
+def sgd_non_finite_data(c):
+    net, opt, X, y = _training(c)
+    X[7, 1] = np.inf
+    return lambda: opt.SGD(X, y, 4, 2, progress=False), [net, X, y]
+
+
+@case(ValueError, r"CELogSoftmax", r"\[0, 3\) for 3 classes", r"got values in \[1, 3\]")
+def sgd_labels_out_of_range(c):
+    net, opt, X, y = _training(c)
+    y = y + 1
+    return lambda: opt.SGD(X, y, 4, 2, progress=False), [net, X, y]
+
+
+@case(ValueError, r"CELogSoftmax", r"shape \(4, 3\) \(like yhat\)", r"got shape \(4, 5\)")
+def sgd_one_hot_wrong_class_count(c):
+    net, opt, X, y = _training(c)
+    Y = np.eye(5)[y]
+    return lambda: opt.SGD(X, Y, 4, 2, shuffle=False, progress=False), [net, X, Y]
+
+
+@case(ValueError, r"Optim\.SGD_eval", r"float test_size must lie in \(0, 1\)", r"got 0\.0")
+def sgd_eval_test_size_zero(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X, y, 4, 2, 0.0, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD_eval", r"float test_size must lie in \(0, 1\)", r"got 1\.0")
+def sgd_eval_test_size_one(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X, y, 4, 2, 1.0, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD_eval", r"float test_size must lie in \(0, 1\)", r"got 1\.5")
+def sgd_eval_test_size_above_one(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X, y, 4, 2, 1.5, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD_eval", r"float test_size must lie in \(0, 1\)", r"got -0\.2")
+def sgd_eval_test_size_negative(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X, y, 4, 2, -0.2, progress=False), [net, X, y]
+
+
+@case(TypeError, r"Optim\.SGD_eval", r"test_size must be a float or an int", r"got '0\.2'")
+def sgd_eval_test_size_string(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X, y, 4, 2, "0.2", progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\.SGD_eval", r"patience must be a positive int", r"got 0")
+def sgd_eval_patience_zero(c):
+    net, opt, X, y = _training(c)
+    return lambda: opt.SGD_eval(X, y, 4, 2, 0.2, patience=0, progress=False), [net, X, y]
+
+
+@case(ValueError, r"Optim\b", r"eps must be a non-negative number", r"got -0\.1")
+def optim_negative_eps(c):
+    net = nnx.Sequential(nnx.Linear(4, 3))
+    return lambda: nnx.Optim(net, nnx.MSELoss(), eps=-0.1), [net]
+
+
+@case(TypeError, r"Optim\b", r"optimizer must have a step\(network\) method", r"got str")
+def optim_optimizer_is_a_string(c):
+    net = nnx.Sequential(nnx.Linear(4, 3))
+    return lambda: nnx.Optim(net, nnx.MSELoss(), optimizer="adam"), [net]
+
+
+@case(ValueError, r"\bSGD\b", r"lr must be >= 0", r"got -1")
+def optimizer_negative_lr(c):
+    return lambda: nnx.optimizers.SGD(-1), []
+
+
+@case(ValueError, r"Momentum", r"momentum must be .*\[0\.0, 1\.0\)", r"got 1\.5")
+def momentum_out_of_range(c):
+    return lambda: nnx.optimizers.Momentum(0.1, momentum=1.5), []
+
+
+@case(ValueError, r"nnx\.optimizers\.get", r"one of \['adam'", r"'rmsprop'")
+def optimizers_get_unknown(c):
+    return lambda: nnx.optimizers.get("rmsprop"), []
+
+
+@case(ValueError, r"nnx\.datasets\.one_hot", r"\[0, 3\)", r"got values in \[0, 5\]")
+def one_hot_label_out_of_range(c):
+    labels = np.array([0, 5, 1])
+    return lambda: nnx.datasets.one_hot(labels, 3), [labels]
+
+
+@case(TypeError, r"nnx\.save", r"nnx Module", r"got dict")
+def save_a_state_dict(c):
+    state = nnx.Linear(2, 2).state_dict()
+    return lambda: nnx.save(state, "never-written.npz"), [state]
+
+
 # -- the table test ------------------------------------------------------------------------
 def _snapshot(obj: Any) -> Any:
     """A deep, backend-independent copy of what ``obj`` holds, to compare afterwards."""
