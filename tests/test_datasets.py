@@ -1,0 +1,114 @@
+"""nnx.datasets: local MNIST-1D and digits, one_hot, clear errors without the extras."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import datasets
+
+
+def test_mnist1d_shapes_dtypes_and_determinism():
+    pytest.importorskip("mnist1d")
+    X, y, Xt, yt = datasets.mnist1d()
+    assert (X.shape, y.shape, Xt.shape, yt.shape) == (
+        (4000, 40, 1),
+        (4000,),
+        (1000, 40, 1),
+        (1000,),
+    )
+    assert X.dtype == np.float32 and y.dtype == np.int64
+    assert set(np.unique(y)) == set(range(10)) and set(np.unique(yt)) == set(range(10))
+    X2, y2, _, _ = datasets.mnist1d()
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    X2[0, 0, 0] = 1e6  # fresh arrays: the cache is not affected
+    assert datasets.mnist1d()[0][0, 0, 0] != 1e6
+    flat = datasets.mnist1d(flatten=True)[0]
+    assert flat.shape == (4000, 40)
+    np.testing.assert_array_equal(flat, X[..., 0])
+
+
+def test_mnist1d_matches_the_package_defaults():
+    mnist1d = pytest.importorskip("mnist1d.data")
+    ref = mnist1d.make_dataset(mnist1d.get_dataset_args())
+    X, y, Xt, yt = datasets.mnist1d(flatten=True)
+    np.testing.assert_allclose(X, ref["x"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(yt, ref["y_test"])
+
+
+def test_digits():
+    pytest.importorskip("sklearn")
+    X, y, Xt, yt = datasets.digits()
+    assert X.shape == (1437, 64, 1) and Xt.shape == (360, 64, 1)
+    assert X.min() == 0.0 and X.max() == 1.0 and X.dtype == np.float32
+    # stratified split: every class in both parts, in proportion
+    assert np.all(np.bincount(yt) >= 35)
+    X2, *_ = datasets.digits(seed=1)
+    assert not np.array_equal(X, X2)
+    with pytest.raises(ValueError, match="test_size"):
+        datasets.digits(test_size=2)
+
+
+def test_load_by_name():
+    pytest.importorskip("sklearn")
+    assert datasets.load("digits", flatten=True)[0].shape == (1437, 64)
+    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
+        datasets.load("cifar")
+
+
+def test_one_hot(backend):
+    y = np.array([2, 0, 1, 2])
+    expected = np.eye(3, dtype=np.float32)[y]
+    np.testing.assert_array_equal(datasets.one_hot(y), expected)
+    np.testing.assert_array_equal(datasets.one_hot(nnx.asarray(y), 3), expected)  # backend array
+    assert datasets.one_hot(y, 5).shape == (4, 5)
+    assert datasets.one_hot(y, dtype=np.float64).dtype == np.float64
+    assert datasets.one_hot(np.array([], dtype=int), 2).shape == (0, 2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        datasets.one_hot(y, 2)
+    with pytest.raises(ValueError, match="shape"):
+        datasets.one_hot(np.zeros((2, 2), dtype=int))
+    with pytest.raises(TypeError, match="integer labels"):
+        datasets.one_hot(np.array([0.5, 1.0]))
+
+
+@pytest.mark.parametrize(
+    ("loader", "module", "package"),
+    [("mnist1d", "mnist1d", "mnist1d"), ("digits", "sklearn", "scikit-learn")],
+)
+def test_missing_optional_package_names_the_extra(monkeypatch, loader, module, package):
+    datasets._mnist1d_cached.cache_clear()
+    datasets._digits_cached.cache_clear()
+    for name in list(sys.modules):
+        if name == module or name.startswith(module + "."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails
+    with pytest.raises(
+        ImportError, match=rf"'{package}'.*pip install \"nnx-backprop\[datasets\]\""
+    ):
+        getattr(datasets, loader)()
+    monkeypatch.undo()
+    datasets._mnist1d_cached.cache_clear()
+    datasets._digits_cached.cache_clear()
+
+
+def test_import_nnx_does_not_import_heavy_dependencies():
+    import subprocess
+
+    code = (
+        "import sys, nnx; heavy = [m for m in ('pandas', 'matplotlib', 'tqdm', 'mnist1d', "
+        "'sklearn', 'torch', 'cupy', 'array_api_strict') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "NNX_BACKEND": "numpy"},
+        cwd=__import__("pathlib").Path(__file__).resolve().parents[1],
+    )
+    assert out.stdout.strip() == "[]"
