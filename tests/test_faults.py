@@ -312,7 +312,23 @@ def test_soak_no_memory_growth(backend, record_property):
     assert objects_after - objects_before < 100, (objects_before, objects_after)
 
 
-def test_soak_live_objects(backend, record_property):
+@pytest.fixture
+def one_torch_thread(backend):
+    """Tiny tensors: PyTorch's intra-op threads only add contention on a busy CI box."""
+    if backend != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_soak_live_objects(backend, one_torch_thread, record_property):
     """1,000 SGD steps on every backend: no Python objects (arrays, tensors) pile up."""
     opt, X, y, batch, per_epoch = _soak_setup()
     opt.SGD(X, y, batch, 4, seed=1, progress=False)
