@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -240,7 +241,11 @@ class Optim:
             raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
         if not isinstance(loss, Loss):
             raise TypeError(f"Optim: loss must be a nnx Loss, got {type(loss).__name__}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(
+                f"Optim: eps must be a non-negative number, got {type(eps).__name__} {eps!r}"
+            )
+        if not eps >= 0:
             raise ValueError(f"Optim: eps must be a non-negative number, got {eps!r}")
         if optimizer is not None and not callable(getattr(optimizer, "step", None)):
             raise TypeError(

@@ -614,6 +614,12 @@ def optim_negative_eps(c):
     return lambda: nnx.Optim(net, nnx.MSELoss(), eps=-0.1), [net]
 
 
+@case(TypeError, r"Optim\b", r"eps must be a non-negative number", r"got str '0\.1'")
+def optim_string_eps(c):
+    net = nnx.Sequential(nnx.Linear(4, 3))
+    return lambda: nnx.Optim(net, nnx.MSELoss(), eps="0.1"), [net]
+
+
 @case(TypeError, r"Optim\b", r"optimizer must have a step\(network\) method", r"got str")
 def optim_optimizer_is_a_string(c):
     net = nnx.Sequential(nnx.Linear(4, 3))
