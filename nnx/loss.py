@@ -135,7 +135,8 @@ class BCELoss(_TargetLoss):
         # log of max(p, 1e-44) (< e^-100): no log(0) and no divide-by-zero warning
         log_p = xp.maximum(xp.log(xp.maximum(yhat, 1e-44)), -100.0)
         log_q = xp.maximum(xp.log(xp.maximum(1.0 - yhat, 1e-44)), -100.0)
-        return -_per_sample(xp, y * log_p + (1.0 - y) * log_q)
+        # 0 - s rather than -s: a perfect prediction gives +0.0, not -0.0
+        return 0.0 - _per_sample(xp, y * log_p + (1.0 - y) * log_q)
 
     def backward(self, y: Array, yhat: Array) -> Array:
         y = self._targets(y, yhat)
