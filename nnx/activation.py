@@ -70,7 +70,8 @@ class ReLU(Activation):
         return xp.maximum(X, 0.0)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:
-        return xp.where(X > 0, delta, 0.0)
+        # a 0/1 float mask: NumPy's ``where`` with an irregular mask measured ~20x slower
+        return delta * xp.astype(X > 0, delta.dtype)
 
 
 class LeakyReLU(Activation):

@@ -29,6 +29,9 @@ class _TargetLoss(Loss):
 
     #: required ``yhat.ndim`` (``None``: any ``ndim >= 1``)
     yhat_ndim: int | None = None
+    #: ``(y, yhat)`` of the last ``forward`` and what it computed, for ``backward``
+    _cache_key: tuple[Array, Array] | None = None
+    _cache: Any = None
 
     def _targets(self, y: Array, yhat: Array) -> Array:
         """Validate ``(y, yhat)``; return ``y`` as a float array of ``yhat``'s shape."""
@@ -192,11 +195,22 @@ class CELogSoftmax(_TargetLoss):
     yhat_ndim = 2
 
     def forward(self, y: Array, yhat: Array) -> Array:
-        y = self._targets(y, yhat)
-        return -namespace(yhat).sum(y * log_softmax(namespace(yhat), yhat), axis=-1)
+        target = self._targets(y, yhat)
+        xp = namespace(yhat)
+        logp = log_softmax(xp, yhat)
+        # backward(y, yhat) on these very arrays (a training step) reuses this work
+        self._cache_key, self._cache = (y, yhat), (target, logp)
+        return -xp.sum(target * logp, axis=-1)
 
     def backward(self, y: Array, yhat: Array) -> Array:
-        y = self._targets(y, yhat)
+        key = self._cache_key
+        if key is not None and key[0] is y and key[1] is yhat:
+            target, logp = self._cache
+        else:
+            target = self._targets(y, yhat)
+            logp = log_softmax(namespace(yhat), yhat)
         xp = namespace(yhat)
-        probs = xp.exp(log_softmax(xp, yhat))
-        return probs * xp.sum(y, axis=-1, keepdims=True) - y
+        probs = xp.exp(logp)
+        if len(y.shape) == 1:  # integer labels: one-hot rows sum to 1
+            return probs - target
+        return probs * xp.sum(target, axis=-1, keepdims=True) - target
