@@ -83,6 +83,7 @@ def test_evaluate_on_another_backend(backend, tmp_path, capsys):
         (["train", "--val-size", "1.5"], "--val-size"),
         (["train", "--backend", "cupy"], "cupy"),
         (["evaluate", "missing.npz"], "no such file"),
+        (["train", "--threads", "-1"], "--threads must be >= 0"),
     ],
 )
 def test_errors_exit_2_with_a_message(tmp_path, capsys, argv, text):
@@ -95,6 +96,14 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, argv, text):
     os.chdir(tmp_path)
     assert cli.main(argv) == 2
     assert text in capsys.readouterr().err
+
+
+def test_limit_threads_restores_torch_threads():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    with cli.limit_threads(1, torch=True):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
 
 
 def test_bad_choice_is_an_argparse_error(capsys):
