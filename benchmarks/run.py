@@ -120,6 +120,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per library")
     p.add_argument("--block-ms", type=float, default=None, help="target duration of a block")
     p.add_argument("--warmup", type=int, default=5, help="warm-up steps per library")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: CPU time of the process (for a loaded machine, with "
+        "--threads 1 only, since waiting threads spin)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="SGD step size (both libraries)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", type=Path, default=None, help="write the results as JSON")
@@ -147,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.sections) - {"step", "batch", "length", "memory"}
     if unknown:
         p.error(f"--sections: unknown section(s) {sorted(unknown)}")
+    if args.clock == "cpu" and (args.backend == "cupy" or (args.device or "cpu") != "cpu"):
+        p.error("--clock cpu measures CPU time: use it on the CPU only")
     if args.rounds is None:
         args.rounds = 7 if args.quick else 15
     if args.block_ms is None:
@@ -408,6 +417,7 @@ class Env:
             "nnx_backend": self.nnx.get_backend(),
             "nnx_device": str(self.nnx.get_device()),
             "dtype": "float32",
+            "clock": self.args.clock,
         }
         original = os.environ.get(ORIG_ENV_KEY)
         info["openblas_env_removed"] = json.loads(original) if original else {}
@@ -520,6 +530,7 @@ class Case:
         k = max(1, math.ceil(args.block_ms / 1e3 / max(per_call.values())))
         samples: dict[str, list[float]] = {name: [] for name in fns}
         names = list(fns)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
         gc.collect()
         gc_was = gc.isenabled()
         gc.disable()
@@ -528,11 +539,11 @@ class Case:
                 for name in names if r % 2 == 0 else names[::-1]:
                     fn = fns[name]
                     env.sync()
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     for _ in range(k):
                         fn()
                     env.sync()
-                    samples[name].append((time.perf_counter() - t0) / k)
+                    samples[name].append((clock() - t0) / k)
         finally:
             if gc_was:
                 gc.enable()
@@ -830,7 +841,7 @@ def machine_lines(meta: dict[str, Any]) -> list[str]:
         f"Machine: {meta['cpu']}, {meta['cpu_count']} cores, {meta['platform']}",
         f"Python {meta['python']}, NumPy {meta['numpy']}, nnx {meta['nnx']} "
         f"(backend {meta['nnx_backend']}, device {meta['nnx_device']}), float32, "
-        f"{meta['threads']} threads",
+        f"{meta['threads']} threads, {meta['clock']} clock",
     ]
     if blas:
         lines.append(f"NumPy BLAS: {blas}")
