@@ -219,11 +219,21 @@ class Softmax(Activation):
     """
 
     def _forward(self, xp: Any, X: Array) -> Array:
+        _check_classes(self, X)
         e = xp.exp(X - xp.max(X, axis=-1, keepdims=True))
         return e / xp.sum(e, axis=-1, keepdims=True)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:
         return out * (delta - xp.sum(delta * out, axis=-1, keepdims=True))
+
+
+def _check_classes(module: Module, X: Array) -> None:
+    """Softmax over an empty last axis is meaningless: say so (not a backend error)."""
+    if X.shape[-1] == 0:
+        raise ValueError(
+            f"{module.name}: expected at least 1 entry on the last axis (the classes), "
+            f"got shape {tuple(X.shape)}"
+        )
 
 
 def log_softmax(xp: Any, X: Array) -> Array:
@@ -248,6 +258,7 @@ class LogSoftmax(Activation):
     """
 
     def _forward(self, xp: Any, X: Array) -> Array:
+        _check_classes(self, X)
         return log_softmax(xp, X)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:

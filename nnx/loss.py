@@ -42,6 +42,10 @@ class _TargetLoss(Loss):
             else ("batch",) + (None,) * max(len(getattr(yhat, "shape", ())) - 1, 0)
         )
         check_array(name, yhat, shape, "yhat")
+        if self.yhat_ndim == 2 and yhat.shape[1] == 0:
+            raise ValueError(
+                f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat.shape)}"
+            )
         if not backends.is_array(y):
             raise TypeError(f"{name}: expected y to be an array, got {type(y).__name__}")
         if type(y) is not type(yhat):

@@ -329,6 +329,24 @@ def logsoftmax_delta_float64(c):
     return lambda: net.backward_delta(X, d), [net, X, d]
 
 
+@case(ValueError, r"Softmax\(", r"at least 1 entry on the last axis", r"got shape \(2, 0\)")
+def softmax_zero_classes(c):
+    net, X = nnx.Softmax(), c.A(np.zeros((2, 0)))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, r"LogSoftmax\(", r"at least 1 entry on the last axis", r"got shape \(0, 0\)")
+def logsoftmax_backward_zero_classes(c):
+    net, X = nnx.LogSoftmax(), c.A(np.zeros((0, 0)))
+    return lambda: net.backward_delta(X, X), [net, X]
+
+
+@case(ValueError, r"CELogSoftmax", r"at least 1 class", r"got shape \(2, 0\)")
+def ce_zero_classes(c):
+    y, yhat = c.A(np.zeros((2, 0))), c.A(np.zeros((2, 0)))
+    return lambda: nnx.CELogSoftmax()(y, yhat), [y, yhat]
+
+
 @case(TypeError, r"LeakyReLU", r"alpha must be a real number", r"got str '0\.1'")
 def leakyrelu_string_alpha(c):
     return lambda: nnx.LeakyReLU("0.1"), []
