@@ -444,3 +444,55 @@ def test_cnn_trained_like_pytorch_float64(backend, float64, rng):
         for p, q in zip(init.parameters(), net.parameters(), strict=True)
     )
     assert moved > 1e-3
+
+
+def test_online_plot_in_a_notebook_redraws_one_display(backend, rng, tmp_path, monkeypatch):
+    pytest.importorskip("IPython")
+    import IPython.display
+
+    calls = []
+
+    class Handle:
+        def update(self, fig):
+            calls.append(("update", fig))
+
+    def display(fig, display_id=None):
+        calls.append(("display", fig))
+        return Handle()
+
+    monkeypatch.setattr(nnx.training, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.chdir(tmp_path)
+    X, y = _data(rng, n=30)
+    opt = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.05)
+    opt.SGD_eval(X, y, 10, 3, 0.2, patience=None, online_plot=True, progress=False)
+    assert [c[0] for c in calls] == ["display", "update", "update"]
+    assert type(calls[0][1]).__name__ == "Figure"
+    assert list(tmp_path.iterdir()) == []  # no PNG in a notebook
+
+
+def test_online_plot_true_outside_a_notebook_writes_learning_curve_png(
+    backend, rng, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    X, y = _data(rng, n=30)
+    nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.05).SGD_eval(
+        X, y, 10, 1, 0.2, online_plot=True, progress=False
+    )
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+
+
+def test_missing_training_extras_are_named(backend, rng, monkeypatch):
+    import sys
+
+    X, y = _data(rng, n=20)
+    opt = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.05)
+    for name in [m for m in sys.modules if m == "tqdm" or m.startswith("tqdm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"'tqdm'.*pip install \"nnx-backprop\[train\]\""):
+        opt.SGD(X, y, 5, 1, progress=True)
+    assert opt.SGD(X, y, 5, 1).shape == (1,)  # automatic bars: silently none
+    with pytest.raises(ImportError, match=r"'pandas'.*nnx-backprop\[train\]"):
+        opt.SGD_eval(X, y, 5, 1, 0.2, return_dataframe=True)
