@@ -142,10 +142,10 @@ def get_default_dtype() -> str:
 def _dtype_name(dtype: Any) -> str:
     if isinstance(dtype, str):
         return dtype
-    text = str(
-        dtype
-    )  # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
-    return text.rsplit(".", 1)[-1]
+    if isinstance(dtype, type):  # a scalar type such as numpy.float64
+        return dtype.__name__
+    # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
+    return str(dtype).rsplit(".", 1)[-1]
 
 
 def dtype_name(x: Any) -> str:
