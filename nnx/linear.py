@@ -87,21 +87,29 @@ class Linear(Module):
         out = X @ W
         if self.bias:
             out += self._parameters["bias"]
+        self._cache_key = X  # checked: the backward pass on this input skips the check
         return out
 
     def _check_backward(self, input: Array, delta: Array) -> None:
         W = self._parameters["weight"]
-        self._check_input(input, ("batch", self.input_size), like=W)
+        if input is not self._cache_key:
+            self._check_input(input, ("batch", self.input_size), like=W)
         self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         self._check_backward(input, delta)
-        xp = namespace(input)
-        self._gradient["weight"] += xp.matrix_transpose(input) @ delta
+        self._gradient["weight"] += _mT(input) @ delta
         if self.bias:
-            self._gradient["bias"] += xp.sum(delta, axis=0, keepdims=True)
+            self._gradient["bias"] += namespace(delta).sum(delta, axis=0, keepdims=True)
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_backward(input, delta)
-        xp = namespace(input)
-        return delta @ xp.matrix_transpose(self._parameters["weight"])
+        return delta @ _mT(self._parameters["weight"])
+
+
+def _mT(x: Array) -> Array:
+    """Matrix transpose: the standard's ``.mT`` attribute (a view), else the function."""
+    try:
+        return x.mT
+    except AttributeError:  # e.g. CuPy < 14
+        return namespace(x).matrix_transpose(x)
