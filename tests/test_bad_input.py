@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import nnx
 from nnx import backends
@@ -732,6 +734,83 @@ def test_bad_input(backend, row: Case):
     after = [_snapshot(w) for w in watched]
     for i, (b, a) in enumerate(zip(before, after, strict=True)):
         assert _same(b, a), f"argument {i} of {row.id} was modified"
+
+
+# -- random shapes: accepted exactly when valid, refused by nnx otherwise --------------------
+def _windowed(s: tuple[int, ...], k: int, st: int, chan: int | None, out_chan: int | None):
+    if len(s) != 3 or s[1] < k or (chan is not None and s[2] != chan):
+        return None
+    return (s[0], (s[1] - k) // st + 1, s[2] if out_chan is None else out_chan)
+
+
+SHAPE_RULES = {
+    # name: (module factory, owner regex, expected output shape or None when invalid)
+    "Linear": (
+        lambda: nnx.Linear(4, 3),
+        r"Linear\(4, 3",
+        lambda s: (s[0], 3) if len(s) == 2 and s[1] == 4 else None,
+    ),
+    "Conv1D": (
+        lambda: nnx.Conv1D(3, 2, 5, stride=2),
+        r"Conv1D\(3, 2, 5",
+        lambda s: _windowed(s, 3, 2, 2, 5),
+    ),
+    "MaxPool1D": (
+        lambda: nnx.MaxPool1D(3, 2),
+        r"MaxPool1D\(",
+        lambda s: _windowed(s, 3, 2, None, None),
+    ),
+    "AvgPool1D": (
+        lambda: nnx.AvgPool1D(2, 3),
+        r"AvgPool1D\(",
+        lambda s: _windowed(s, 2, 3, None, None),
+    ),
+    "Flatten": (
+        nnx.Flatten,
+        r"Flatten\(",
+        lambda s: (s[0], s[1] * s[2]) if len(s) == 3 else None,
+    ),
+    "Softmax": (nnx.Softmax, r"Softmax\(", lambda s: s if len(s) >= 1 and s[-1] >= 1 else None),
+    "ReLU": (nnx.ReLU, r"ReLU\(", lambda s: s if len(s) >= 1 else None),
+}
+SHAPES = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
+SHAPE_EXAMPLES = 100
+
+
+@pytest.mark.parametrize("name", list(SHAPE_RULES))
+@settings(
+    max_examples=SHAPE_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(shape=SHAPES, delta_shape=SHAPES)
+def test_random_shapes(backend, name, shape, delta_shape):
+    """Any input shape: the formula's output when valid, else a ValueError from nnx
+    naming the module and the received shape; the same for ``delta`` in backward."""
+    make, owner, rule = SHAPE_RULES[name]
+    module = make()
+    X = nnx.asarray(np.ones(shape))
+    expected = rule(shape)
+    if expected is None:
+        with pytest.raises(ValueError) as info:
+            module(X)
+        message = str(info.value)
+        assert re.search(owner, message) and str(shape) in message, message
+        return
+    assert tuple(module(X).shape) == expected
+    delta = nnx.asarray(np.ones(delta_shape))
+    if delta_shape == expected:
+        assert tuple(module.backward_delta(X, delta).shape) == shape
+        return
+    for method in (module.backward_delta, module.backward_update_gradient):
+        if method == module.backward_update_gradient and not module._parameters:
+            continue  # a no-op for modules without parameters
+        with pytest.raises(ValueError) as info:
+            method(X, delta)
+        message = str(info.value)
+        assert re.search(owner, message) and str(delta_shape) in message, message
 
 
 # -- empty batches: valid for layers and losses ----------------------------------------------
