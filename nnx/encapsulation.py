@@ -268,7 +268,8 @@ class Optim:
 
     # -- data -------------------------------------------------------------------------
     def _like(self) -> Array | None:
-        return next(iter(self.network.parameters()), None)
+        # the first parameter only (a generator): this runs twice per training step
+        return next((p for _, p in self.network.named_parameters()), None)
 
     def _device_data(self, X: Any) -> Array:
         """Data on the network's backend; floating data takes the network's dtype.
