@@ -244,7 +244,7 @@ def _build(spec: Any, path: Path, where: str = "architecture") -> Module:
     kids = [_build(c, path, f"{where}.{i}") for i, c in enumerate(children)]
     try:
         return cls(*kids, **config)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, MemoryError) as exc:  # MemoryError: absurd sizes
         raise ModelFileError(
             f"nnx.load: {str(path)!r}: cannot rebuild {name}(**{config!r}): {exc}"
         ) from None

@@ -225,6 +225,16 @@ def test_unknown_module_class(saved, tmp_path, backend):
     refuse(bad, r"unknown module class|module class 'os\.system', unknown")
 
 
+def test_absurd_layer_size_in_the_header(saved, tmp_path, backend):
+    """A crafted config asking for an exabyte-sized layer: refused, nothing allocated."""
+    path, _ = saved
+    header = header_of(path)
+    header["architecture"]["children"][3]["config"].update(input_size=10**9, output_size=10**9)
+    bad = tmp_path / "huge.npz"
+    rewrite(path, bad, header)
+    refuse(bad, r"cannot rebuild Linear", r"1000000000")
+
+
 # -- parameters that do not fit ------------------------------------------------------------
 def test_mismatched_shape(saved, tmp_path, backend):
     path, _ = saved
