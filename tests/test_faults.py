@@ -106,11 +106,13 @@ def assert_closed(bars: list) -> None:
 
 
 # -- non-finite losses ---------------------------------------------------------------------
-def test_step_non_finite_loss_keeps_parameters(backend):
+@pytest.mark.parametrize("optimizer", [None, "momentum", "adam"])
+def test_step_non_finite_loss_keeps_parameters(backend, optimizer):
     net = make_net()
     trap = Trap(at=2, action="nan", watch=net)
     net.add(trap)
-    opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.1)
+    rule = None if optimizer is None else nnx.optimizers.get(optimizer, 0.01)
+    opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.1, optimizer=rule)
     X, y = data(8)
     opt.step(X, y)
     with pytest.raises(FloatingPointError, match=r"Optim\.step.*non-finite"):
@@ -119,17 +121,18 @@ def test_step_non_finite_loss_keeps_parameters(backend):
 
 
 @pytest.mark.parametrize("epoch, batch", [(1, 1), (3, 2), (4, 5)])
-def test_sgd_non_finite_loss_names_epoch_and_batch(backend, epoch, batch):
+def test_sgd_non_finite_loss_names_epoch_and_batch(backend, bars, epoch, batch):
     X, y = data(40)  # 5 batches of 8 per epoch
     net = make_net()
     trap = Trap(at=(epoch - 1) * 5 + batch, action="nan", watch=net)
     net.add(trap)
     opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.05)
     with pytest.raises(FloatingPointError) as info:
-        opt.SGD(X, y, batch_size=8, epochs=6, progress=False)
+        opt.SGD(X, y, batch_size=8, epochs=6, progress=True)
     message = str(info.value)
     assert re.search(rf"Optim\.SGD\b.*\bepoch {epoch}\b.*\bbatch {batch}\b", message), message
     assert_same_state(net.state_dict(), trap.before)
+    assert_closed(bars)
 
 
 def test_sgd_eval_non_finite_loss_names_epoch_and_batch(backend):
