@@ -214,9 +214,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
             from .training import Progress
 
-            probe = Progress(None if args.progress is None else args.progress, 0)
-            bars_shown = probe.active and not args.quiet
-            probe.close()
+            bars_shown = not args.quiet and Progress.resolve(args.progress) is not None
             t1 = time.perf_counter()
             optim.SGD_eval(
                 X,

@@ -69,29 +69,34 @@ class Progress:
     """
 
     def __init__(self, enabled: bool | None, epochs: int, desc: str = "epochs") -> None:
-        self.tqdm: Any = None
-        if enabled is None:
-            enabled = in_notebook() or _isatty(sys.stderr)
-            required = False
-        else:
-            required = bool(enabled)
-        if enabled:
-            try:
-                if in_notebook():
-                    from tqdm.auto import tqdm
-                else:
-                    from tqdm import tqdm
-            except ImportError:
-                if required:
-                    raise missing("tqdm", "progress bars") from None
-            else:
-                self.tqdm = tqdm
+        self.tqdm: Any = self.resolve(enabled)
         self.epochs_bar: Any = (
             self.tqdm(total=epochs, desc=desc, position=0, leave=True, dynamic_ncols=True)
             if self.tqdm
             else _NullBar()
         )
         self.batch_bar: Any = _NullBar()
+
+    @staticmethod
+    def resolve(enabled: bool | None) -> Any:
+        """The tqdm class to draw bars with, or ``None`` for no bars (nothing drawn)."""
+        if enabled is None:
+            enabled = in_notebook() or _isatty(sys.stderr)
+            required = False
+        else:
+            required = bool(enabled)
+        if not enabled:
+            return None
+        try:
+            if in_notebook():
+                from tqdm.auto import tqdm
+            else:
+                from tqdm import tqdm
+        except ImportError:
+            if required:
+                raise missing("tqdm", "progress bars") from None
+            return None
+        return tqdm
 
     @property
     def active(self) -> bool:
