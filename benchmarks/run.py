@@ -193,14 +193,14 @@ MODEL_NAMES = ["seed_cnn", "mlp", "mnist1d_cnn"]
 def model_spec(name: str, length: int | None = None) -> tuple[list[tuple], tuple[int, ...], int]:
     """Layers, nnx input shape without batch, number of classes.
 
-    Layer tuples: ("conv", k, chan_in, chan_out, stride), ("maxpool", k, stride),
-    ("flatten",), ("linear", in, out), ("relu",), ("tanh",).
+    Layer tuples: ("conv", k, chan_in, chan_out, stride, bias), ("maxpool", k, stride),
+    ("avgpool", k, stride), ("flatten",), ("linear", in, out), ("relu",), ("tanh",).
     """
     if name == "seed_cnn":
         L = 256 if length is None else length
         pooled = ((L - 3) + 1 - 2) // 2 + 1
         layers = [
-            ("conv", 3, 1, 32, 1),
+            ("conv", 3, 1, 32, 1, False),
             ("maxpool", 2, 2),
             ("flatten",),
             ("linear", pooled * 32, 100),
@@ -216,20 +216,21 @@ def model_spec(name: str, length: int | None = None) -> tuple[list[tuple], tuple
 
 
 def mnist1d_spec() -> tuple[list[tuple], tuple[int, ...], int]:
-    """The MNIST-1D CNN: nnx.models' layout when it exists, else the one below.
+    """The MNIST-1D CNN: ``nnx.models.cnn(40, 1, 10)`` when nnx.models has it.
 
-    Fallback (length-40 signals, 10 classes): Conv1D(5,1,32) ReLU MaxPool1D(2,2)
-    Conv1D(3,32,64) ReLU MaxPool1D(2,2) Flatten Linear(512,100) ReLU Linear(100,10).
+    Fallback (length-40 signals, 10 classes), used by older nnx versions:
+    Conv1D(5,1,32) ReLU MaxPool1D(2,2) Conv1D(3,32,64) ReLU MaxPool1D(2,2) Flatten
+    Linear(512,100) ReLU Linear(100,10).
     """
     spec = _spec_from_nnx_models()
     if spec is not None:
         return spec
     return (
         [
-            ("conv", 5, 1, 32, 1),
+            ("conv", 5, 1, 32, 1, False),
             ("relu",),
             ("maxpool", 2, 2),
-            ("conv", 3, 32, 64, 1),
+            ("conv", 3, 32, 64, 1, False),
             ("relu",),
             ("maxpool", 2, 2),
             ("flatten",),
@@ -243,31 +244,24 @@ def mnist1d_spec() -> tuple[list[tuple], tuple[int, ...], int]:
 
 
 def _spec_from_nnx_models() -> tuple[list[tuple], tuple[int, ...], int] | None:
-    """Translate ``nnx.models``' MNIST-1D CNN to a spec, if that module offers one."""
+    """Translate ``nnx.models.cnn(40, 1, 10)`` layer by layer, if nnx has it."""
     try:
         import nnx
         from nnx import models
     except ImportError:
         return None
-    factory = None
-    for attr in ("mnist1d_cnn", "MNIST1DCNN", "mnist1d_model", "cnn_mnist1d"):
-        factory = getattr(models, attr, None)
-        if callable(factory):
-            break
-    if factory is None:
+    factory = getattr(models, "cnn", None)
+    if not callable(factory):
         return None
-    try:
-        net = factory()
-    except TypeError:
-        return None
+    net = factory(40, 1, 10)
     layers: list[tuple] = []
     for m in net:
         if isinstance(m, nnx.Conv1D):
-            if m.bias:
-                return None
-            layers.append(("conv", m.k_size, m.chan_in, m.chan_out, m.stride))
+            layers.append(("conv", m.k_size, m.chan_in, m.chan_out, m.stride, bool(m.bias)))
         elif isinstance(m, nnx.MaxPool1D):
             layers.append(("maxpool", m.k_size, m.stride))
+        elif isinstance(m, nnx.AvgPool1D):
+            layers.append(("avgpool", m.k_size, m.stride))
         elif isinstance(m, nnx.Flatten):
             layers.append(("flatten",))
         elif isinstance(m, nnx.Linear) and m.bias:
@@ -278,8 +272,7 @@ def _spec_from_nnx_models() -> tuple[list[tuple], tuple[int, ...], int] | None:
             layers.append(("tanh",))
         else:  # a layer this benchmark cannot mirror in PyTorch: use the fallback
             return None
-    length = getattr(models, "MNIST1D_LENGTH", 40)
-    return layers, (length, 1), layers[-1][2]
+    return layers, (40, 1), layers[-1][2]
 
 
 def build_nnx(nnx: Any, layers: list[tuple]) -> Any:
@@ -287,9 +280,11 @@ def build_nnx(nnx: Any, layers: list[tuple]) -> Any:
     for layer in layers:
         kind = layer[0]
         if kind == "conv":
-            mods.append(nnx.Conv1D(layer[1], layer[2], layer[3], stride=layer[4]))
+            mods.append(nnx.Conv1D(layer[1], layer[2], layer[3], stride=layer[4], bias=layer[5]))
         elif kind == "maxpool":
             mods.append(nnx.MaxPool1D(layer[1], layer[2]))
+        elif kind == "avgpool":
+            mods.append(nnx.AvgPool1D(layer[1], layer[2]))
         elif kind == "flatten":
             mods.append(nnx.Flatten())
         elif kind == "linear":
@@ -307,9 +302,11 @@ def build_torch(torch: Any, layers: list[tuple]) -> Any:
     for layer in layers:
         kind = layer[0]
         if kind == "conv":
-            mods.append(nn.Conv1d(layer[2], layer[3], layer[1], stride=layer[4], bias=False))
+            mods.append(nn.Conv1d(layer[2], layer[3], layer[1], stride=layer[4], bias=layer[5]))
         elif kind == "maxpool":
             mods.append(nn.MaxPool1d(layer[1], layer[2]))
+        elif kind == "avgpool":
+            mods.append(nn.AvgPool1d(layer[1], layer[2]))
         elif kind == "flatten":
             mods.append(nn.Flatten())
         elif kind == "linear":
@@ -331,8 +328,10 @@ def copy_weights(nnx: Any, torch: Any, layers: list[tuple], net: Any, model: Any
             if kind == "conv":
                 W = nnx.to_numpy(m._parameters["weight"])  # (K, C, D) -> (D, C, K)
                 tm.weight.copy_(torch.from_numpy(W.transpose(2, 1, 0).copy()))
+                if layer[5]:
+                    tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m._parameters["bias"])))
                 length, chans = (length - layer[1]) // layer[4] + 1, layer[3]
-            elif kind == "maxpool":
+            elif kind in ("maxpool", "avgpool"):
                 length = (length - layer[1]) // layer[2] + 1
             elif kind == "linear":
                 W = nnx.to_numpy(m._parameters["weight"])  # (in, out)
