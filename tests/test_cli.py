@@ -42,7 +42,7 @@ def test_train_writes_history_curve_model_and_metrics(backend, tmp_path, capsys)
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == backend and metrics["optimizer"] == "momentum"
-    assert metrics["lr"] == 0.01 and metrics["epochs"] == 3 and metrics["batch_size"] == 32
+    assert metrics["lr"] == 0.01 and metrics["epochs"] == 3 and metrics["batch_size"] == 64
     # the saved model reproduces the reported accuracy
     _, _, Xt, yt = nnx.datasets.digits()
     with nnx.use_backend(backend):
