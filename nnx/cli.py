@@ -258,7 +258,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     nnx.training.write_csv(history, out / "history.csv")
     try:
         nnx.training.plot_history(
-            history, out / "learning_curve.png", title=f"{args.model} on {args.dataset}"
+            history,
+            out / "learning_curve.png",
+            title=f"{args.model} on {args.dataset}",
+            labels=("train", "validation"),
         )
     except ImportError as exc:
         say(f"nnx train: no learning-curve PNG: {exc}")

@@ -397,7 +397,7 @@ class Optim:
     @staticmethod
     def _correct(yhat: Array, y: Array) -> int | None:
         """Number of rows where ``argmax(yhat)`` equals the label (``None``: no classes)."""
-        if len(yhat.shape) != 2:
+        if len(yhat.shape) != 2 or yhat.shape[1] < 2:
             return None
         xp = namespace(yhat)
         pred = xp.argmax(yhat, axis=-1)
@@ -562,13 +562,13 @@ class Optim:
         rng = np.random.default_rng(seed)
         self.interrupted = False
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
-        last = _snapshot(self.network)
+        last = self.network.state_dict()
         bars = training.Progress(progress, int(epochs))
         try:
             for epoch in range(1, int(epochs) + 1):
                 order = rng.permutation(n) if shuffle else None
                 loss, score = self._epoch("Optim.SGD", epoch, data, int(batch_size), order, bars)
-                last = _snapshot(self.network)
+                last = self.network.state_dict()
                 for k, v in (("epoch", epoch), ("loss_train", loss), ("score_train", score)):
                     self.history[k].append(v)
                 bars.end_epoch(loss=loss)
@@ -645,7 +645,8 @@ class Optim:
 
         Early stopping: when the monitored test quantity (``monitor="score"``: highest
         ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for
-        ``patience`` epochs, training stops (``patience=None``: never). With
+        ``patience`` epochs, training stops (``patience=None``: never). Without an
+        accuracy (outputs that are not ``(n, K)``), the test loss is monitored. With
         ``restore_best`` (default) the network ends with the parameters of the best
         epoch (:attr:`best_epoch`), also after Ctrl-C; otherwise with the last
         finished epoch's.
@@ -697,7 +698,7 @@ class Optim:
         self.interrupted = False
         self.history = {c: [] for c in training.HISTORY_COLUMNS}
         best_value, best_state, wait = None, None, 0
-        last = _snapshot(self.network)
+        last = self.network.state_dict()
         self.best_epoch = None
         bars = training.Progress(progress, int(epochs))
         try:
@@ -707,7 +708,7 @@ class Optim:
                     owner, epoch, train, int(batch_size), order, bars
                 )
                 loss_test, score_test = self._evaluate(test[0], test[1], test[2])
-                last = _snapshot(self.network)
+                last = self.network.state_dict()
                 record = {
                     "epoch": epoch,
                     "loss_train": loss_train,
@@ -722,7 +723,8 @@ class Optim:
                     plot.update(self.history)
                 if callback is not None:
                     callback(dict(record))
-                value = score_test if monitor == "score" else -loss_test
+                use_score = monitor == "score" and math.isfinite(score_test)
+                value = score_test if use_score else -loss_test
                 if best_value is None or (math.isfinite(value) and value > best_value):
                     best_value, best_state, wait = value, last, 0
                     self.best_epoch = epoch

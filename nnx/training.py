@@ -168,7 +168,11 @@ def _atomic(path: Path, mode: str, **kwargs: Any) -> Any:
         raise
 
 
-def _figure(history: Mapping[str, Sequence[float]], title: str | None = None) -> Any:
+def _figure(
+    history: Mapping[str, Sequence[float]],
+    title: str | None = None,
+    labels: tuple[str, str] = ("train", "test"),
+) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -180,10 +184,10 @@ def _figure(history: Mapping[str, Sequence[float]], title: str | None = None) ->
         (ax_loss, "loss", "loss (mean per sample)"),
         (ax_score, "score", "accuracy"),
     ):
-        for split, style in (("train", "-"), ("test", "--")):
+        for split, style, name in (("train", "-", labels[0]), ("test", "--", labels[1])):
             values = np.asarray(history.get(f"{key}_{split}", []), dtype=float)
             if values.size and np.isfinite(values).any():
-                ax.plot(epochs[: values.size], values, style, marker=".", label=split)
+                ax.plot(epochs[: values.size], values, style, marker=".", label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -195,12 +199,16 @@ def _figure(history: Mapping[str, Sequence[float]], title: str | None = None) ->
 
 
 def plot_history(
-    history: Any, path: str | os.PathLike[str] | None = None, title: str | None = None
+    history: Any,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+    labels: tuple[str, str] = ("train", "test"),
 ) -> Any:
     """Learning curves (loss and accuracy, train and test) of a training history.
 
     ``history`` is a mapping or DataFrame with :data:`HISTORY_COLUMNS`. With ``path``,
     the figure is written there as a PNG (atomically: a viewer never sees half a file).
+    ``labels`` name the two splits in the legends.
     Returns the matplotlib ``Figure`` (no pyplot state is touched).
 
     >>> import nnx, tempfile, os
@@ -210,7 +218,7 @@ def plot_history(
     """
     if hasattr(history, "to_dict") and hasattr(history, "columns"):
         history = {c: history[c].to_numpy() for c in history.columns}
-    fig = _figure(history, title)
+    fig = _figure(history, title, labels)
     if path is not None:
         path = Path(path)
         with _atomic(path, "wb") as f:

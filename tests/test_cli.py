@@ -175,3 +175,37 @@ def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.96
     assert np.isfinite(metrics["test_loss"])
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "outputs"),
+    [
+        (
+            "train_mnist1d_gpu.py",
+            ["--model", "mlp", "--epochs", "2"],
+            ["model.npz", "history.csv", "learning_curve.png"],
+        ),
+        (
+            "autoencoder_digits.py",
+            ["--epochs", "2"],
+            ["model.npz", "reconstructions.png", "learning_curve.png"],
+        ),
+    ],
+)
+def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
+    """The GPU scripts pick the best backend ("auto"): NumPy on this machine."""
+    pytest.importorskip("mnist1d")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout
+    for name in outputs:
+        assert (out / name).stat().st_size > 0

@@ -496,3 +496,12 @@ def test_missing_training_extras_are_named(backend, rng, monkeypatch):
     assert opt.SGD(X, y, 5, 1).shape == (1,)  # automatic bars: silently none
     with pytest.raises(ImportError, match=r"'pandas'.*nnx-backprop\[train\]"):
         opt.SGD_eval(X, y, 5, 1, 0.2, return_dataframe=True)
+
+
+def test_single_output_regression_has_no_accuracy_and_stops_on_loss(backend, rng):
+    X = rng.standard_normal((40, 3))
+    t = X @ np.array([[1.0], [-2.0], [0.5]])
+    opt = nnx.Optim(nnx.Sequential(nnx.Linear(3, 1)), nnx.MSELoss(), eps=0.005)
+    lt, lte, st, ste = opt.SGD_eval(X, t, 8, 6, 0.25, patience=2, progress=False)
+    assert np.all(np.isnan(st)) and np.all(np.isnan(ste))
+    assert len(lte) == 6 and opt.best_epoch == int(np.argmin(lte)) + 1  # monitored the loss
