@@ -21,9 +21,16 @@ class Sequential(Module):
     .. math::
         z^0 = X,\quad z^h = M^h(z^{h-1}) \quad (h = 1..H)
 
-    ``backward(input, delta)`` walks the chain in reverse: for :math:`h = H..1`,
-    ``M^h.backward_update_gradient(z^{h-1}, \delta^h)`` then
-    :math:`\delta^{h-1} =` ``M^h.backward_delta(z^{h-1}, \delta^h)``; it returns
+    ``backward(input, delta)`` walks the chain in reverse, for :math:`h = H, \dots, 1`,
+    calling each module's two backward methods with its own input :math:`z^{h-1}`:
+
+    .. math::
+        \text{backward\_update\_gradient:}\quad \nabla_{w^h} L \mathrel{+}=
+        \Big(\frac{\partial z^h}{\partial w^h}\Big)^{\!\top} \delta^h \qquad
+        \text{backward\_delta:}\quad \delta^{h-1} =
+        \Big(\frac{\partial z^h}{\partial z^{h-1}}\Big)^{\!\top} \delta^h
+
+    from :math:`\delta^H =` ``delta`` :math:`= \partial L / \partial z^H`; it returns
     :math:`\delta^0 = \partial L / \partial X`.
 
     Parameter names are dotted, as in PyTorch: ``"0.weight"``, ``"2.1.bias"``.
