@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Prove nnx on an NVIDIA GPU, offline, in one run of under 8 minutes (issue 7).
+#
+#   benchmarks/gpu_check.sh [--out DIR] [--wheels DIR] [--skip-install] [--dry-run]
+#
+# Stages (each with its own time limit, each logged to DIR/<stage>.log):
+#   env        nvidia-smi, Python, CUDA, CuPy and PyTorch versions   -> env.txt
+#   install    pip install --no-index --find-links .whl  nnx[tests] (+ cupy / torch wheels
+#              found there); nothing is downloaded
+#   parity     benchmarks/gpu_parity.py: windows, every module's outputs and gradients on
+#              cupy (and torch CUDA) against NumPy, float32 tolerance
+#   tests-cupy the whole test suite on cupy, NNX_REQUIRE_GPU=1 (a skipped GPU is a failure)
+#   tests-torch the test suite on torch (on the device of NNX_TORCH_DEVICE when the test
+#              fixture supports it, else on the CPU; the parity stage covers torch CUDA)
+#   train      examples/train_mnist1d_gpu.py on cupy, then the same on the CPU (numpy)
+#              for the accuracy comparison
+#   bench      benchmarks/run.py --backend cupy --device cuda at batch 32, 256, 1024
+#              against PyTorch CUDA (JSON, Markdown and reStructuredText tables)
+# Writes DIR/summary.txt (one line per stage: PASS / FAIL / SKIP and seconds) and exits
+# non-zero if a stage failed. DIR is --out, else $OUT, else gpu-check-<UTC time>.
+#
+# --dry-run: the same logic on a CPU-only machine (numpy stands in for cupy, torch on
+# the CPU, a quick subset of the tests, one training epoch, a quick benchmark), so the
+# script itself can be tested anywhere; pip only resolves (pip install --dry-run).
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT_DIR="${OUT:-}"
+WHEELS="$ROOT/.whl"
+DRY=0
+SKIP_INSTALL=0
+PY="${PYTHON:-python}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) OUT_DIR="$2"; shift 2 ;;
+        --wheels) WHEELS="$2"; shift 2 ;;
+        --dry-run) DRY=1; shift ;;
+        --skip-install) SKIP_INSTALL=1; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -n "$OUT_DIR" ] || OUT_DIR="$ROOT/gpu-check-$(date -u +%Y%m%dT%H%M%S)"
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+SUMMARY="$OUT_DIR/summary.txt"
+: > "$SUMMARY"
+cd "$ROOT"
+# every stage uses this working tree's nnx, installed or not
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+BUDGET=470          # seconds: stages are skipped once the 8-minute budget is nearly spent
+FAILED=0
+
+if [ "$DRY" = 1 ]; then
+    BACKEND=numpy; DEVICE=cpu; TORCH_DEVICE=cpu
+    TEST_ARGS=(tests/test_smoke.py -q -ra)
+    TRAIN_ARGS=(--backend numpy --epochs 1)
+    BENCH_ARGS=(--backend numpy --quick --sections step,memory --batch-sizes 32 --rounds 3)
+else
+    BACKEND=cupy; DEVICE=cuda; TORCH_DEVICE=cuda
+    TEST_ARGS=(tests -q -ra)
+    TRAIN_ARGS=(--backend cupy --epochs 30)
+    BENCH_ARGS=(--backend cupy --device cuda --batch-sizes 32,256,1024)
+fi
+
+log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT_DIR/gpu_check.log"; }
+
+# stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log, record the outcome
+stage() {
+    local name="$1" limit="$2"; shift 2
+    local elapsed=$(( $(date +%s) - START ))
+    if [ $(( elapsed + 10 )) -ge "$BUDGET" ]; then
+        log "SKIP $name: time budget spent (${elapsed}s of ${BUDGET}s)"
+        printf '%-12s SKIP (budget)\n' "$name" >> "$SUMMARY"
+        return 0
+    fi
+    [ $(( elapsed + limit )) -le "$BUDGET" ] || limit=$(( BUDGET - elapsed ))
+    log "START $name (limit ${limit}s): $*"
+    local t0=$(date +%s) rc
+    timeout --kill-after=10 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    rc=$?
+    local dt=$(( $(date +%s) - t0 ))
+    tail -n 5 "$OUT_DIR/$name.log" | sed "s/^/    /" | tee -a "$OUT_DIR/gpu_check.log"
+    if [ "$rc" = 0 ]; then
+        printf '%-12s PASS %4ss\n' "$name" "$dt" >> "$SUMMARY"
+    else
+        [ "$rc" = 124 ] && log "$name timed out after ${limit}s"
+        printf '%-12s FAIL %4ss (exit %s)\n' "$name" "$dt" "$rc" >> "$SUMMARY"
+        FAILED=1
+    fi
+    log "END $name: exit $rc in ${dt}s"
+    return 0
+}
+
+skip() {
+    log "SKIP $1: $2"
+    printf '%-12s SKIP (%s)\n' "$1" "$2" >> "$SUMMARY"
+}
+
+log "nnx GPU check in $ROOT -> $OUT_DIR (dry run: $DRY)"
+
+# -- env ----------------------------------------------------------------------------
+{
+    echo "date: $(date -u)"
+    echo "host: $(uname -a)"
+    command -v nvidia-smi > /dev/null && nvidia-smi || echo "nvidia-smi: not found"
+    command -v nvcc > /dev/null && nvcc --version | tail -n 2
+    "$PY" --version
+    "$PY" - <<'EOF'
+import importlib
+for name in ("numpy", "array_api_compat", "array_api_strict", "cupy", "torch", "nnx"):
+    try:
+        m = importlib.import_module(name)
+        print(f"{name} {getattr(m, '__version__', '?')}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"{name}: not importable ({exc.__class__.__name__}: {exc})")
+try:
+    import cupy
+    print("cupy.is_available():", cupy.is_available())
+    if cupy.is_available():
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        print("GPU:", props["name"].decode(), "| driver", cupy.cuda.runtime.driverGetVersion(),
+              "| runtime", cupy.cuda.runtime.runtimeGetVersion())
+except Exception as exc:  # noqa: BLE001
+    print("cupy:", exc)
+try:
+    import torch
+    print("torch.cuda.is_available():", torch.cuda.is_available(), "| CUDA", torch.version.cuda)
+    if torch.cuda.is_available():
+        print("torch GPU:", torch.cuda.get_device_name(0))
+except Exception as exc:  # noqa: BLE001
+    print("torch:", exc)
+EOF
+} > "$OUT_DIR/env.txt" 2>&1
+sed 's/^/    /' "$OUT_DIR/env.txt" | tail -n 12 | tee -a "$OUT_DIR/gpu_check.log"
+
+# -- install ------------------------------------------------------------------------
+install() {
+    local pipargs=(--no-index --find-links "$WHEELS")
+    [ "$DRY" = 1 ] && pipargs+=(--dry-run)
+    local extra=()
+    ls "$WHEELS"/cupy_cuda*.whl > /dev/null 2>&1 && extra+=(cupy-cuda12x)
+    ls "$WHEELS"/torch-*.whl > /dev/null 2>&1 && extra+=(torch)
+    echo "wheels in $WHEELS: $(ls "$WHEELS" | wc -l); extra: ${extra[*]:-none}"
+    "$PY" -m pip install "${pipargs[@]}" "$ROOT[tests]" "${extra[@]}" \
+        || "$PY" -m pip install "${pipargs[@]}" --no-build-isolation "$ROOT[tests]" "${extra[@]}"
+}
+if [ "$SKIP_INSTALL" = 1 ]; then
+    skip install "--skip-install"
+elif [ -d "$WHEELS" ]; then
+    export -f install
+    export WHEELS DRY PY ROOT
+    stage install 120 bash -c install
+else
+    skip install "no wheel folder $WHEELS; using the installed packages"
+fi
+
+# -- parity: every module on the GPU against NumPy ------------------------------------
+if [ "$DRY" = 1 ]; then
+    stage parity 60 "$PY" benchmarks/gpu_parity.py --backend torch
+else
+    stage parity 90 "$PY" benchmarks/gpu_parity.py --backend cupy
+    stage parity-torch 60 "$PY" benchmarks/gpu_parity.py --backend torch --device cuda
+fi
+
+# -- the test suite ---------------------------------------------------------------------
+# (pytest exits 5 when it selects no test: any non-zero exit is a failure here)
+if [ "$DRY" = 1 ]; then
+    stage tests-cupy 120 env NNX_TEST_BACKENDS=numpy \
+        "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml "$OUT_DIR/tests-cupy.xml"
+else
+    stage tests-cupy 180 env NNX_TEST_BACKENDS=cupy NNX_REQUIRE_GPU=1 CUPY_CACHE_DIR="$OUT_DIR/cupy-cache" \
+        "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml "$OUT_DIR/tests-cupy.xml"
+fi
+stage tests-torch 90 env NNX_TEST_BACKENDS=torch NNX_TORCH_DEVICE="$TORCH_DEVICE" \
+    "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml "$OUT_DIR/tests-torch.xml"
+grep -q NNX_TORCH_DEVICE tests/conftest.py 2> /dev/null \
+    || log "note: tests/conftest.py ignores NNX_TORCH_DEVICE, so tests-torch ran on the CPU"
+
+# -- training -----------------------------------------------------------------------------
+EXAMPLE=examples/train_mnist1d_gpu.py
+if [ -f "$EXAMPLE" ]; then
+    if "$PY" "$EXAMPLE" --help 2>/dev/null | grep -q -- "--out"; then
+        stage train 120 "$PY" "$EXAMPLE" "${TRAIN_ARGS[@]}" --out "$OUT_DIR/train-$BACKEND"
+        if [ "$DRY" = 0 ]; then
+            stage train-cpu 120 "$PY" "$EXAMPLE" --backend numpy --epochs 30 \
+                --out "$OUT_DIR/train-numpy"
+        fi
+    else
+        stage train 120 "$PY" "$EXAMPLE" "${TRAIN_ARGS[@]}"
+    fi
+    grep -h "accuracy" "$OUT_DIR"/train*.log 2> /dev/null | tee -a "$OUT_DIR/gpu_check.log"
+else
+    skip train "$EXAMPLE not found"
+fi
+
+# -- benchmark against PyTorch ----------------------------------------------------------
+stage bench 150 "$PY" benchmarks/run.py "${BENCH_ARGS[@]}" \
+    --save "$OUT_DIR/bench-$BACKEND.json" --markdown "$OUT_DIR/bench-$BACKEND.md" \
+    --rst "$OUT_DIR/bench-$BACKEND.rst"
+
+TOTAL=$(( $(date +%s) - START ))
+echo "total        ${TOTAL}s" >> "$SUMMARY"
+log "summary ($OUT_DIR/summary.txt):"
+sed 's/^/    /' "$SUMMARY" | tee -a "$OUT_DIR/gpu_check.log"
+exit "$FAILED"

@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Check that every nnx module gives NumPy's results on another backend (a GPU).
+
+    python benchmarks/gpu_parity.py --backend cupy                # CuPy on the GPU
+    python benchmarks/gpu_parity.py --backend torch --device cuda # PyTorch CUDA tensors
+    python benchmarks/gpu_parity.py --backend array_api_strict    # runs anywhere
+
+For each module (and the sliding windows of ``nnx.backends``) the same parameters and
+float32 data go through ``forward``, ``backward_update_gradient`` and
+``backward_delta`` on NumPy and on the target backend; outputs, input gradients and
+parameter gradients must agree within float32 tolerance (``--rtol``, ``--atol``).
+Prints one line per check and exits 1 if any disagrees. Part of
+``benchmarks/gpu_check.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import nnx  # noqa: E402
+from nnx import backends  # noqa: E402
+
+
+def modules() -> list[tuple[str, Any, tuple[int, ...]]]:
+    """(name, module built on NumPy, input shape)."""
+    return [
+        ("Conv1D(3,2,4)", nnx.Conv1D(3, 2, 4), (5, 17, 2)),
+        ("Conv1D(3,2,4,stride=2,bias)", nnx.Conv1D(3, 2, 4, stride=2, bias=True), (5, 17, 2)),
+        ("Conv1D(4,3,5,stride=4)", nnx.Conv1D(4, 3, 5, stride=4), (5, 18, 3)),
+        ("MaxPool1D(2,2)", nnx.MaxPool1D(2, 2), (5, 17, 3)),
+        ("MaxPool1D(3,1)", nnx.MaxPool1D(3, 1), (5, 17, 3)),
+        ("AvgPool1D(2,2)", nnx.AvgPool1D(2, 2), (5, 17, 3)),
+        ("AvgPool1D(3,2)", nnx.AvgPool1D(3, 2), (5, 17, 3)),
+        ("Flatten", nnx.Flatten(), (5, 7, 3)),
+        ("Linear(6,4)", nnx.Linear(6, 4), (5, 6)),
+        ("Linear(6,4) batch 1", nnx.Linear(6, 4), (1, 6)),
+        ("ReLU", nnx.ReLU(), (5, 6)),
+        ("LeakyReLU", nnx.LeakyReLU(0.1), (5, 6)),
+        ("Sigmoid", nnx.Sigmoid(), (5, 6)),
+        ("StableSigmoid", nnx.StableSigmoid(), (5, 6)),
+        ("TanH", nnx.TanH(), (5, 6)),
+        ("Softplus", nnx.Softplus(), (5, 6)),
+        ("Softmax", nnx.Softmax(), (5, 6)),
+        ("LogSoftmax", nnx.LogSoftmax(), (5, 6)),
+        (
+            "seed CNN",
+            nnx.Sequential(
+                nnx.Conv1D(3, 1, 8),
+                nnx.MaxPool1D(2, 2),
+                nnx.Flatten(),
+                nnx.Linear(8 * 15, 10),
+                nnx.ReLU(),
+                nnx.Linear(10, 3),
+            ),
+            (4, 32, 1),
+        ),
+    ]
+
+
+def losses() -> list[tuple[str, Any, str]]:
+    return [
+        ("MSELoss", nnx.MSELoss(), "real"),
+        ("BCELoss", nnx.BCELoss(), "prob"),
+        ("CrossEntropyLoss", nnx.CrossEntropyLoss(), "logp"),
+        ("CELogSoftmax labels", nnx.CELogSoftmax(), "labels"),
+        ("CELogSoftmax one-hot", nnx.CELogSoftmax(), "onehot"),
+    ]
+
+
+class Checker:
+    def __init__(self, rtol: float, atol: float) -> None:
+        self.rtol, self.atol, self.failed, self.count = rtol, atol, 0, 0
+
+    def same(self, what: str, ref: Any, got: Any) -> None:
+        self.count += 1
+        a, b = nnx.to_numpy(ref), nnx.to_numpy(got)
+        ok = a.shape == b.shape and np.allclose(a, b, rtol=self.rtol, atol=self.atol)
+        err = float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else 0.0
+        if not ok:
+            self.failed += 1
+        print(f"{'ok  ' if ok else 'FAIL'} {what:55s} max |diff| {err:.2e}", flush=True)
+
+
+def run(backend: str, device: Any, rtol: float, atol: float) -> int:
+    check = Checker(rtol, atol)
+    rng = np.random.default_rng(0)
+    nnx.set_default_dtype("float32")
+    on_target = {"name": backend, "device": device}
+
+    def target(a: np.ndarray) -> Any:
+        with nnx.use_backend(**on_target):
+            return nnx.asarray(a)
+
+    # sliding windows: strided view (NumPy, CuPy), unfold (PyTorch), gather (others)
+    x = rng.standard_normal((3, 11, 2)).astype(np.float32)
+    for k, s in ((1, 1), (3, 1), (3, 2), (4, 4), (2, 3)):
+        check.same(
+            f"sliding_window(k={k}, stride={s})",
+            backends.sliding_window(x, k, s),
+            backends.sliding_window(target(x), k, s),
+        )
+    for name, module, shape in modules():
+        nnx.manual_seed(0)
+        with nnx.use_backend("numpy"):
+            ref = module
+            moved = copy.deepcopy(module).to(backend=backend, device=device)
+        X = rng.standard_normal(shape).astype(np.float32)
+        Xt = target(X)
+        out_ref, out = ref.forward(X), moved.forward(Xt)
+        check.same(f"{name}: forward", out_ref, out)
+        delta = rng.standard_normal(tuple(out_ref.shape)).astype(np.float32)
+        dt = target(delta)
+        ref.zero_grad()
+        moved.zero_grad()
+        if isinstance(ref, nnx.Sequential):
+            d_ref, d_got = ref.backward(X, delta), moved.backward(Xt, dt)
+        else:
+            ref.backward_update_gradient(X, delta)
+            moved.backward_update_gradient(Xt, dt)
+            d_ref, d_got = ref.backward_delta(X, delta), moved.backward_delta(Xt, dt)
+        check.same(f"{name}: backward_delta", d_ref, d_got)
+        got = dict(moved.named_gradients())
+        for pname, g in ref.named_gradients():
+            check.same(f"{name}: gradient {pname}", g, got[pname])
+        ref.update_parameters(0.1)
+        moved.update_parameters(0.1)
+        got = dict(moved.named_parameters())
+        for pname, p in ref.named_parameters():
+            check.same(f"{name}: update_parameters {pname}", p, got[pname])
+    for name, loss, kind in losses():
+        yhat = rng.standard_normal((6, 5)).astype(np.float32)
+        if kind == "prob":
+            yhat = 1 / (1 + np.exp(-yhat))
+            y = (rng.random((6, 5)) > 0.5).astype(np.float32)
+        elif kind == "logp":
+            yhat = yhat - np.log(np.exp(yhat).sum(axis=1, keepdims=True))
+            y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 6)]
+        elif kind == "labels":
+            y = rng.integers(0, 5, 6)
+        elif kind == "onehot":
+            y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 6)]
+        else:
+            y = rng.standard_normal((6, 5)).astype(np.float32)
+        yt, yhatt = target(y), target(yhat)
+        check.same(f"{name}: forward", loss.forward(y, yhat), loss.forward(yt, yhatt))
+        check.same(f"{name}: backward", loss.backward(y, yhat), loss.backward(yt, yhatt))
+    print(f"{check.count - check.failed}/{check.count} checks agree on {backend} ({device})")
+    return 1 if check.failed else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", default="cupy")
+    p.add_argument("--device", default=None)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-5)
+    args = p.parse_args()
+    return run(args.backend, args.device, args.rtol, args.atol)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
