@@ -53,6 +53,9 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 autoclass_content = "class"
+# A method that only overrides the protocol (forward, backward_delta...) is described by
+# its class docstring; do not repeat the base class's generic text under every layer.
+autodoc_inherit_docstrings = False
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_ivar = True

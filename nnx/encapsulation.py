@@ -26,7 +26,8 @@ class Sequential(Module):
 
     .. math::
         \text{backward\_update\_gradient:}\quad \nabla_{w^h} L \mathrel{+}=
-        \Big(\frac{\partial z^h}{\partial w^h}\Big)^{\!\top} \delta^h \qquad
+        \Big(\frac{\partial z^h}{\partial w^h}\Big)^{\!\top} \delta^h
+
         \text{backward\_delta:}\quad \delta^{h-1} =
         \Big(\frac{\partial z^h}{\partial z^{h-1}}\Big)^{\!\top} \delta^h
 
