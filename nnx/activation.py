@@ -29,10 +29,12 @@ class Activation(Module):
         return out
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        self._check_input(input, (None,) * _ndim(input), "input")
+        cached = self._cache_key is input  # then forward already checked it
+        if not cached:
+            self._check_input(input, (None,) * _ndim(input), "input")
         self._check_input(delta, tuple(input.shape), "delta", like=input)
         xp = namespace(input)
-        out = self._cache if self._cache_key is input else self._forward(xp, input)
+        out = self._cache if cached else self._forward(xp, input)
         return self._backward(xp, input, out, delta)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:

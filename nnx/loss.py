@@ -41,7 +41,12 @@ class _TargetLoss(Loss):
             if self.yhat_ndim == 2
             else ("batch",) + (None,) * max(len(getattr(yhat, "shape", ())) - 1, 0)
         )
-        check_array(name, yhat, shape, "yhat")
+        if not (
+            backends.backend_of(yhat) is not None
+            and is_floating(yhat)
+            and len(yhat.shape) == len(shape)
+        ):
+            check_array(name, yhat, shape, "yhat")
         if self.yhat_ndim == 2 and yhat.shape[1] == 0:
             raise ValueError(
                 f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat.shape)}"
@@ -68,8 +73,12 @@ class _TargetLoss(Loss):
                     f"{name}: 1-D targets must be integer class labels, got dtype "
                     f"{backends.dtype_name(y)}"
                 )
-            check_labels(name, y, yhat.shape[1])
-            return one_hot_like(y, yhat)
+            target = one_hot_like(y, yhat)
+            # every label lies in [0, K) exactly when every one-hot row holds a 1: one
+            # reduction instead of a min and a max (check_labels then builds the message)
+            if int(namespace(yhat).sum(target)) != y.shape[0]:
+                check_labels(name, y, yhat.shape[1])
+            return target
         raise ValueError(
             f"{name}: expected y of shape {tuple(yhat.shape)} (like yhat) or integer labels "
             f"of shape ({yhat.shape[0]},), got shape {tuple(y.shape)}"
