@@ -43,8 +43,9 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 LINT_PATHS = ("nnx", "tests", "benchmarks", "examples", "docs", "noxfile.py")
 DEFAULT_TORCH = "torch==2.13.0"
-# Tests that check error messages: run once more with asserts stripped (python -O).
-ERROR_TEST_GLOBS = ("tests/test_bad_input*.py", "tests/test_errors*.py")
+# Tests that check errors (bad input, training faults): run once more with asserts
+# stripped (python -O), so that no check of nnx relies on an assert statement.
+ERROR_TEST_GLOBS = ("tests/test_bad_input*.py", "tests/test_errors*.py", "tests/test_faults*.py")
 NO_TESTS_COLLECTED = 5
 
 BACKENDS = [
