@@ -875,11 +875,21 @@ def _key(r: dict[str, Any]) -> tuple:
     return (r["section"], r["model"], r["batch"], r["length"])
 
 
-def compare(old_path: Path, rows: list[dict[str, Any]], tolerance: float) -> list[str]:
+def compare(
+    old_path: Path, rows: list[dict[str, Any]], tolerance: float, meta: dict[str, Any]
+) -> list[str]:
     """Lines describing every ratio worse than in ``old_path`` by more than ``tolerance``."""
     old = json.loads(old_path.read_text())
     old_rows = {_key(r): r for r in old.get("results", [])}
     worse, checked = [], 0
+    notes = []
+    old_meta = old.get("meta", {})
+    for field in ("threads", "clock", "nnx_backend", "nnx_device", "torch_device", "cpu"):
+        if field in old_meta and field in meta and old_meta[field] != meta[field]:
+            notes.append(
+                f"note: {field} differs ({old_meta[field]!r} in {old_path.name}, "
+                f"{meta[field]!r} now): ratios may not be comparable"
+            )
     for r in rows:
         o = old_rows.get(_key(r))
         if o is None or o.get("ratio") is None or r.get("ratio") is None:
@@ -895,7 +905,7 @@ def compare(old_path: Path, rows: list[dict[str, Any]], tolerance: float) -> lis
         f"compare with {old_path}: {checked} ratios compared, {len(worse)} worse by more "
         f"than {tolerance:.0%}"
     )
-    return [summary, *worse]
+    return [summary, *notes, *worse]
 
 
 # ---------------------------------------------------------------------------------
@@ -938,9 +948,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"reStructuredText tables written to {args.rst}")
     status = 0
     if args.compare:
-        lines = compare(args.compare, rows, args.tolerance)
+        lines = compare(args.compare, rows, args.tolerance, meta)
         print("\n".join(lines))
-        if len(lines) > 1 and args.fail_on_regression:
+        if any(line.startswith("WORSE") for line in lines) and args.fail_on_regression:
             status = 1
     return status
 
