@@ -49,7 +49,7 @@ mathjax4_config = {
 
 # -- autodoc / napoleon ----------------------------------------------------------------
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"show-inheritance": True}
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 autoclass_content = "class"

@@ -133,6 +133,67 @@ def test_public_name_in_api_reference(name):
     )
 
 
+DIRECTIVE = re.compile(r"^\.\.\s+(?P<kind>[\w:]+)::\s*(?P<arg>\S*)\s*$")
+OPTION = re.compile(r"^\s+:(?P<name>[\w-]+):\s*(?P<value>.*)$")
+
+
+def _documented_qualnames() -> set[str]:
+    """Fully qualified names the API sources document (autodoc and py: directives)."""
+    names: set[str] = set()
+    for path in API_SOURCES:
+        module = "nnx"
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = DIRECTIVE.match(line)
+            if not m:
+                continue
+            kind, arg = m.group("kind"), m.group("arg")
+            if kind in ("currentmodule", "py:currentmodule", "module", "py:module"):
+                module = arg
+            elif kind == "automodule":
+                module = arg
+                names.add(arg)
+                for opt in lines[i + 1 :]:
+                    o = OPTION.match(opt)
+                    if not o:
+                        break
+                    if o.group("name") == "members":
+                        listed = [n.strip() for n in o.group("value").split(",") if n.strip()]
+                        if not listed:  # bare :members: documents the module's __all__
+                            mod = __import__(arg, fromlist=["_"])
+                            listed = list(getattr(mod, "__all__", []))
+                        names.update(f"{arg}.{n}" for n in listed)
+            elif kind.startswith("auto"):
+                names.add(arg)
+            elif kind.startswith("py:") and arg:
+                names.add(arg if arg.startswith("nnx.") else f"{module}.{arg}")
+    return names
+
+
+SUBMODULES = sorted(
+    name
+    for name, obj in _public_objects()
+    if inspect.ismodule(obj) and getattr(obj, "__all__", None)
+)
+
+
+@pytest.mark.parametrize("module", SUBMODULES)
+def test_submodule_public_names_in_api_reference(module):
+    """Every name of ``nnx.<module>.__all__`` is documented, there or as ``nnx.<name>``."""
+    documented = _documented_qualnames()
+    mod = getattr(nnx, module)
+    missing = [
+        name
+        for name in mod.__all__
+        if f"nnx.{module}.{name}" not in documented
+        and not (getattr(nnx, name, None) is getattr(mod, name) and f"nnx.{name}" in documented)
+    ]
+    assert not missing, (
+        f"nnx.{module}: {missing} are in __all__ but not in the API reference "
+        f"({[p.name for p in API_SOURCES]})"
+    )
+
+
 # -- every layer documents its math -----------------------------------------------------------
 MODULE_CLASSES = _module_classes()
 LOSS_CLASSES = _loss_classes()
