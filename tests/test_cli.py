@@ -209,3 +209,15 @@ def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
     assert "wrote" in run.stdout
     for name in outputs:
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_default_main_job_reaches_93_percent_on_mnist1d(tmp_path):
+    """``nnx train`` with its defaults (deeper CNN, Adam, NumPy): about 10 s here."""
+    pytest.importorskip("mnist1d")
+    out = tmp_path / "main"
+    assert cli.main(["train", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "cnn" and metrics["backend"] == "numpy"
+    assert metrics["test_accuracy"] >= 0.93
+    assert metrics["train_seconds"] < 120
