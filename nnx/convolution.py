@@ -76,8 +76,12 @@ class Conv1D(_Windowed):
 
     Parameters
     ----------
-    k_size, chan_in, chan_out : int
-        Kernel size :math:`K`, input and output channels.
+    k_size : int
+        Kernel size :math:`K` (taps per window).
+    chan_in : int
+        Input channels :math:`C`.
+    chan_out : int
+        Output channels :math:`D`.
     stride : int, default 1
         Step :math:`s` between windows.
     bias : bool, default False

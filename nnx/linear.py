@@ -27,8 +27,10 @@ class Linear(Module):
 
     Parameters
     ----------
-    input_size, output_size : int
-        :math:`d_{in}` and :math:`d_{out}`.
+    input_size : int
+        Features per input row, :math:`d_{in}`.
+    output_size : int
+        Features per output row, :math:`d_{out}`.
     bias : bool, default True
         Add the learnable row :math:`b`.
     init_type : str, default ``"he_normal"``
