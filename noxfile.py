@@ -110,7 +110,9 @@ def tests(session: nox.Session, backend: str) -> None:
         env["NNX_REQUIRE_GPU"] = "1"
     session.install(f".[{extras}]", *_torch_requirement())
     session.run("pytest", *session.posargs, env=env, success_codes=_pytest_success_codes(session))
-    if backend == "numpy":
+    if backend == "numpy" and session.posargs:
+        session.log("pytest arguments given: doctests and the python -O run are skipped")
+    elif backend == "numpy":
         # Docstring examples of the installed package, and the examples of the guides.
         session.run("pytest", "--doctest-modules", "--pyargs", "nnx", "-q")
         session.run("pytest", "--doctest-glob=*.rst", "-q", "docs")
