@@ -129,6 +129,16 @@ class Conv1D(_Windowed):
                 init.parameter((self.chan_out,), init.bias_init_type(init_type), fan_in, fan_out),
             )
 
+    @staticmethod
+    def parameter_shapes(
+        k_size: int, chan_in: int, chan_out: int, bias: bool = False, **_: Any
+    ) -> dict[str, tuple[int, ...]]:
+        """Shapes of the parameters for these constructor arguments (nothing allocated)."""
+        shapes = {"weight": (int(k_size), int(chan_in), int(chan_out))}
+        if bias:
+            shapes["bias"] = (int(chan_out),)
+        return shapes
+
     def get_config(self) -> dict[str, Any]:
         return {
             "k_size": self.k_size,

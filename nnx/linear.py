@@ -72,6 +72,16 @@ class Linear(Module):
                 init.parameter((1, self.output_size), init.bias_init_type(init_type), *shape),
             )
 
+    @staticmethod
+    def parameter_shapes(
+        input_size: int, output_size: int, bias: bool = True, **_: Any
+    ) -> dict[str, tuple[int, ...]]:
+        """Shapes of the parameters for these constructor arguments (nothing allocated)."""
+        shapes = {"weight": (int(input_size), int(output_size))}
+        if bias:
+            shapes["bias"] = (1, int(output_size))
+        return shapes
+
     def get_config(self) -> dict[str, Any]:
         return {
             "input_size": self.input_size,

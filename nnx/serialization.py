@@ -226,7 +226,8 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         return _header(archive, path)
 
 
-def _build(spec: Any, path: Path, where: str = "architecture") -> Module:
+def _build(spec: Any, path: Path, shapes: dict[str, tuple[int, ...]], prefix: str = "") -> Module:
+    where = "architecture" + ("." + prefix.rstrip(".") if prefix else "")
     if not isinstance(spec, dict) or not isinstance(spec.get("class"), str):
         raise ModelFileError(f"nnx.load: {str(path)!r}: malformed {where}")
     registry = _registry()
@@ -241,13 +242,47 @@ def _build(spec: Any, path: Path, where: str = "architecture") -> Module:
     children = spec.get("children", [])
     if not isinstance(config, dict) or not isinstance(children, list):
         raise ModelFileError(f"nnx.load: {str(path)!r}: malformed {where} for {name}")
-    kids = [_build(c, path, f"{where}.{i}") for i, c in enumerate(children)]
+    kids = [_build(c, path, shapes, f"{prefix}{i}.") for i, c in enumerate(children)]
+    _check_shapes_before_allocating(cls, config, shapes, prefix, path)
     try:
         return cls(*kids, **config)
     except (TypeError, ValueError, MemoryError) as exc:  # MemoryError: absurd sizes
         raise ModelFileError(
             f"nnx.load: {str(path)!r}: cannot rebuild {name}(**{config!r}): {exc}"
         ) from None
+
+
+def _check_shapes_before_allocating(
+    cls: type[Module],
+    config: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    prefix: str,
+    path: Path,
+) -> None:
+    """Compare the shapes a module would allocate with the stored arrays, first.
+
+    A crafted header declaring ``Linear(40000, 40000)`` next to tiny arrays is refused
+    here, before gigabytes are allocated. Classes without ``parameter_shapes`` (user
+    classes passed to :func:`register`) are checked after construction instead.
+    """
+    declare = getattr(cls, "parameter_shapes", None)
+    if declare is None:
+        return
+    try:
+        expected = declare(**config)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(
+            f"nnx.load: {str(path)!r}: cannot rebuild {cls.__name__}(**{config!r}): {exc}"
+        ) from None
+    for name, shape in expected.items():
+        stored = shapes.get(prefix + name)
+        if stored != tuple(shape):
+            raise ModelFileError(
+                f"nnx.load: {str(path)!r}: the parameters do not fit the architecture: "
+                f"{cls.__name__}(**{config!r}) expects parameter "
+                f"{prefix + name!r} of shape {tuple(shape)}, the file stores "
+                f"{'nothing' if stored is None else stored}"
+            )
 
 
 def load(
@@ -295,7 +330,8 @@ def load(
             if dtype is not None:
                 backends.set_default_dtype(dtype)
             try:
-                network = _build(header["architecture"], path)
+                shapes = {n: tuple(a.shape) for n, a in state.items()}
+                network = _build(header["architecture"], path, shapes)
             finally:
                 backends.set_default_dtype(saved_dtype)
     finally:

@@ -232,7 +232,7 @@ def test_absurd_layer_size_in_the_header(saved, tmp_path, backend):
     header["architecture"]["children"][3]["config"].update(input_size=10**9, output_size=10**9)
     bad = tmp_path / "huge.npz"
     rewrite(path, bad, header)
-    refuse(bad, r"cannot rebuild Linear", r"1000000000")
+    refuse(bad, r"do not fit the architecture", r"Linear", r"1000000000")
 
 
 # -- parameters that do not fit ------------------------------------------------------------

@@ -250,6 +250,29 @@ def test_mismatched_shapes_and_names(backend, tmp_path):
         nnx.load(path)
 
 
+def test_absurd_sizes_refused_before_allocating(backend, tmp_path):
+    """A header declaring Linear(40000, 40000) next to tiny arrays: refused at once."""
+    header = _good_header()
+    header["architecture"]["children"][0]["config"].update(input_size=40000, output_size=40000)
+    path = tmp_path / "huge.npz"
+    _write_npz(
+        path,
+        {
+            "__nnx__": _header_array(header),
+            "param/0.weight": np.zeros((2, 3), np.float32),
+            "param/0.bias": np.zeros((1, 3), np.float32),
+        },
+    )
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(ModelFileError, match=r"\(40000, 40000\).*\(2, 3\)"):
+        nnx.load(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50_000_000, f"load allocated {peak} bytes before refusing"
+
+
 def test_unknown_class_is_not_imported(backend, tmp_path):
     header = _good_header(
         architecture={"class": "os.system", "config": {"command": "touch x"}, "children": []},
