@@ -179,10 +179,14 @@ def _open(path: Path) -> Any:
 def _read(archive: Any, key: str, path: Path) -> np.ndarray:
     try:
         return archive[key]
-    except ValueError as exc:  # object arrays need pickle, which is refused
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():  # object arrays need pickle, which is refused
+            raise ModelFileError(
+                f"nnx.load: {str(path)!r} entry {key!r} holds pickled (object) data, which "
+                f"nnx refuses to load: {exc}"
+            ) from None
         raise ModelFileError(
-            f"nnx.load: {str(path)!r} entry {key!r} holds pickled (object) data, which nnx "
-            f"refuses to load: {exc}"
+            f"nnx.load: {str(path)!r} is damaged (entry {key!r} has a malformed header): {exc}"
         ) from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, NotImplementedError) as exc:
         # NotImplementedError: zipfile's answer to a corrupted version/compression field
