@@ -830,17 +830,22 @@ def format_rst(title: str, header: list[str], body: list[list[str]]) -> str:
     )
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def machine_lines(meta: dict[str, Any]) -> list[str]:
     blas = ", ".join(
         f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernel, "
-        f"{b.get('num_threads')} threads)"
+        f"{_threads(b.get('num_threads'))})"
         for b in meta.get("blas", [])
     )
     lines = [
         f"Machine: {meta['cpu']}, {meta['cpu_count']} cores, {meta['platform']}",
         f"Python {meta['python']}, NumPy {meta['numpy']}, nnx {meta['nnx']} "
-        f"(backend {meta['nnx_backend']}, device {meta['nnx_device']}), float32, "
-        f"{meta['threads']} threads, {meta['clock']} clock",
+        f"(backend {meta['nnx_backend']}"
+        + ("" if meta["nnx_device"] in ("None", "cpu") else f", device {meta['nnx_device']}")
+        + f"), float32, {_threads(meta['threads'])}, {meta['clock']} clock",
     ]
     if blas:
         lines.append(f"NumPy BLAS: {blas}")
@@ -857,7 +862,7 @@ def machine_lines(meta: dict[str, Any]) -> list[str]:
         )
     if "torch" in meta:
         lines.append(
-            f"PyTorch {meta['torch']} on {meta['torch_device']}, {meta['torch_threads']} threads"
+            f"PyTorch {meta['torch']} on {meta['torch_device']}, {_threads(meta['torch_threads'])}"
             + (f", CUDA {meta['torch_cuda']}, {meta['torch_gpu']}" if "torch_gpu" in meta else "")
         )
     if "gpu" in meta:
