@@ -110,10 +110,14 @@ class Linear(Module):
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         self._check_backward(input, delta)
-        if input.shape[0] == 1:  # an outer product: broadcasting beats a K=1 GEMM 10x
-            self._gradient["weight"] += _mT(input) * delta
-        else:
-            self._gradient["weight"] += _mT(input) @ delta
+        if input.shape[0] == 1:
+            # An outer product. NumPy's matmul runs K=1 products in a slow loop (416 us
+            # for Linear(4064, 100)); broadcasting took 88 us; a zero row added to both
+            # factors makes it a K=2 GEMM (23 us) with the same result.
+            xp = namespace(input)
+            input = xp.concat([input, xp.zeros_like(input)])
+            delta = xp.concat([delta, xp.zeros_like(delta)])
+        self._gradient["weight"] += _mT(input) @ delta
         if self.bias:
             self._gradient["bias"] += namespace(delta).sum(delta, axis=0, keepdims=True)
 
