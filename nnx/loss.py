@@ -68,7 +68,7 @@ class _TargetLoss(Loss):
                 return y
             return namespace(yhat).astype(y, yhat.dtype)
         if len(y.shape) == 1 and len(yhat.shape) == 2 and y.shape[0] == yhat.shape[0]:
-            if is_floating(y) or backends.dtype_name(y) == "bool":
+            if is_floating(y) or y.dtype == namespace(y).bool:
                 raise TypeError(
                     f"{name}: 1-D targets must be integer class labels, got dtype "
                     f"{backends.dtype_name(y)}"
