@@ -417,6 +417,7 @@ class Env:
             "nnx_device": str(self.nnx.get_device()),
             "dtype": "float32",
             "clock": self.args.clock,
+            "load_average_at_start": _loadavg(),
         }
         original = os.environ.get(ORIG_ENV_KEY)
         info["openblas_env_removed"] = json.loads(original) if original else {}
@@ -448,6 +449,14 @@ class Env:
             info["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
             info["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
         return info
+
+
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15-minute load averages (other jobs sharing the machine), if known."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_model() -> str:
@@ -849,6 +858,16 @@ def machine_lines(meta: dict[str, Any]) -> list[str]:
     ]
     if blas:
         lines.append(f"NumPy BLAS: {blas}")
+    if meta.get("load_average_at_start"):
+        lines.append(
+            "Load average (1, 5, 15 min) at start: "
+            + ", ".join(str(v) for v in meta["load_average_at_start"])
+            + (
+                "; at end: " + ", ".join(str(v) for v in meta["load_average_at_end"])
+                if meta.get("load_average_at_end")
+                else ""
+            )
+        )
     if meta.get("openblas_env_removed"):
         lines.append(
             "OPENBLAS env removed for this run (was "
@@ -933,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in out_tables:
         print(format_text(*t))
         print()
+    meta["load_average_at_end"] = _loadavg()
     meta["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"meta": meta, "results": rows}
     if args.save:
