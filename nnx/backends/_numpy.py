@@ -52,6 +52,7 @@ def fast_namespace(base: Any) -> types.ModuleType:
     ndarray = np.ndarray
     add, maximum, minimum = np.add.reduce, np.maximum.reduce, np.minimum.reduce
     base_sum, base_max, base_min, base_astype = base.sum, base.max, base.min, base.astype
+    base_arange, np_arange = base.arange, np.arange
 
     def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
         if dtype is None and type(x) is ndarray and x.dtype.kind == "f":
@@ -73,7 +74,14 @@ def fast_namespace(base: Any) -> types.ModuleType:
             return x.astype(dtype, copy=copy)
         return base_astype(x, dtype, copy=copy, device=device)
 
-    for f in (sum, max, min, astype):
+    def arange(
+        start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None
+    ) -> Any:
+        if device is None and dtype is None and type(start) is int and stop is None:
+            return np_arange(start)  # arange(n): NumPy's default int, as the compat one
+        return base_arange(start, stop, step, dtype=dtype, device=device)
+
+    for f in (sum, max, min, astype, arange):
         f.__doc__ = getattr(base, f.__name__).__doc__
         setattr(ns, f.__name__, f)
     return ns
