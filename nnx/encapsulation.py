@@ -275,9 +275,25 @@ class Optim:
         self.best_epoch: int | None = None
 
     # -- data -------------------------------------------------------------------------
+    #: ``(network, module, name)`` of the parameter ``_like`` found last
+    _like_ref: tuple[Module, Module, str] | None = None
+
     def _like(self) -> Array | None:
-        # the first parameter only (a generator): this runs twice per training step
-        return next((p for _, p in self.network.named_parameters()), None)
+        """A parameter of the network (its backend, device and dtype are the network's).
+
+        This runs twice per training step: the (module, name) found is remembered and
+        reused while the network is the same object and the module still has it.
+        """
+        ref = self._like_ref
+        if ref is not None and ref[0] is self.network:
+            p = ref[1]._parameters.get(ref[2])
+            if p is not None:
+                return p
+        for module in self.network.modules():
+            for name, p in module._parameters.items():
+                self._like_ref = (self.network, module, name)
+                return p
+        return None
 
     def _device_data(self, X: Any) -> Array:
         """Data on the network's backend; floating data takes the network's dtype.
