@@ -418,6 +418,7 @@ class Env:
             "dtype": "float32",
             "clock": self.args.clock,
             "load_average_at_start": _loadavg(),
+            "git_commit": _git_commit(),
         }
         original = os.environ.get(ORIG_ENV_KEY)
         info["openblas_env_removed"] = json.loads(original) if original else {}
@@ -449,6 +450,23 @@ class Env:
             info["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
             info["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
         return info
+
+
+def _git_commit() -> str | None:
+    """The commit of the nnx checkout being measured (``+dirty`` with local changes)."""
+    import subprocess
+
+    try:
+        run = lambda *cmd: subprocess.run(  # noqa: E731
+            ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+        head = run("rev-parse", "--short", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--", "nnx").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _loadavg() -> list[float] | None:
@@ -851,8 +869,9 @@ def machine_lines(meta: dict[str, Any]) -> list[str]:
     )
     lines = [
         f"Machine: {meta['cpu']}, {meta['cpu_count']} cores, {meta['platform']}",
-        f"Python {meta['python']}, NumPy {meta['numpy']}, nnx {meta['nnx']} "
-        f"(backend {meta['nnx_backend']}"
+        f"Python {meta['python']}, NumPy {meta['numpy']}, nnx {meta['nnx']}"
+        + (f" at {meta['git_commit']}" if meta.get("git_commit") else "")
+        + f" (backend {meta['nnx_backend']}"
         + ("" if meta["nnx_device"] in ("None", "cpu") else f", device {meta['nnx_device']}")
         + f"), float32, {_threads(meta['threads'])}, {meta['clock']} clock",
     ]
