@@ -4,7 +4,7 @@
 whose library is missing is skipped with the reason; CuPy without a GPU is skipped,
 unless ``NNX_REQUIRE_GPU=1`` (GPU machines), which turns that skip into a failure.
 ``NNX_TEST_BACKENDS=numpy,torch`` restricts the run (each nox session sets it to its
-own backend). The fixture selects the backend for the test and restores the previous
+own backend); ``NNX_TORCH_DEVICE=cuda`` runs the torch backend's tests on that device. The fixture selects the backend for the test and restores the previous
 backend, default dtype and seed afterwards.
 """
 
@@ -62,7 +62,8 @@ def backend(request: pytest.FixtureRequest) -> str:
             pytest.fail(f"NNX_REQUIRE_GPU=1 but {reason}")
         pytest.skip(reason)
     saved_dtype = nnx.get_default_dtype()
-    with nnx.use_backend(name):
+    device = os.environ.get("NNX_TORCH_DEVICE") or None if name == "torch" else None
+    with nnx.use_backend(name, device):
         nnx.manual_seed(0)
         try:
             yield name
