@@ -21,6 +21,9 @@ class Activation(Module):
     Subclasses implement ``_forward(xp, X)`` and ``_backward(xp, X, out, delta)``, where
     ``out`` is the forward output (remembered from the last ``forward`` on the same
     ``X``, or recomputed).
+
+    As in PyTorch, do not modify a module's output in place between its ``forward``
+    and ``backward_delta``: Sigmoid, TanH, Softmax and LogSoftmax reuse that output.
     """
 
     def forward(self, X: Array) -> Array:
@@ -95,6 +98,8 @@ class LeakyReLU(Activation):
     alpha : float, default 0.01
         Slope for :math:`x < 0`.
 
+    Shape: any ``(batch, ...)``; the output has the input's shape.
+
     Examples
     --------
     >>> import nnx
@@ -130,6 +135,8 @@ class Sigmoid(Activation):
     For very negative ``x``, :math:`e^{-x}` overflows to ``inf`` and ``z`` correctly
     becomes 0; :class:`StableSigmoid` avoids the overflow altogether.
 
+    Shape: any ``(batch, ...)``; the output has the input's shape.
+
     >>> import nnx
     >>> nnx.Sigmoid()(nnx.asarray([[0.0]]))
     array([[0.5]], dtype=float32)
@@ -159,6 +166,8 @@ class StableSigmoid(Sigmoid):
 
     Finite for float32 inputs of magnitude :math:`10^4`.
 
+    Shape: any ``(batch, ...)``; the output has the input's shape.
+
     >>> import nnx
     >>> nnx.StableSigmoid()(nnx.asarray([[-1e4, 0.0, 1e4]]))
     array([[0. , 0.5, 1. ]], dtype=float32)
@@ -174,6 +183,8 @@ class TanH(Activation):
     .. math::
         z = \tanh(x) = \frac{e^{2x} - 1}{e^{2x} + 1} \qquad
         \frac{\partial L}{\partial x} = \delta \odot (1 - z^2)
+
+    Shape: any ``(batch, ...)``; the output has the input's shape.
 
     >>> import nnx
     >>> nnx.TanH()(nnx.asarray([[0.0]]))
@@ -194,6 +205,8 @@ class Softplus(Activation):
 
     .. math::
         z = \log(1 + e^{x}) \qquad \frac{\partial L}{\partial x} = \delta \odot \sigma(x)
+
+    Shape: any ``(batch, ...)``; the output has the input's shape.
 
     >>> import nnx
     >>> nnx.Softplus()(nnx.asarray([[0.0, 1e4]]))
@@ -259,6 +272,8 @@ class LogSoftmax(Activation):
 
     (since :math:`\partial z_i / \partial x_j = \mathbb{1}[i=j] - \text{softmax}(x)_j`).
     Use with :class:`~nnx.CrossEntropyLoss`.
+
+    Shape: ``(batch, K)`` (or any ``(..., K)``); the output has the input's shape.
 
     >>> import nnx
     >>> nnx.LogSoftmax()(nnx.asarray([[0.0, 0.0]]))
