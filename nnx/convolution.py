@@ -15,7 +15,7 @@ from typing import Any
 
 from . import backends, init
 from .init import InitType
-from .module import Array, Module, check_positive_int, namespace
+from .module import Array, Module, check_positive_int, mT, namespace
 
 
 def _tap(k: int, stride: int, out_length: int) -> slice:
@@ -188,7 +188,7 @@ class Conv1D(_Windowed):
         cached = self._cache_key is input
         cols = self._cache if cached else self._cols(xp, input, out_length)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
-        grad = cols.mT @ d2 if hasattr(cols, "mT") else xp.matrix_transpose(cols) @ d2
+        grad = mT(cols) @ d2
         self._gradient["weight"] += xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out))
         if self.bias:
             self._gradient["bias"] += xp.sum(d2, axis=0)
@@ -214,7 +214,7 @@ class Conv1D(_Windowed):
         dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
         for k in range(K):
             W_k = W[k, ...]  # (C, D)
-            tap = d2 @ (W_k.mT if hasattr(W_k, "mT") else xp.matrix_transpose(W_k))
+            tap = d2 @ mT(W_k)
             dX[:, _tap(k, s, out_length), :] += xp.reshape(tap, (batch, out_length, C))
         return dX
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import init
 from .init import InitType
-from .module import Array, Module, check_positive_int, namespace
+from .module import Array, Module, check_positive_int, mT, namespace
 
 
 class Linear(Module):
@@ -117,18 +117,10 @@ class Linear(Module):
             xp = namespace(input)
             input = xp.concat([input, xp.zeros_like(input)])
             delta = xp.concat([delta, xp.zeros_like(delta)])
-        self._gradient["weight"] += _mT(input) @ delta
+        self._gradient["weight"] += mT(input) @ delta
         if self.bias:
             self._gradient["bias"] += namespace(delta).sum(delta, axis=0, keepdims=True)
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_backward(input, delta)
-        return delta @ _mT(self._parameters["weight"])
-
-
-def _mT(x: Array) -> Array:
-    """Matrix transpose: the standard's ``.mT`` attribute (a view), else the function."""
-    try:
-        return x.mT
-    except AttributeError:  # e.g. CuPy < 14
-        return namespace(x).matrix_transpose(x)
+        return delta @ mT(self._parameters["weight"])

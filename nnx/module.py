@@ -283,6 +283,14 @@ def is_floating(X: Array) -> bool:
     return result
 
 
+def mT(x: Array) -> Array:
+    """Matrix transpose: the standard's ``.mT`` attribute (a view), else the function."""
+    try:
+        return x.mT
+    except AttributeError:  # e.g. CuPy < 14
+        return namespace(x).matrix_transpose(x)
+
+
 def namespace(x: Array) -> Any:
     """Array API namespace of an array (short alias used by the layers)."""
     return backends.namespace_of(x)
