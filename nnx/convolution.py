@@ -103,6 +103,8 @@ class Conv1D(_Windowed):
     (8, 254, 32)
     """
 
+    _fresh_gradients = True  # backward_update_gradient adds through _accumulate
+
     def __init__(
         self,
         k_size: int,
@@ -189,9 +191,9 @@ class Conv1D(_Windowed):
         cols = self._cache if cached else self._cols(xp, input, out_length)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
         grad = mT(cols) @ d2
-        self._gradient["weight"] += xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out))
+        self._accumulate("weight", xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out)))
         if self.bias:
-            self._gradient["bias"] += xp.sum(d2, axis=0)
+            self._accumulate("bias", xp.sum(d2, axis=0))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         out_length = self._check_backward(input, delta)

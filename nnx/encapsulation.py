@@ -160,6 +160,14 @@ class Sequential(Module):
         for module in self._modules:
             module.zero_grad()
 
+    def _start_step(self) -> None:
+        for module in self._modules:
+            module._start_step()
+
+    def _end_step(self) -> None:
+        for module in self._modules:
+            module._end_step()
+
     def _moved(self) -> None:
         self._inputs = None
 
@@ -385,21 +393,26 @@ class Optim:
         touching the parameters when the loss is not finite.
         """
         net = self.network
-        net.zero_grad()
-        # a non-finite loss is reported below as FloatingPointError, not as NumPy warnings
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            yhat = net.forward(X)
-            losses = self.loss.forward(y, yhat)
-            total = float(namespace(losses).sum(losses))
-        if not math.isfinite(total):
-            raise FloatingPointError(
-                f"non-finite loss (sum over the batch = {total}); the parameters were not updated"
-            )
-        delta = self.loss.backward(y, yhat)
-        if isinstance(net, Sequential):
-            net.backward(X, delta, input_grad=False)
-        else:
-            net.backward_update_gradient(X, delta)
+        # zero_grad() in effect: each gradient's first contribution overwrites it
+        net._start_step()
+        try:
+            # a non-finite loss is reported below as FloatingPointError, not as warnings
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                yhat = net.forward(X)
+                losses = self.loss.forward(y, yhat)
+                total = float(namespace(losses).sum(losses))
+            if not math.isfinite(total):
+                raise FloatingPointError(
+                    f"non-finite loss (sum over the batch = {total}); the parameters were "
+                    f"not updated"
+                )
+            delta = self.loss.backward(y, yhat)
+            if isinstance(net, Sequential):
+                net.backward(X, delta, input_grad=False)
+            else:
+                net.backward_update_gradient(X, delta)
+        finally:
+            net._end_step()
         if self.optimizer is not None:
             self.optimizer.step(net)
         else:

@@ -50,6 +50,8 @@ class Linear(Module):
     (1, 3)
     """
 
+    _fresh_gradients = True  # backward_update_gradient adds through _accumulate
+
     def __init__(
         self,
         input_size: int,
@@ -117,9 +119,9 @@ class Linear(Module):
             xp = namespace(input)
             input = xp.concat([input, xp.zeros_like(input)])
             delta = xp.concat([delta, xp.zeros_like(delta)])
-        self._gradient["weight"] += mT(input) @ delta
+        self._accumulate("weight", mT(input) @ delta)
         if self.bias:
-            self._gradient["bias"] += namespace(delta).sum(delta, axis=0, keepdims=True)
+            self._accumulate("bias", namespace(delta).sum(delta, axis=0, keepdims=True))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_backward(input, delta)
