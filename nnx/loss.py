@@ -20,8 +20,21 @@ __all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_li
 def one_hot_like(labels: Array, yhat: Array) -> Array:
     """One-hot ``(batch, K)`` matrix of ``labels`` in ``yhat``'s dtype and device."""
     xp = namespace(yhat)
-    classes = xp.arange(yhat.shape[-1], device=getattr(yhat, "device", None))
-    return xp.astype(labels[:, None] == classes[None, :], yhat.dtype)
+    return xp.astype(labels[:, None] == _classes(xp, labels, yhat.shape[-1]), yhat.dtype)
+
+
+_CLASSES: dict[tuple[Any, ...], Array] = {}
+
+
+def _classes(xp: Any, labels: Array, num_classes: int) -> Array:
+    """``arange(num_classes)[None, :]`` on the labels' device (cached: a training step
+    would otherwise build it for every batch)."""
+    device = getattr(labels, "device", None)
+    key = (type(labels), str(device), num_classes)
+    row = _CLASSES.get(key)
+    if row is None:
+        row = _CLASSES[key] = xp.arange(num_classes, device=device)[None, :]
+    return row
 
 
 class _TargetLoss(Loss):
