@@ -5,10 +5,11 @@
 #
 # Stages (each with its own time limit, each logged to DIR/<stage>.log):
 #   env        nvidia-smi, Python, CUDA, CuPy and PyTorch versions   -> env.txt
-#   install    pip install --no-index --find-links .whl  nnx[tests] (+ cupy / torch wheels
-#              found there); nothing is downloaded
+#   install    the wheels in .whl (what the GPU image lacks) unpacked with pip --no-index
+#              --no-deps --target; nnx runs from this tree; nothing is downloaded
 #   parity     benchmarks/gpu_parity.py: windows, every module's outputs and gradients on
 #              cupy against NumPy, float32 tolerance
+#   profile    benchmarks/gpu_profile.py: phase times of a step, launch costs, fused kernels
 #   tests-cupy the whole test suite on cupy, NNX_REQUIRE_GPU=1 (a skipped GPU is a failure)
 #   bench      benchmarks/run.py --backend cupy --device cuda at batch 32, 256, 1024
 #              against PyTorch CUDA (JSON, Markdown and reStructuredText tables)
@@ -30,7 +31,7 @@ OUT_DIR="${OUT:-}"
 WHEELS="$ROOT/.whl"
 DRY=0
 SKIP_INSTALL=0
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python > /dev/null && echo python || echo python3)}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT_DIR="$2"; shift 2 ;;
@@ -62,7 +63,8 @@ else
     BACKEND=cupy; DEVICE=cuda; TORCH_DEVICE=cuda
     TEST_ARGS=(tests -q -ra)
     TRAIN_ARGS=(--backend cupy --epochs 30)
-    BENCH_ARGS=(--backend cupy --device cuda --batch-sizes 32,256,1024)
+    BENCH_ARGS=(--backend cupy --device cuda --batch-sizes 32,256,1024
+                --sections "${GPU_CHECK_BENCH_SECTIONS:-step,batch,length,memory}")
 fi
 
 log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT_DIR/gpu_check.log"; }
@@ -138,25 +140,28 @@ EOF
 sed 's/^/    /' "$OUT_DIR/env.txt" | tail -n 12 | tee -a "$OUT_DIR/gpu_check.log"
 
 # -- install ------------------------------------------------------------------------
+# The wheels in WHEELS (pure-Python packages the GPU image lacks: array-api-compat,
+# array-api-strict, mnist1d, ...) are unpacked into SITE without resolving anything;
+# nnx itself runs from this working tree (PYTHONPATH). Nothing is downloaded.
+SITE="${NNX_GPU_SITE:-/tmp/nnx-gpu-site}"
 install() {
-    local pipargs=(--no-index --find-links "$WHEELS")
-    [ "$DRY" = 1 ] && pipargs+=(--dry-run)
-    local extra=()
-    ls "$WHEELS"/cupy_cuda*.whl > /dev/null 2>&1 && extra+=(cupy-cuda12x)
-    ls "$WHEELS"/torch-*.whl > /dev/null 2>&1 && extra+=(torch)
-    echo "wheels in $WHEELS: $(ls "$WHEELS" | wc -l); extra: ${extra[*]:-none}"
-    "$PY" -m pip install "${pipargs[@]}" "$ROOT[tests]" "${extra[@]}" \
-        || "$PY" -m pip install "${pipargs[@]}" --no-build-isolation "$ROOT[tests]" "${extra[@]}"
+    local pipargs=(--no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE")
+    [ "$DRY" = 1 ] && pipargs=(--no-index --no-deps --dry-run)
+    echo "wheels in $WHEELS:"; ls "$WHEELS"
+    "$PY" -m pip install -q "${pipargs[@]}" "$WHEELS"/*.whl
 }
 if [ "$SKIP_INSTALL" = 1 ]; then
     skip install "--skip-install"
-elif [ -d "$WHEELS" ]; then
+elif ls "$WHEELS"/*.whl > /dev/null 2>&1; then
     export -f install
-    export WHEELS DRY PY ROOT
+    export WHEELS DRY PY ROOT SITE
     stage install 120 bash -c install
+    [ "$DRY" = 1 ] || export PYTHONPATH="$PYTHONPATH:$SITE"
 else
-    skip install "no wheel folder $WHEELS; using the installed packages"
+    skip install "no wheels in $WHEELS; using the installed packages"
 fi
+"$PY" -c "import nnx, array_api_compat; print('nnx', nnx.__version__, 'from', nnx.__file__)" \
+    2>&1 | tee -a "$OUT_DIR/gpu_check.log"
 
 # Stages run in order of importance, so that a slow machine loses the least useful ones
 # to the time budget: parity, the CuPy test suite, the benchmark, GPU training, then the
@@ -167,6 +172,11 @@ if [ "$DRY" = 1 ]; then
     stage parity 60 "$PY" benchmarks/gpu_parity.py --backend torch
 else
     stage parity 90 "$PY" benchmarks/gpu_parity.py --backend cupy
+fi
+
+# -- where a step's time goes on the GPU (phases, launches, fused kernels) -------------
+if [ "$DRY" = 0 ]; then
+    stage profile 90 "$PY" benchmarks/gpu_profile.py --json "$OUT_DIR/profile.json"
 fi
 
 # -- the test suite on CuPy (pytest exits 5 when it selects no test: any non-zero exit

@@ -13,11 +13,14 @@ One command::
 A *step* is what training does for one batch: zero the gradients, forward, loss,
 backward, parameter update. nnx runs ``nnx.Optim(net, nnx.CELogSoftmax(), eps).step``
 (plain SGD); PyTorch runs ``opt.zero_grad(); loss = CrossEntropyLoss(reduction="sum")(
-model(x), y); loss.backward(); opt.step()`` with ``torch.optim.SGD`` on an ``nn.Sequential``
-of the same architecture (channels-first ``Conv1d``, same math; nnx's loss is the sum of
+model(x), y); loss.backward(); opt.step(); loss.item()`` with ``torch.optim.SGD`` on an
+``nn.Sequential`` of the same architecture (channels-first ``Conv1d``, same math; nnx's loss is the sum of
 the per-sample losses, hence ``reduction="sum"``). Both start from the same weights
 (copied from nnx, with the flatten order permuted) and see the same float32 data, and
-the first-step losses are compared as a sanity check.
+the first-step losses are compared as a sanity check. Both steps bring the batch loss
+back to Python: nnx's ``Optim.step`` reads it for its non-finite check, the PyTorch step
+calls ``loss.item()``, as a training loop that logs its loss does. On a GPU that read is
+the one synchronisation per step of both (on the CPU it costs about a microsecond).
 
 Timing: warm-up steps are run and discarded; then nnx and PyTorch alternate blocks of
 ``k`` steps (the order flips every round, to cancel drift), ``k`` chosen so that a block
@@ -528,6 +531,7 @@ class Case:
                 loss = crit(tm(tX), ty)
                 loss.backward()
                 topt.step()
+                loss.item()  # the loss comes back to Python, as in nnx's Optim.step
                 return loss
 
             self.torch_step = torch_step
