@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import backends, training
+from .loss import check_labels
 from .module import Array, Loss, Module, check_positive_int, is_floating, namespace
 
 
@@ -399,8 +400,7 @@ class Optim:
             # a non-finite loss is reported below as FloatingPointError, not as warnings
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 yhat = net.forward(X)
-                losses = self.loss.forward(y, yhat)
-                total = float(namespace(losses).sum(losses))
+                losses, total = self._loss_and_total(y, yhat, on_host=type(X) is np.ndarray)
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"non-finite loss (sum over the batch = {total}); the parameters were "
@@ -419,6 +419,34 @@ class Optim:
             net.update_parameters(self.eps)
         return losses, yhat, total
 
+    def _loss_and_total(self, y: Array, yhat: Array, on_host: bool) -> tuple[Array, float]:
+        """Per-sample losses and their sum as a Python float.
+
+        The sum is the one value a step brings back from the device. On a device
+        backend the loss's label checks are deferred to this read (see
+        ``Loss._pending_checks``): their counts travel in the same transfer, so a GPU
+        step synchronises once, not once per check. NumPy checks at once.
+        """
+        loss = self.loss
+        pending: list[tuple[Array, Array, int]] | None = None if on_host else []
+        loss._pending_checks = pending
+        try:
+            losses = loss.forward(y, yhat)
+        finally:
+            loss._pending_checks = None
+        xp = namespace(losses)
+        total = xp.sum(losses)
+        if not pending:
+            return losses, float(total)
+        read = backends.to_numpy(
+            xp.stack([total, *(xp.astype(c, total.dtype) for c, _, _ in pending)])
+        )
+        for (_, labels, classes), count in zip(pending, read[1:], strict=True):
+            if count != labels.shape[0]:
+                loss._forget()
+                check_labels(type(loss).__name__, labels, classes)
+        return losses, float(read[0])
+
     def step(self, batch_x: Any, batch_y: Any) -> Array:
         """One training step on a batch; returns the per-sample losses (backend array).
 
@@ -432,8 +460,10 @@ class Optim:
 
     # -- evaluation -------------------------------------------------------------------
     @staticmethod
-    def _correct(yhat: Array, y: Array) -> int | None:
-        """Number of rows where ``argmax(yhat)`` equals the label (``None``: no classes)."""
+    def _correct(yhat: Array, y: Array) -> Array | None:
+        """Number of rows where ``argmax(yhat)`` equals the label, as a 0-d integer array
+        on the network's device (``None``: not a classification). Callers add these up
+        on the device and read the sum once, not once per batch (a GPU synchronisation)."""
         if len(yhat.shape) != 2 or yhat.shape[1] < 2:
             return None
         xp = namespace(yhat)
@@ -446,7 +476,7 @@ class Optim:
             target = xp.astype(y, pred.dtype)
         else:
             return None
-        return int(xp.sum(xp.astype(pred == target, xp.int64)))
+        return xp.sum(xp.astype(pred == target, xp.int64))
 
     def predict(self, X: Any) -> Array:
         """Network output for ``X`` (moved to the network's backend), in batches of
@@ -463,21 +493,25 @@ class Optim:
         return namespace(parts[0]).concat(parts, axis=0)
 
     def _evaluate(self, X: Any, y: Any, n: int) -> tuple[float, float]:
-        """Mean per-sample loss and accuracy (NaN when not a classification)."""
-        total, correct, counted = 0.0, 0, True
+        """Mean per-sample loss and accuracy (NaN when not a classification).
+
+        Sums stay on the device until the end: one read, however many batches."""
+        total: Any = 0.0
+        correct: Any = 0
+        counted = True
         for start in range(0, n, self.eval_batch_size):
             stop = min(start + self.eval_batch_size, n)
             bx = self._device_data(X[start:stop, ...])
             by = self._device_data(y[start:stop, ...])
             yhat = self.network.forward(bx)
             losses = self.loss.forward(by, yhat)
-            total += float(namespace(losses).sum(losses))
+            total = total + namespace(losses).sum(losses)
             c = self._correct(yhat, by)
             if c is None:
                 counted = False
-            else:
-                correct += c
-        return total / n, (correct / n if counted else math.nan)
+            elif counted:
+                correct = correct + c
+        return float(total) / n, (int(correct) / n if counted else math.nan)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -529,7 +563,8 @@ class Optim:
         X, y, n, on_device = data
         batches = -(-n // batch_size)
         bars.start_epoch(epoch, batches)
-        total, correct, counted = 0.0, 0, True
+        total, counted = 0.0, True
+        correct: Any = 0  # a device array after the first batch: read once, at the end
         for b, (bx, by) in enumerate(self._batches(X, y, n, batch_size, order, on_device), 1):
             try:
                 _, yhat, s = self._step(bx, by)
@@ -541,10 +576,10 @@ class Optim:
             c = self._correct(yhat, by)
             if c is None:
                 counted = False
-            else:
-                correct += c
+            elif counted:
+                correct = correct + c
             bars.batch_bar.update(1)
-        return total / n, (correct / n if counted else math.nan)
+        return total / n, (int(correct) / n if counted else math.nan)
 
     def _use_network(self, network: Module | None) -> None:
         if network is not None:

@@ -46,8 +46,29 @@ class _TargetLoss(Loss):
     _cache_key: tuple[Array, Array] | None = None
     _cache: Any = None
 
+    #: ``(y, yhat)`` last validated by :meth:`_targets`, and the targets it returned
+    _targets_key: tuple[Array, Array] | None = None
+    _targets_value: Any = None
+
     def _targets(self, y: Array, yhat: Array) -> Array:
-        """Validate ``(y, yhat)``; return ``y`` as a float array of ``yhat``'s shape."""
+        """Validate ``(y, yhat)``; return ``y`` as a float array of ``yhat``'s shape.
+
+        ``backward`` on the very arrays ``forward`` just checked (a training step)
+        reuses the result instead of checking (and reading labels) again.
+        """
+        key = self._targets_key
+        if key is not None and key[0] is y and key[1] is yhat:
+            return self._targets_value
+        target = self._checked_targets(y, yhat)
+        self._targets_key, self._targets_value = (y, yhat), target
+        return target
+
+    def _forget(self) -> None:
+        """Drop what the last calls cached (their targets failed a deferred check)."""
+        self._targets_key = self._targets_value = None
+        self._cache_key = self._cache = None
+
+    def _checked_targets(self, y: Array, yhat: Array) -> Array:
         name = type(self).__name__
         shape = (
             ("batch", "K")
@@ -89,7 +110,12 @@ class _TargetLoss(Loss):
             target = one_hot_like(y, yhat)
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
             # reduction instead of a min and a max (check_labels then builds the message)
-            if int(namespace(yhat).sum(target)) != y.shape[0]:
+            hits = namespace(yhat).sum(target)
+            if self._pending_checks is not None:
+                # inside Optim's step: the count is read together with the loss (one
+                # device-to-host read per step instead of two), and checked there
+                self._pending_checks.append((hits, y, yhat.shape[1]))
+            elif int(hits) != y.shape[0]:
                 check_labels(name, y, yhat.shape[1])
             return target
         raise ValueError(

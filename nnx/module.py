@@ -353,11 +353,20 @@ class Loss:
     :math:`L = \\sum_i \\ell_i`, the same shape as ``yhat``.
     """
 
+    #: Set by :class:`~nnx.Optim` during a training step: a list to which a loss may add
+    #: ``(count, labels, num_classes)`` instead of reading ``count`` from the device; the
+    #: step reads the counts together with the loss and raises if one is not
+    #: ``len(labels)`` (one device-to-host read per step). ``None`` outside a step.
+    _pending_checks: list[tuple[Array, Array, int]] | None = None
+
     def forward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError
 
     def backward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError
+
+    def _forget(self) -> None:
+        """Drop anything cached from the last calls (a deferred check failed)."""
 
     def __call__(self, y: Array, yhat: Array) -> Array:
         return self.forward(y, yhat)
