@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prove nnx on an NVIDIA GPU, offline, in one run of under 8 minutes (issue 7).
 #
-#   benchmarks/gpu_check.sh [--out DIR] [--wheels DIR] [--skip-install] [--dry-run]
+#   benchmarks/gpu_check.sh [--out DIR] [--wheels DIR] [--archive FILE] [--skip-install] [--dry-run]
 #
 # Stages (each with its own time limit, each logged to DIR/<stage>.log):
 #   env        nvidia-smi, Python, CUDA, CuPy and PyTorch versions   -> env.txt
@@ -21,9 +21,17 @@
 # Writes DIR/summary.txt (one line per stage: PASS / FAIL / SKIP and seconds) and exits
 # non-zero if a stage failed. DIR is --out, else $OUT, else gpu-check-<UTC time>.
 #
+# --archive FILE: also pack DIR into FILE (.tgz), for a runner that returns few files.
 # --dry-run: the same logic on a CPU-only machine (numpy stands in for cupy, torch on
 # the CPU, a quick subset of the tests, one training epoch, a quick benchmark), so the
 # script itself can be tested anywhere; pip only resolves (pip install --dry-run).
+#
+# Environment: PYTHON (default python, else python3), GPU_CHECK_BUDGET (seconds, 470),
+# GPU_CHECK_BENCH_SECTIONS (default step,batch,length,memory).
+# Wheels, fetched on a machine with pip access, for a CUDA image that already has
+# NumPy, CuPy, PyTorch, pytest, hypothesis, pandas, tqdm, matplotlib and scikit-learn:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#       array-api-compat array-api-strict mnist1d
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,14 +39,16 @@ OUT_DIR="${OUT:-}"
 WHEELS="$ROOT/.whl"
 DRY=0
 SKIP_INSTALL=0
+ARCHIVE=""
 PY="${PYTHON:-$(command -v python > /dev/null && echo python || echo python3)}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT_DIR="$2"; shift 2 ;;
         --wheels) WHEELS="$2"; shift 2 ;;
+        --archive) ARCHIVE="$2"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
         --skip-install) SKIP_INSTALL=1; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -227,4 +237,8 @@ TOTAL=$(( $(date +%s) - START ))
 echo "total        ${TOTAL}s" >> "$SUMMARY"
 log "summary ($OUT_DIR/summary.txt):"
 sed 's/^/    /' "$SUMMARY" | tee -a "$OUT_DIR/gpu_check.log"
+if [ -n "$ARCHIVE" ]; then
+    tar czf "$ARCHIVE" -C "$(dirname "$OUT_DIR")" "$(basename "$OUT_DIR")" \
+        && log "archive: $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
+fi
 exit "$FAILED"
