@@ -131,13 +131,14 @@ class Sequential(Module):
         and ``None`` is returned.
         """
         inputs = self._chain_inputs(input)
-        for i in range(len(self._modules) - 1, -1, -1):
-            module = self._modules[i]
-            module.backward_update_gradient(inputs[i], delta)
-            if i == 0 and not input_grad:
-                return None
-            delta = module.backward_delta(inputs[i], delta)
+        modules = self._modules
+        for i in range(len(modules) - 1, -1, -1):
+            # backward_update_gradient then backward_delta (fused where a module can)
+            delta = modules[i]._backprop(inputs[i], delta, input_grad or i > 0)
         return delta
+
+    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
+        return self.backward(input, delta, input_grad)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         inputs = self._chain_inputs(input)

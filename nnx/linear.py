@@ -112,6 +112,19 @@ class Linear(Module):
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         self._check_backward(input, delta)
+        self._add_gradients(input, delta)
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        self._check_backward(input, delta)
+        return delta @ mT(self._parameters["weight"])
+
+    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
+        # the two methods above with one check (what Sequential.backward calls)
+        self._check_backward(input, delta)
+        self._add_gradients(input, delta)
+        return delta @ mT(self._parameters["weight"]) if input_grad else None
+
+    def _add_gradients(self, input: Array, delta: Array) -> None:
         if input.shape[0] == 1:
             # An outer product. NumPy's matmul runs K=1 products in a slow loop (416 us
             # for Linear(4064, 100)); broadcasting took 88 us; a zero row added to both
@@ -122,7 +135,3 @@ class Linear(Module):
         self._accumulate("weight", mT(input) @ delta)
         if self.bias:
             self._accumulate("bias", namespace(delta).sum(delta, axis=0, keepdims=True))
-
-    def backward_delta(self, input: Array, delta: Array) -> Array:
-        self._check_backward(input, delta)
-        return delta @ mT(self._parameters["weight"])

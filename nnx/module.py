@@ -46,6 +46,11 @@ class Module:
         super().__init_subclass__(**kwargs)
         if "backward_update_gradient" in cls.__dict__ and "_fresh_gradients" not in cls.__dict__:
             cls._fresh_gradients = False
+        # a subclass that overrides a backward method gets the unfused _backprop, which
+        # calls the overrides
+        overrides = {"backward_update_gradient", "backward_delta"} & cls.__dict__.keys()
+        if overrides and "_backprop" not in cls.__dict__:
+            cls._backprop = Module._backprop
 
     def __init__(self) -> None:
         self._fresh: set[str] | None = None
@@ -69,6 +74,16 @@ class Module:
     def backward_delta(self, input: Array, delta: Array) -> Array:
         """Return :math:`\\partial L / \\partial \\text{input}` (same shape as ``input``)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward_delta")
+
+    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
+        """``backward_update_gradient``, then ``backward_delta`` (``None`` without
+        ``input_grad``): one module's part of :meth:`Sequential.backward`.
+
+        A module may fuse the two (e.g. check ``delta`` once); the result must be the
+        same as the two calls.
+        """
+        self.backward_update_gradient(input, delta)
+        return self.backward_delta(input, delta) if input_grad else None
 
     def update_parameters(self, gradient_step: float = 1e-3) -> None:
         """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L`."""
