@@ -20,7 +20,21 @@ __all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_li
 def one_hot_like(labels: Array, yhat: Array) -> Array:
     """One-hot ``(batch, K)`` matrix of ``labels`` in ``yhat``'s dtype and device."""
     xp = namespace(yhat)
-    return xp.astype(labels[:, None] == _classes(xp, labels, yhat.shape[-1]), yhat.dtype)
+    return xp.astype(_hits(xp, labels, yhat.shape[-1]), yhat.dtype)
+
+
+def _hits(xp: Any, labels: Array, num_classes: int) -> Array:
+    """Boolean one-hot ``(batch, num_classes)``: ``hits[i, k] = labels[i] == k``."""
+    return labels[:, None] == _classes(xp, labels, num_classes)
+
+
+def _count_true(xp: Any, mask: Array) -> int:
+    """Number of ``True`` entries: ``count_nonzero`` (standard 2024.12) when the
+    namespace has it, else a sum."""
+    count_nonzero = getattr(xp, "count_nonzero", None)
+    if count_nonzero is not None:
+        return int(count_nonzero(mask))
+    return int(xp.sum(xp.astype(mask, xp.int64)))
 
 
 _CLASSES: dict[tuple[Any, ...], Array] = {}
@@ -86,12 +100,13 @@ class _TargetLoss(Loss):
                     f"{name}: 1-D targets must be integer class labels, got dtype "
                     f"{backends.dtype_name(y)}"
                 )
-            target = one_hot_like(y, yhat)
+            xp = namespace(yhat)
+            hits = _hits(xp, y, yhat.shape[1])
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
-            # reduction instead of a min and a max (check_labels then builds the message)
-            if int(namespace(yhat).sum(target)) != y.shape[0]:
+            # count instead of a min and a max (check_labels then builds the message)
+            if _count_true(xp, hits) != y.shape[0]:
                 check_labels(name, y, yhat.shape[1])
-            return target
+            return xp.astype(hits, yhat.dtype)
         raise ValueError(
             f"{name}: expected y of shape {tuple(yhat.shape)} (like yhat) or integer labels "
             f"of shape ({yhat.shape[0]},), got shape {tuple(y.shape)}"

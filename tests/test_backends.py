@@ -356,3 +356,56 @@ def test_state_dict_round_trip(backend, rng):
     bad["4.weight"] = np.zeros((3, 5), dtype=np.float32)
     with pytest.raises(ValueError):
         b.load_state_dict(bad)
+
+
+# -- the NumPy backend's faster namespace --------------------------------------------------
+def _fast_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    with_nan = a.copy()
+    with_nan[2, 3] = np.nan
+    ties = np.array([[1.0, 3.0, 3.0], [-0.0, 0.0, -1.0], [np.inf, -np.inf, 0.0]])
+    return [
+        a,
+        with_nan,
+        ties,
+        rng.standard_normal((2, 3, 4)),
+        np.asfortranarray(a),
+        a[:, ::2],
+        a.T,
+        rng.integers(-3, 3, (4, 5)),
+        rng.standard_normal((4, 5)) > 0,
+        np.zeros((3, 0), dtype=np.float32),
+        np.float64(2.5) * np.ones(()),
+    ]
+
+
+@pytest.mark.parametrize("name", ["sum", "max", "min", "count_nonzero"])
+def test_numpy_fast_namespace_matches_array_api_compat(name):
+    import array_api_compat.numpy as compat
+
+    if not hasattr(compat, name):
+        pytest.skip(f"this array-api-compat has no {name}")
+    fast = backends.BACKENDS["numpy"].load().xp
+    with np.errstate(all="ignore"):  # inf - inf in a sum: the same NaN, no warning
+        _compare_fast(compat, fast, name)
+
+
+def _compare_fast(compat, fast, name):
+    for x in _fast_cases():
+        axes = [None, *range(-x.ndim, x.ndim)]
+        for axis in axes:
+            for keepdims in (False, True):
+                kwargs = {"axis": axis, "keepdims": keepdims}
+                try:
+                    want = getattr(compat, name)(x, **kwargs)
+                except ValueError:  # max/min of an empty axis: both must refuse
+                    with pytest.raises(ValueError):
+                        getattr(fast, name)(x, **kwargs)
+                    continue
+                got = getattr(fast, name)(x, **kwargs)
+                msg = f"{name}({x.dtype} {x.shape}, {kwargs})"
+                assert np.shape(got) == np.shape(want), msg
+                assert np.asarray(got).dtype == np.asarray(want).dtype, msg
+                np.testing.assert_array_equal(got, want, err_msg=msg)
+                np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=msg)
