@@ -98,7 +98,7 @@ class Linear(Module):
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
         self._check_input(X, ("batch", self.input_size), like=W)
-        out = X @ W
+        out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
         self._cache_key = X  # checked: the backward pass on this input skips the check
@@ -116,13 +116,15 @@ class Linear(Module):
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_backward(input, delta)
-        return delta @ mT(self._parameters["weight"])
+        return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
 
     def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
         # the two methods above with one check (what Sequential.backward calls)
         self._check_backward(input, delta)
         self._add_gradients(input, delta)
-        return delta @ mT(self._parameters["weight"]) if input_grad else None
+        if not input_grad:
+            return None
+        return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
 
     def _add_gradients(self, input: Array, delta: Array) -> None:
         if input.shape[0] == 1:
@@ -132,6 +134,7 @@ class Linear(Module):
             xp = namespace(input)
             input = xp.concat([input, xp.zeros_like(input)])
             delta = xp.concat([delta, xp.zeros_like(delta)])
-        self._accumulate("weight", mT(input) @ delta)
+        xp = namespace(delta)
+        self._accumulate("weight", xp.matmul(mT(input), delta))
         if self.bias:
-            self._accumulate("bias", namespace(delta).sum(delta, axis=0, keepdims=True))
+            self._accumulate("bias", xp.sum(delta, axis=0, keepdims=True))

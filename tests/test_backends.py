@@ -426,3 +426,31 @@ def test_numpy_fast_max_of_short_rows():
             np.testing.assert_array_equal(m, np.max(x, axis=-1, keepdims=True))
             m[...] = 7.0
             assert not np.any(x == 7.0)
+
+
+def test_numpy_fast_matmul_matches_array_api_compat():
+    import array_api_compat.numpy as compat
+
+    fast = backends.BACKENDS["numpy"].load().xp
+    rng = np.random.default_rng(2)
+    shapes = [(32, 256, 100), (1, 256, 100), (32, 100, 1), (1, 5, 1), (7, 1, 3), (3, 0, 4)]
+    for dtype in (np.float32, np.float64):
+        for n, k, m in shapes:
+            a = rng.standard_normal((n, k)).astype(dtype)
+            b = rng.standard_normal((k, m)).astype(dtype)
+            for x1, x2 in ((a, b), (np.asfortranarray(a), b), (a.T.copy().T, b.T.copy().T)):
+                got = fast.matmul(x1, x2)
+                assert type(got) is np.ndarray and got.dtype == dtype
+                np.testing.assert_array_equal(got, compat.matmul(x1, x2))
+            np.testing.assert_array_equal(fast.matmul(b.T, a.T), compat.matmul(b.T, a.T))
+    # anything but two 2-D arrays of one float dtype: array-api-compat's matmul
+    a3 = rng.standard_normal((2, 3, 4))
+    for x1, x2 in (
+        (a3, a3.mT),
+        (a3[0], a3[0, 0]),
+        (a3[0].astype(np.float32), a3[0].T),
+        (np.arange(6).reshape(2, 3), np.arange(6).reshape(3, 2)),
+    ):
+        got, want = fast.matmul(x1, x2), compat.matmul(x1, x2)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
