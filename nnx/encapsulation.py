@@ -196,6 +196,14 @@ def _check_finite(owner: str, name: str, A: Any) -> None:
         )
 
 
+@backends.quiet_float_errors  # a non-finite loss is reported as FloatingPointError
+def _forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, Array, float]:
+    """Output, per-sample losses and their sum (a Python float)."""
+    yhat = net.forward(X)
+    losses = loss.forward(y, yhat)
+    return yhat, losses, float(namespace(losses).sum(losses))
+
+
 class Optim:
     r"""Ties a network, a loss and an update rule together, and runs training loops.
 
@@ -397,11 +405,7 @@ class Optim:
         # zero_grad() in effect: each gradient's first contribution overwrites it
         net._start_step()
         try:
-            # a non-finite loss is reported below as FloatingPointError, not as warnings
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                yhat = net.forward(X)
-                losses = self.loss.forward(y, yhat)
-                total = float(namespace(losses).sum(losses))
+            yhat, losses, total = _forward_loss(net, self.loss, X, y)
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"non-finite loss (sum over the batch = {total}); the parameters were "

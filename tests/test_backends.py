@@ -454,3 +454,24 @@ def test_numpy_fast_matmul_matches_array_api_compat():
         got, want = fast.matmul(x1, x2), compat.matmul(x1, x2)
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("version", ["1.26.4", np.__version__], ids=["numpy1-path", "installed"])
+def test_quiet_float_errors(monkeypatch, version):
+    import warnings
+
+    monkeypatch.setattr(np, "__version__", version)  # read when decorating
+
+    @backends.quiet_float_errors
+    def square(x):
+        return x * x, np.geterr()
+
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, inside = square(np.float32(1e30))
+    assert np.isinf(out)
+    assert inside["over"] == inside["invalid"] == inside["divide"] == "ignore"
+    assert np.geterr() == before
+    with pytest.warns(RuntimeWarning):
+        _ = np.float32(1e30) * np.float32(1e30)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +32,30 @@ class NumpyBackend(Backend):
 
     def windows(self, x: np.ndarray, k_size: int, stride: int) -> np.ndarray:
         return strided_windows(np.lib.stride_tricks.as_strided, x, k_size, stride)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_float_errors(func: F) -> F:
+    """``func`` with NumPy's overflow / invalid / divide-by-zero warnings off.
+
+    For code that checks its results itself (a training step reports a non-finite
+    loss as ``FloatingPointError``). NumPy >= 2's ``errstate`` used as a decorator
+    sets the state per call in a context variable (thread-safe), 0.3 µs instead of
+    0.75 µs for a ``with np.errstate(...)`` block; NumPy 1's would reuse one object
+    for every call, so there each call gets its own block.
+    """
+    quiet = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        return np.errstate(**quiet)(func)
+
+    @functools.wraps(func)
+    def quieted(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(**quiet):
+            return func(*args, **kwargs)
+
+    return quieted  # type: ignore[return-value]
 
 
 #: Longest last axis that ``max(x, axis=-1)`` reduces through ``argmax`` (see below).
