@@ -97,7 +97,8 @@ class Linear(Module):
 
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
-        self._check_input(X, ("batch", self.input_size), like=W)
+        if not _rows_like(X, W, self.input_size):
+            self._check_input(X, ("batch", self.input_size), like=W)  # raises, says why
         out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
@@ -108,7 +109,8 @@ class Linear(Module):
         W = self._parameters["weight"]
         if input is not self._cache_key:
             self._check_input(input, ("batch", self.input_size), like=W)
-        self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+        if not (_rows_like(delta, W, self.output_size) and delta.shape[0] == input.shape[0]):
+            self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         self._check_backward(input, delta)
@@ -138,3 +140,12 @@ class Linear(Module):
         self._accumulate("weight", xp.matmul(mT(input), delta))
         if self.bias:
             self._accumulate("bias", xp.sum(delta, axis=0, keepdims=True))
+
+
+def _rows_like(X: Any, W: Array, width: int) -> bool:
+    """Whether ``X`` is a ``(batch, width)`` array of ``W``'s library and dtype: the
+    valid case, checked without building a message (``_check_input`` does the rest)."""
+    if type(X) is not type(W) or X.dtype != W.dtype:
+        return False
+    shape = X.shape
+    return len(shape) == 2 and shape[1] == width
