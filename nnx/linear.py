@@ -6,7 +6,7 @@ from typing import Any
 
 from . import init
 from .init import InitType
-from .module import Array, Module, check_positive_int, mT, namespace
+from .module import Array, Module, check_positive_int, mT, namespace, ones_row
 
 
 class Linear(Module):
@@ -139,7 +139,7 @@ class Linear(Module):
         xp = namespace(delta)
         self._accumulate("weight", xp.matmul(mT(input), delta))
         if self.bias:
-            self._accumulate("bias", xp.sum(delta, axis=0, keepdims=True))
+            self._accumulate("bias", xp.matmul(ones_row(delta), delta))  # 1ᵀ δ
 
 
 def _rows_like(X: Any, W: Array, width: int) -> bool:

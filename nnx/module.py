@@ -349,6 +349,27 @@ def mT(x: Array) -> Array:
         return namespace(x).matrix_transpose(x)
 
 
+_ONES: dict[tuple[Any, ...], Array] = {}
+
+
+def ones_row(like: Array) -> Array:
+    r"""A ``(1, n)`` row of ones, ``n = like.shape[0]``, in ``like``'s library, dtype and
+    device (cached), so that :math:`\mathbf{1}^\top \delta` (the sum over the batch)
+    is one matrix product: a single BLAS call, which NumPy's ``sum(axis=0)`` over a
+    short batch is not (with NumPy, 0.8 µs instead of 1.3 µs at (32, 10), 1.0 µs
+    instead of 3.9 µs at (256, 10)). The rounding is BLAS's rather than NumPy's: the
+    same sum to float precision."""
+    n = like.shape[0]
+    key = (type(like), like.dtype, n, str(getattr(like, "device", None)))
+    row = _ONES.get(key)
+    if row is None:
+        if len(_ONES) >= 64:  # batch sizes come and go (a last, smaller batch)
+            _ONES.clear()
+        xp = namespace(like)
+        row = _ONES[key] = xp.ones((1, n), dtype=like.dtype, device=getattr(like, "device", None))
+    return row
+
+
 #: Array API namespace of an array (the layers' short name for
 #: :func:`nnx.backends.namespace_of`; an alias, not a wrapper: it runs ~10 times a step).
 namespace = backends.namespace_of
