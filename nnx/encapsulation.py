@@ -132,13 +132,14 @@ class Sequential(Module):
         and ``None`` is returned.
         """
         inputs = self._chain_inputs(input)
-        for i in range(len(self._modules) - 1, -1, -1):
-            module = self._modules[i]
-            module.backward_update_gradient(inputs[i], delta)
-            if i == 0 and not input_grad:
-                return None
-            delta = module.backward_delta(inputs[i], delta)
+        modules = self._modules
+        for i in range(len(modules) - 1, -1, -1):
+            # backward_update_gradient then backward_delta (fused where a module can)
+            delta = modules[i]._backprop(inputs[i], delta, input_grad or i > 0)
         return delta
+
+    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
+        return self.backward(input, delta, input_grad)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         inputs = self._chain_inputs(input)
@@ -194,6 +195,38 @@ def _check_finite(owner: str, name: str, A: Any) -> None:
             f"{owner}: {name} contains non-finite values (NaN or inf), first at sample {bad} "
             f"of {A.shape[0]}; clean the data before training"
         )
+
+
+@backends.quiet_float_errors  # a non-finite loss is reported as FloatingPointError
+def _forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, Array, float]:
+    """Output, per-sample losses and their sum (a Python float).
+
+    The sum is the one value a training step brings back from the device. On a device
+    backend the loss's label checks are deferred to this read (``Loss._pending_checks``):
+    their counts travel in the same transfer, so a GPU step synchronises once, not once
+    per check. On NumPy there is nothing to wait for, and the loss checks at once.
+    """
+    yhat = net.forward(X)
+    if type(X) is np.ndarray:
+        losses = loss.forward(y, yhat)
+        return yhat, losses, float(namespace(losses).sum(losses))
+    pending: list[tuple[Array, Array, int]] = []
+    loss._pending_checks = pending
+    try:
+        losses = loss.forward(y, yhat)
+    finally:
+        loss._pending_checks = None
+    xp = namespace(losses)
+    total = xp.sum(losses)
+    if not pending:
+        return yhat, losses, float(total)
+    counts = [xp.astype(xp.asarray(c), total.dtype) for c, _, _ in pending]
+    read = backends.to_numpy(xp.stack([total, *counts]))
+    for (_, labels, classes), count in zip(pending, read[1:], strict=True):
+        if count != labels.shape[0]:
+            loss._forget()
+            check_labels(type(loss).__name__, labels, classes)
+    return yhat, losses, float(read[0])
 
 
 class Optim:
@@ -397,10 +430,7 @@ class Optim:
         # zero_grad() in effect: each gradient's first contribution overwrites it
         net._start_step()
         try:
-            # a non-finite loss is reported below as FloatingPointError, not as warnings
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                yhat = net.forward(X)
-                losses, total = self._loss_and_total(y, yhat, on_host=type(X) is np.ndarray)
+            yhat, losses, total = _forward_loss(net, self.loss, X, y)
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"non-finite loss (sum over the batch = {total}); the parameters were "
@@ -418,34 +448,6 @@ class Optim:
         else:
             net.update_parameters(self.eps)
         return losses, yhat, total
-
-    def _loss_and_total(self, y: Array, yhat: Array, on_host: bool) -> tuple[Array, float]:
-        """Per-sample losses and their sum as a Python float.
-
-        The sum is the one value a step brings back from the device. On a device
-        backend the loss's label checks are deferred to this read (see
-        ``Loss._pending_checks``): their counts travel in the same transfer, so a GPU
-        step synchronises once, not once per check. NumPy checks at once.
-        """
-        loss = self.loss
-        pending: list[tuple[Array, Array, int]] | None = None if on_host else []
-        loss._pending_checks = pending
-        try:
-            losses = loss.forward(y, yhat)
-        finally:
-            loss._pending_checks = None
-        xp = namespace(losses)
-        total = xp.sum(losses)
-        if not pending:
-            return losses, float(total)
-        read = backends.to_numpy(
-            xp.stack([total, *(xp.astype(c, total.dtype) for c, _, _ in pending)])
-        )
-        for (_, labels, classes), count in zip(pending, read[1:], strict=True):
-            if count != labels.shape[0]:
-                loss._forget()
-                check_labels(type(loss).__name__, labels, classes)
-        return losses, float(read[0])
 
     def step(self, batch_x: Any, batch_y: Any) -> Array:
         """One training step on a batch; returns the per-sample losses (backend array).

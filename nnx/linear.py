@@ -6,7 +6,7 @@ from typing import Any
 
 from . import init
 from .init import InitType
-from .module import Array, Module, check_positive_int, mT, namespace
+from .module import Array, Module, check_positive_int, mT, namespace, ones_row
 
 
 class Linear(Module):
@@ -97,8 +97,9 @@ class Linear(Module):
 
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
-        self._check_input(X, ("batch", self.input_size), like=W)
-        out = X @ W
+        if not _rows_like(X, W, self.input_size):
+            self._check_input(X, ("batch", self.input_size), like=W)  # raises, says why
+        out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
         self._cache_key = X  # checked: the backward pass on this input skips the check
@@ -108,10 +109,26 @@ class Linear(Module):
         W = self._parameters["weight"]
         if input is not self._cache_key:
             self._check_input(input, ("batch", self.input_size), like=W)
-        self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+        if not (_rows_like(delta, W, self.output_size) and delta.shape[0] == input.shape[0]):
+            self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         self._check_backward(input, delta)
+        self._add_gradients(input, delta)
+
+    def backward_delta(self, input: Array, delta: Array) -> Array:
+        self._check_backward(input, delta)
+        return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
+
+    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
+        # the two methods above with one check (what Sequential.backward calls)
+        self._check_backward(input, delta)
+        self._add_gradients(input, delta)
+        if not input_grad:
+            return None
+        return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
+
+    def _add_gradients(self, input: Array, delta: Array) -> None:
         if input.shape[0] == 1:
             # An outer product. NumPy's matmul runs K=1 products in a slow loop (416 us
             # for Linear(4064, 100)); broadcasting took 88 us; a zero row added to both
@@ -119,10 +136,16 @@ class Linear(Module):
             xp = namespace(input)
             input = xp.concat([input, xp.zeros_like(input)])
             delta = xp.concat([delta, xp.zeros_like(delta)])
-        self._accumulate("weight", mT(input) @ delta)
+        xp = namespace(delta)
+        self._accumulate("weight", xp.matmul(mT(input), delta))
         if self.bias:
-            self._accumulate("bias", namespace(delta).sum(delta, axis=0, keepdims=True))
+            self._accumulate("bias", xp.matmul(ones_row(delta), delta))  # 1ᵀ δ
 
-    def backward_delta(self, input: Array, delta: Array) -> Array:
-        self._check_backward(input, delta)
-        return delta @ mT(self._parameters["weight"])
+
+def _rows_like(X: Any, W: Array, width: int) -> bool:
+    """Whether ``X`` is a ``(batch, width)`` array of ``W``'s library and dtype: the
+    valid case, checked without building a message (``_check_input`` does the rest)."""
+    if type(X) is not type(W) or X.dtype != W.dtype:
+        return False
+    shape = X.shape
+    return len(shape) == 2 and shape[1] == width

@@ -20,7 +20,21 @@ __all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_li
 def one_hot_like(labels: Array, yhat: Array) -> Array:
     """One-hot ``(batch, K)`` matrix of ``labels`` in ``yhat``'s dtype and device."""
     xp = namespace(yhat)
-    return xp.astype(labels[:, None] == _classes(xp, labels, yhat.shape[-1]), yhat.dtype)
+    return xp.astype(_hits(xp, labels, yhat.shape[-1]), yhat.dtype)
+
+
+def _hits(xp: Any, labels: Array, num_classes: int) -> Array:
+    """Boolean one-hot ``(batch, num_classes)``: ``hits[i, k] = labels[i] == k``."""
+    return labels[:, None] == _classes(xp, labels, num_classes)
+
+
+def _count_true(xp: Any, mask: Array) -> Array:
+    """Number of ``True`` entries, as a 0-d array (read it with ``int``):
+    ``count_nonzero`` (standard 2024.12) when the namespace has it, else a sum."""
+    count_nonzero = getattr(xp, "count_nonzero", None)
+    if count_nonzero is not None:
+        return count_nonzero(mask)
+    return xp.sum(xp.astype(mask, xp.int64))
 
 
 _CLASSES: dict[tuple[Any, ...], Array] = {}
@@ -70,29 +84,28 @@ class _TargetLoss(Loss):
 
     def _checked_targets(self, y: Array, yhat: Array) -> Array:
         name = type(self).__name__
-        shape = (
-            ("batch", "K")
-            if self.yhat_ndim == 2
-            else ("batch",) + (None,) * max(len(getattr(yhat, "shape", ())) - 1, 0)
-        )
+        ndim = self.yhat_ndim
+        yhat_shape = yhat.shape if backends.backend_of(yhat) is not None else None
         if not (
-            backends.backend_of(yhat) is not None
+            yhat_shape is not None
             and is_floating(yhat)
-            and len(yhat.shape) == len(shape)
+            and (len(yhat_shape) == ndim if ndim else len(yhat_shape) >= 1)
         ):
-            check_array(name, yhat, shape, "yhat")
-        if self.yhat_ndim == 2 and yhat.shape[1] == 0:
+            check_array(name, yhat, self._yhat_shape(yhat), "yhat")
+            yhat_shape = yhat.shape
+        if ndim == 2 and yhat_shape[1] == 0:
             raise ValueError(
-                f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat.shape)}"
+                f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat_shape)}"
             )
-        if not backends.is_array(y):
-            raise TypeError(f"{name}: expected y to be an array, got {type(y).__name__}")
         if type(y) is not type(yhat):
+            if not backends.is_array(y):
+                raise TypeError(f"{name}: expected y to be an array, got {type(y).__name__}")
             raise TypeError(
                 f"{name}: y is a {backends.backend_name(y)} array but yhat is a "
                 f"{backends.backend_name(yhat)} array; put both on one backend"
             )
-        if tuple(y.shape) == tuple(yhat.shape):
+        y_shape, xp = y.shape, namespace(yhat)
+        if y_shape == yhat_shape:
             if is_floating(y):
                 if y.dtype != yhat.dtype:
                     raise TypeError(
@@ -100,28 +113,34 @@ class _TargetLoss(Loss):
                         f"{backends.dtype_name(yhat)}; convert the targets explicitly"
                     )
                 return y
-            return namespace(yhat).astype(y, yhat.dtype)
-        if len(y.shape) == 1 and len(yhat.shape) == 2 and y.shape[0] == yhat.shape[0]:
-            if is_floating(y) or y.dtype == namespace(y).bool:
+            return xp.astype(y, yhat.dtype)
+        if len(y_shape) == 1 and len(yhat_shape) == 2 and y_shape[0] == yhat_shape[0]:
+            if is_floating(y) or y.dtype == xp.bool:
                 raise TypeError(
                     f"{name}: 1-D targets must be integer class labels, got dtype "
                     f"{backends.dtype_name(y)}"
                 )
-            target = one_hot_like(y, yhat)
+            hits = _hits(xp, y, yhat_shape[1])
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
-            # reduction instead of a min and a max (check_labels then builds the message)
-            hits = namespace(yhat).sum(target)
+            # count instead of a min and a max (check_labels then builds the message)
+            count = _count_true(xp, hits)
             if self._pending_checks is not None:
                 # inside Optim's step: the count is read together with the loss (one
                 # device-to-host read per step instead of two), and checked there
-                self._pending_checks.append((hits, y, yhat.shape[1]))
-            elif int(hits) != y.shape[0]:
-                check_labels(name, y, yhat.shape[1])
-            return target
+                self._pending_checks.append((count, y, yhat_shape[1]))
+            elif int(count) != y_shape[0]:
+                check_labels(name, y, yhat_shape[1])
+            return xp.astype(hits, yhat.dtype)
         raise ValueError(
-            f"{name}: expected y of shape {tuple(yhat.shape)} (like yhat) or integer labels "
-            f"of shape ({yhat.shape[0]},), got shape {tuple(y.shape)}"
+            f"{name}: expected y of shape {tuple(yhat_shape)} (like yhat) or integer labels "
+            f"of shape ({yhat_shape[0]},), got shape {tuple(y_shape)}"
         )
+
+    def _yhat_shape(self, yhat: Any) -> tuple[Any, ...]:
+        """The shape ``yhat`` must have, for the messages of :func:`check_array`."""
+        if self.yhat_ndim == 2:
+            return ("batch", "K")
+        return ("batch",) + (None,) * max(len(getattr(yhat, "shape", ())) - 1, 0)
 
 
 def check_labels(owner: str, labels: Array, num_classes: int) -> None:

@@ -46,6 +46,11 @@ class Module:
         super().__init_subclass__(**kwargs)
         if "backward_update_gradient" in cls.__dict__ and "_fresh_gradients" not in cls.__dict__:
             cls._fresh_gradients = False
+        # a subclass that overrides a backward method gets the unfused _backprop, which
+        # calls the overrides
+        overrides = {"backward_update_gradient", "backward_delta"} & cls.__dict__.keys()
+        if overrides and "_backprop" not in cls.__dict__:
+            cls._backprop = Module._backprop
 
     def __init__(self) -> None:
         self._fresh: set[str] | None = None
@@ -69,6 +74,16 @@ class Module:
     def backward_delta(self, input: Array, delta: Array) -> Array:
         """Return :math:`\\partial L / \\partial \\text{input}` (same shape as ``input``)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward_delta")
+
+    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
+        """``backward_update_gradient``, then ``backward_delta`` (``None`` without
+        ``input_grad``): one module's part of :meth:`Sequential.backward`.
+
+        A module may fuse the two (e.g. check ``delta`` once); the result must be the
+        same as the two calls.
+        """
+        self.backward_update_gradient(input, delta)
+        return self.backward_delta(input, delta) if input_grad else None
 
     def update_parameters(self, gradient_step: float = 1e-3) -> None:
         """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L`."""
@@ -332,6 +347,27 @@ def mT(x: Array) -> Array:
         return x.mT
     except AttributeError:  # e.g. CuPy < 14
         return namespace(x).matrix_transpose(x)
+
+
+_ONES: dict[tuple[Any, ...], Array] = {}
+
+
+def ones_row(like: Array) -> Array:
+    r"""A ``(1, n)`` row of ones, ``n = like.shape[0]``, in ``like``'s library, dtype and
+    device (cached), so that :math:`\mathbf{1}^\top \delta` (the sum over the batch)
+    is one matrix product: a single BLAS call, which NumPy's ``sum(axis=0)`` over a
+    short batch is not (with NumPy, 0.8 µs instead of 1.3 µs at (32, 10), 1.0 µs
+    instead of 3.9 µs at (256, 10)). The rounding is BLAS's rather than NumPy's: the
+    same sum to float precision."""
+    n = like.shape[0]
+    key = (type(like), like.dtype, n, str(getattr(like, "device", None)))
+    row = _ONES.get(key)
+    if row is None:
+        if len(_ONES) >= 64:  # batch sizes come and go (a last, smaller batch)
+            _ONES.clear()
+        xp = namespace(like)
+        row = _ONES[key] = xp.ones((1, n), dtype=like.dtype, device=getattr(like, "device", None))
+    return row
 
 
 #: Array API namespace of an array (the layers' short name for

@@ -356,3 +356,122 @@ def test_state_dict_round_trip(backend, rng):
     bad["4.weight"] = np.zeros((3, 5), dtype=np.float32)
     with pytest.raises(ValueError):
         b.load_state_dict(bad)
+
+
+# -- the NumPy backend's faster namespace --------------------------------------------------
+def _fast_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    with_nan = a.copy()
+    with_nan[2, 3] = np.nan
+    ties = np.array([[1.0, 3.0, 3.0], [-0.0, 0.0, -1.0], [np.inf, -np.inf, 0.0]])
+    return [
+        a,
+        with_nan,
+        ties,
+        rng.standard_normal((2, 3, 4)),
+        rng.standard_normal((3, 1000)).astype(np.float32),  # rows too long for argmax
+        np.full((2, 3), np.nan),
+        np.array([[np.nan, np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [1.0, 2.0, np.nan]]),
+        np.asfortranarray(a),
+        a[:, ::2],
+        a.T,
+        rng.integers(-3, 3, (4, 5)),
+        rng.standard_normal((4, 5)) > 0,
+        np.zeros((3, 0), dtype=np.float32),
+        np.float64(2.5) * np.ones(()),
+    ]
+
+
+@pytest.mark.parametrize("name", ["sum", "max", "min", "count_nonzero"])
+def test_numpy_fast_namespace_matches_array_api_compat(name):
+    import array_api_compat.numpy as compat
+
+    if not hasattr(compat, name):
+        pytest.skip(f"this array-api-compat has no {name}")
+    fast = backends.BACKENDS["numpy"].load().xp
+    with np.errstate(all="ignore"):  # inf - inf in a sum: the same NaN, no warning
+        _compare_fast(compat, fast, name)
+
+
+def _compare_fast(compat, fast, name):
+    for x in _fast_cases():
+        axes = [None, *range(-x.ndim, x.ndim)]
+        for axis in axes:
+            for keepdims in (False, True):
+                kwargs = {"axis": axis, "keepdims": keepdims}
+                try:
+                    want = getattr(compat, name)(x, **kwargs)
+                except ValueError:  # max/min of an empty axis: both must refuse
+                    with pytest.raises(ValueError):
+                        getattr(fast, name)(x, **kwargs)
+                    continue
+                got = getattr(fast, name)(x, **kwargs)
+                msg = f"{name}({x.dtype} {x.shape}, {kwargs})"
+                assert np.shape(got) == np.shape(want), msg
+                assert np.asarray(got).dtype == np.asarray(want).dtype, msg
+                np.testing.assert_array_equal(got, want, err_msg=msg)
+                if name in ("sum", "count_nonzero"):  # max/min: either zero of a tie
+                    np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=msg)
+
+
+def test_numpy_fast_max_of_short_rows():
+    """max over short rows (through argmax): many shapes, a fresh array every time."""
+    fast = backends.BACKENDS["numpy"].load().xp
+    rng = np.random.default_rng(1)
+    for n in range(1, 80):  # more shapes than the row-start cache keeps
+        x = rng.standard_normal((n, 1 + n % 5)).astype(np.float32)
+        for _ in range(2):
+            m = fast.max(x, axis=-1, keepdims=True)
+            np.testing.assert_array_equal(m, np.max(x, axis=-1, keepdims=True))
+            m[...] = 7.0
+            assert not np.any(x == 7.0)
+
+
+def test_numpy_fast_matmul_matches_array_api_compat():
+    import array_api_compat.numpy as compat
+
+    fast = backends.BACKENDS["numpy"].load().xp
+    rng = np.random.default_rng(2)
+    shapes = [(32, 256, 100), (1, 256, 100), (32, 100, 1), (1, 5, 1), (7, 1, 3), (3, 0, 4)]
+    for dtype in (np.float32, np.float64):
+        for n, k, m in shapes:
+            a = rng.standard_normal((n, k)).astype(dtype)
+            b = rng.standard_normal((k, m)).astype(dtype)
+            for x1, x2 in ((a, b), (np.asfortranarray(a), b), (a.T.copy().T, b.T.copy().T)):
+                got = fast.matmul(x1, x2)
+                assert type(got) is np.ndarray and got.dtype == dtype
+                np.testing.assert_array_equal(got, compat.matmul(x1, x2))
+            np.testing.assert_array_equal(fast.matmul(b.T, a.T), compat.matmul(b.T, a.T))
+    # anything but two 2-D arrays of one float dtype: array-api-compat's matmul
+    a3 = rng.standard_normal((2, 3, 4))
+    for x1, x2 in (
+        (a3, a3.mT),
+        (a3[0], a3[0, 0]),
+        (a3[0].astype(np.float32), a3[0].T),
+        (np.arange(6).reshape(2, 3), np.arange(6).reshape(3, 2)),
+    ):
+        got, want = fast.matmul(x1, x2), compat.matmul(x1, x2)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("version", ["1.26.4", np.__version__], ids=["numpy1-path", "installed"])
+def test_quiet_float_errors(monkeypatch, version):
+    import warnings
+
+    monkeypatch.setattr(np, "__version__", version)  # read when decorating
+
+    @backends.quiet_float_errors
+    def square(x):
+        return x * x, np.geterr()
+
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, inside = square(np.float32(1e30))
+    assert np.isinf(out)
+    assert inside["over"] == inside["invalid"] == inside["divide"] == "ignore"
+    assert np.geterr() == before
+    with pytest.warns(RuntimeWarning):
+        _ = np.float32(1e30) * np.float32(1e30)

@@ -502,3 +502,16 @@ def test_non_contiguous_inputs(backend, float64, rng, make):
     for k, g in module._gradient.items():
         assert_close(g, grads[k], 1e-13, 1e-14)
     assert_close(module.backward_delta(x_view, delta), module.backward_delta(x_plain, delta), 1e-13)
+
+
+def test_ones_row_sums_over_the_batch(backend, float64, rng):
+    """1ᵀ δ through the cached ones row (Linear's bias gradient): any batch size."""
+    from nnx.module import _ONES, namespace, ones_row
+
+    for n in [*range(1, 70), 3]:  # more sizes than the cache keeps, then one again
+        d = nnx.asarray(rng.standard_normal((n, 3)))
+        row = ones_row(d)
+        assert tuple(row.shape) == (1, n)
+        assert type(row) is type(d) and row.dtype == d.dtype
+        assert_close(namespace(d).matmul(row, d), host(d).sum(axis=0, keepdims=True), 1e-13)
+        assert len(_ONES) <= 64

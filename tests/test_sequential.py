@@ -77,6 +77,33 @@ def test_backward_methods_separately(backend, float64, rng):
     assert a.backward(x, delta, input_grad=False) is None
 
 
+class _HalfDeltaLinear(nnx.Linear):
+    """A user subclass: Sequential.backward must run its override, not Linear's fusion."""
+
+    def backward_delta(self, input, delta):  # type: ignore[override]
+        return 0.5 * super().backward_delta(input, delta)
+
+
+class _DoubleGradTanH(nnx.TanH):
+    def backward_update_gradient(self, input, delta) -> None:  # type: ignore[override]
+        self.calls = getattr(self, "calls", 0) + 1
+
+
+def test_backward_runs_overridden_backward_methods(backend, float64, rng):
+    nnx.manual_seed(0)
+    plain = nnx.Sequential(nnx.Linear(4, 3), nnx.TanH(), nnx.Linear(3, 2))
+    nnx.manual_seed(0)
+    user = nnx.Sequential(nnx.Linear(4, 3), _DoubleGradTanH(), _HalfDeltaLinear(3, 2))
+    x = nnx.asarray(rng.standard_normal((5, 4)))
+    plain(x), user(x)
+    delta = nnx.asarray(rng.standard_normal((5, 2)))
+    dx_plain, dx_user = plain.backward(x, delta), user.backward(x, delta)
+    assert_close(dx_user, 0.5 * host(dx_plain), 1e-13, 1e-15)
+    assert_close(user[0]._gradient["weight"], 0.5 * host(plain[0]._gradient["weight"]), 1e-13)
+    assert_close(user[2]._gradient["weight"], plain[2]._gradient["weight"], 1e-13)
+    assert user[1].calls == 1
+
+
 @pytest.mark.parametrize("make", [cnn, nested], ids=["flat", "nested"])
 def test_sequential_vs_torch(backend, float64, rng, make):
     net = make()

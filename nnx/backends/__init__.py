@@ -29,6 +29,7 @@ from ._base import Backend
 from ._cupy import CupyBackend
 from ._generic import gather_windows
 from ._numpy import NumpyBackend
+from ._numpy import quiet_float_errors as quiet_float_errors  # for Optim (not public API)
 from ._strict import StrictBackend
 from ._strided import strided_windows
 from ._torch import TorchBackend
