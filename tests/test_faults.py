@@ -76,6 +76,13 @@ def assert_same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> Non
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def assert_close_state(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Same parameters up to float32 rounding (a run repeated on another object)."""
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
 def run_catching_interrupt(fn, *args, **kwargs):
     """Call ``fn``; a KeyboardInterrupt escaping it fails the test (not the session)."""
     try:
@@ -194,9 +201,7 @@ def test_sgd_interrupt_returns_finished_epochs(backend, bars):
     assert isinstance(losses, np.ndarray) and losses.shape == (2,)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
     # parameters of the end of epoch 2 (half of epoch 3 undone)
-    got, want = net.state_dict(), ref.network.state_dict()
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert_close_state(net.state_dict(), ref.network.state_dict())
     assert_closed(bars)
 
 
@@ -229,9 +234,7 @@ def test_sgd_eval_interrupt_returns_finished_epochs(backend, bars):
     assert list(hist.columns) == ["epoch", "loss_train", "loss_test", "score_train", "score_test"]
     assert list(hist["epoch"]) == [1, 2, 3]
     np.testing.assert_allclose(hist.to_numpy(), ref_hist.to_numpy(), rtol=1e-6)
-    got, want = net.state_dict(), ref.network.state_dict()
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert_close_state(net.state_dict(), ref.network.state_dict())
     assert_closed(bars)
 
 
