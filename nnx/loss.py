@@ -12,7 +12,7 @@ from typing import Any
 
 from . import backends
 from .activation import log_softmax
-from .module import Array, Loss, check_array, is_floating, namespace
+from .module import Array, Loss, check_array, constant_row, is_floating, namespace
 
 __all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_like"]
 
@@ -20,12 +20,12 @@ __all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_li
 def one_hot_like(labels: Array, yhat: Array) -> Array:
     """One-hot ``(batch, K)`` matrix of ``labels`` in ``yhat``'s dtype and device."""
     xp = namespace(yhat)
-    return xp.astype(_hits(xp, labels, yhat.shape[-1]), yhat.dtype)
+    return xp.astype(_hits(labels, yhat.shape[-1]), yhat.dtype)
 
 
-def _hits(xp: Any, labels: Array, num_classes: int) -> Array:
+def _hits(labels: Array, num_classes: int) -> Array:
     """Boolean one-hot ``(batch, num_classes)``: ``hits[i, k] = labels[i] == k``."""
-    return labels[:, None] == _classes(xp, labels, num_classes)
+    return labels[:, None] == constant_row("arange", labels, num_classes)
 
 
 def _count_true(xp: Any, mask: Array) -> Array:
@@ -35,20 +35,6 @@ def _count_true(xp: Any, mask: Array) -> Array:
     if count_nonzero is not None:
         return count_nonzero(mask)
     return xp.sum(xp.astype(mask, xp.int64))
-
-
-_CLASSES: dict[tuple[Any, ...], Array] = {}
-
-
-def _classes(xp: Any, labels: Array, num_classes: int) -> Array:
-    """``arange(num_classes)[None, :]`` on the labels' device (cached: a training step
-    would otherwise build it for every batch)."""
-    device = getattr(labels, "device", None)
-    key = (type(labels), str(device), num_classes)
-    row = _CLASSES.get(key)
-    if row is None:
-        row = _CLASSES[key] = xp.arange(num_classes, device=device)[None, :]
-    return row
 
 
 class _TargetLoss(Loss):
@@ -120,7 +106,7 @@ class _TargetLoss(Loss):
                     f"{name}: 1-D targets must be integer class labels, got dtype "
                     f"{backends.dtype_name(y)}"
                 )
-            hits = _hits(xp, y, yhat_shape[1])
+            hits = _hits(y, yhat_shape[1])
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
             # count instead of a min and a max (check_labels then builds the message)
             count = _count_true(xp, hits)

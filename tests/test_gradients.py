@@ -506,7 +506,7 @@ def test_non_contiguous_inputs(backend, float64, rng, make):
 
 def test_ones_row_sums_over_the_batch(backend, float64, rng):
     """1ᵀ δ through the cached ones row (Linear's bias gradient): any batch size."""
-    from nnx.module import _ONES, namespace, ones_row
+    from nnx.module import _ROWS, namespace, ones_row
 
     for n in [*range(1, 70), 3]:  # more sizes than the cache keeps, then one again
         d = nnx.asarray(rng.standard_normal((n, 3)))
@@ -514,4 +514,4 @@ def test_ones_row_sums_over_the_batch(backend, float64, rng):
         assert tuple(row.shape) == (1, n)
         assert type(row) is type(d) and row.dtype == d.dtype
         assert_close(namespace(d).matmul(row, d), host(d).sum(axis=0, keepdims=True), 1e-13)
-        assert len(_ONES) <= 64
+        assert len(_ROWS) <= 64
