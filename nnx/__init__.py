@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from . import backends, datasets, init, models, optimizers, serialization, training
+from . import backends, datasets, init, models, optimizers, serialization, testing, training
 from .activation import (
     LeakyReLU,
     LogSoftmax,
@@ -78,6 +78,7 @@ __all__ = [
     "serialization",
     "set_backend",
     "set_default_dtype",
+    "testing",
     "to_numpy",
     "training",
     "use_backend",

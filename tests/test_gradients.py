@@ -16,12 +16,12 @@ from helpers import (
     assert_close,
     finite_difference_check,
     host,
-    module_vjp,
     torch_module_reference,
 )
 
 import nnx
 from nnx import backends
+from nnx.testing import GradientCheckError, compare_with_reference
 
 pytest.importorskip("torch")
 
@@ -105,20 +105,8 @@ def check_against_torch(module: nnx.Module, x: np.ndarray, rng: np.random.Genera
     """Forward, dL/dx and dL/dparams of ``module`` (current backend) equal PyTorch's."""
     out_shape = tuple(module.forward(nnx.asarray(x, dtype=_dtype(module))).shape)
     R = rng.standard_normal(out_shape)
-    out, dx, grads = module_vjp(module, x, R)
-    # the reference sees the very values nnx saw (float32 inputs rounded the same way)
-    x_seen = x.astype(_dtype(module)).astype(np.float64)
-    t_out, t_dx, t_grads = torch_module_reference(module, x_seen, R)
     tol = F64 if _dtype(module) == "float64" else F32
-    scale = max(1.0, float(np.abs(t_out).max()))
-    np.testing.assert_allclose(out, t_out, rtol=tol["rtol"], atol=tol["atol"] * scale)
-    np.testing.assert_allclose(dx, t_dx, rtol=tol["rtol"], atol=tol["atol"] * scale)
-    assert set(grads) == set(t_grads)
-    for name, g in grads.items():
-        g_scale = max(1.0, float(np.abs(t_grads[name]).max()))
-        np.testing.assert_allclose(
-            g, t_grads[name], rtol=tol["rtol"], atol=tol["atol"] * g_scale, err_msg=name
-        )
+    compare_with_reference(module, x, weights=R, **tol)
 
 
 def _dtype(module: nnx.Module) -> str:
@@ -460,13 +448,27 @@ class _WrongBiasLinear(nnx.Linear):
         self._gradient["bias"] *= 1.001  # 0.1 % off
 
 
+def test_failure_names_the_parameter_and_the_worst_entry(backend, float64, rng):
+    """A user's module with a wrong gradient fails check_gradients with a message naming
+    the module, the parameter and the worst entry with both values."""
+    layer = _WrongBiasLinear(4, 3, init_type="normal")
+    x = rng.standard_normal((5, 4))
+    R = np.ones((5, 3))
+    R[:, 2] = 100.0  # the bias gradient's largest entry (hence its largest error) is [0, 2]
+    with pytest.raises(GradientCheckError) as info:
+        nnx.testing.check_gradients(layer, x, weights=R)
+    msg = str(info.value)
+    assert msg.startswith("_WrongBiasLinear(4, 3, bias=True): dL/dbias differs from central")
+    assert "in 3 of 3 checked entries; worst at index (0, 2): analytic 500.5, numeric 500" in msg
+
+
 def test_checkers_catch_wrong_gradients(backend, float64, rng):
     x = rng.standard_normal((3, 4))
     with pytest.raises(AssertionError, match="dL/dinput"):
         finite_difference_check(_WrongTanH(), x)
     with pytest.raises(AssertionError, match="dL/dbias"):
         finite_difference_check(_WrongBiasLinear(4, 2, init_type="normal"), x)
-    with pytest.raises(AssertionError):
+    with pytest.raises(GradientCheckError, match=r"TanH\(\): dL/dinput differs from the reference"):
         check_against_torch(_WrongTanH(), x, rng)
     with pytest.raises(AssertionError, match="float64"):
         nnx.set_default_dtype("float32")
