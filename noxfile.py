@@ -1,13 +1,13 @@
 """Test matrix, lint, docs and benchmarks for nnx.
 
-``nox`` runs every session that can run on a CPU-only machine: ``lint``, the four
+``nox`` runs every session that can run on a CPU-only machine: ``lint``, the five
 ``tests(backend=...)`` sessions (the CuPy one skips, with a message, when there is no
 NVIDIA GPU) and ``docs``. ``bench`` runs only when asked for.
 
 Select sessions by name or by tag::
 
     nox -s "tests(backend='numpy')"   # one backend
-    nox -t cpu                       # numpy, array_api_strict, torch
+    nox -t cpu                       # numpy, array_api_strict, torch, jax
     nox -t gpu                       # cupy (fails instead of skipping if NNX_REQUIRE_GPU=1)
     nox -s docs
     nox -s bench -- --quick          # arguments after -- go to benchmarks/run.py
@@ -49,6 +49,7 @@ BACKENDS = [
     nox.param("numpy", tags=["numpy", "cpu"]),
     nox.param("array_api_strict", tags=["array_api_strict", "cpu"]),
     nox.param("torch", tags=["torch", "cpu"]),
+    nox.param("jax", tags=["jax", "cpu"]),
     nox.param("cupy", tags=["cupy", "gpu"]),
 ]
 
@@ -105,6 +106,8 @@ def tests(session: nox.Session, backend: str) -> None:
         extras = "tests,cupy"
         # A GPU is present: the CuPy tests must run, not skip.
         env["NNX_REQUIRE_GPU"] = "1"
+    elif backend == "jax":
+        extras = "tests,jax"
     elif backend == "numpy":
         # CuPy imports without a GPU: the numpy session checks nnx's "no usable GPU"
         # error and CuPy's as_strided signature (the CuPy tests themselves skip).

@@ -6,7 +6,7 @@
 
 Prints, for the MLP and the seed CNN of ``benchmarks/run.py`` at batch 256 and 1024:
 
-* the time of each phase of ``Optim._step`` (each module's forward, the loss, reading
+* the time of each phase of a training step (:func:`nnx.training.step.train_step`) (each module's forward, the loss, reading
   the loss, backward, update), as *enqueue* time (until the Python call returns) and
   *synchronised* time (until the GPU is done) — when the two are close the step is
   bound by launch overhead, not by the GPU;
@@ -180,15 +180,13 @@ def graph_case(
     print(f"\ngraph {key}")
 
     def body() -> Any:
-        net._start_step()
-        yhat = net.forward(X)
-        loss._pending_checks = []  # label checks ride with the read, outside the graph
-        losses = loss.forward(y, yhat)
-        loss._pending_checks = None
-        total = cupy.sum(losses)
-        delta = loss.backward(y, yhat)
-        net.backward(X, delta, input_grad=False)
-        net._end_step()
+        with net.fresh_gradients():
+            yhat = net.forward(X)
+            with loss.deferred_checks():  # label checks ride with the read, outside the graph
+                losses = loss.forward(y, yhat)
+            total = cupy.sum(losses)
+            delta = loss.backward(y, yhat)
+            net.backward(X, delta, input_grad=False)
         net.update_parameters(1e-3)
         return total
 

@@ -329,20 +329,20 @@ def copy_weights(nnx: Any, torch: Any, layers: list[tuple], net: Any, model: Any
         for layer, m, tm in zip(layers, net, model, strict=True):
             kind = layer[0]
             if kind == "conv":
-                W = nnx.to_numpy(m._parameters["weight"])  # (K, C, D) -> (D, C, K)
+                W = nnx.to_numpy(m.get_parameter("weight"))  # (K, C, D) -> (D, C, K)
                 tm.weight.copy_(torch.from_numpy(W.transpose(2, 1, 0).copy()))
                 if layer[5]:
-                    tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m._parameters["bias"])))
+                    tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m.get_parameter("bias"))))
                 length, chans = (length - layer[1]) // layer[4] + 1, layer[3]
             elif kind in ("maxpool", "avgpool"):
                 length = (length - layer[1]) // layer[2] + 1
             elif kind == "linear":
-                W = nnx.to_numpy(m._parameters["weight"])  # (in, out)
+                W = nnx.to_numpy(m.get_parameter("weight"))  # (in, out)
                 if chans is not None:  # first Linear after a channels-last Flatten
                     W = W.reshape(length, chans, -1).transpose(1, 0, 2).reshape(W.shape)
                     chans = None
                 tm.weight.copy_(torch.from_numpy(W.T.copy()))
-                tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m._parameters["bias"]).reshape(-1)))
+                tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m.get_parameter("bias")).reshape(-1)))
 
 
 # ---------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ Every module here reads its input through sliding windows
 with :math:`\text{out\_length} = \lfloor (\text{length} - k) / s \rfloor + 1`, built by
 :func:`nnx.backends.sliding_window` (a strided view on NumPy and CuPy, ``unfold`` on
 PyTorch, a gather elsewhere). Backward passes scatter window gradients back with one
-strided slice ``+=`` per kernel tap :math:`k`: ``dX[:, k : k + s(O-1) + 1 : s] += ...``,
-which accumulates overlapping windows correctly on every backend.
+strided slice ``+=`` per kernel tap :math:`k`: ``dX[:, k : k + s(O-1) + 1 : s] += ...``
+(:func:`nnx.backends.add_at`, in place except on JAX), which accumulates overlapping
+windows correctly on every backend.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from .module import Array, Module, check_positive_int, mT, namespace
 def _tap(k: int, stride: int, out_length: int) -> slice:
     """Positions ``k, k + s, ..., k + s (O - 1)``: tap ``k`` of every window."""
     return slice(k, k + stride * (out_length - 1) + 1, stride)
+
+
+def _taps(k: int, stride: int, out_length: int) -> tuple[slice, slice]:
+    """Index of tap ``k`` of every window in a ``(batch, length, chan)`` array."""
+    return (slice(None), _tap(k, stride, out_length))
 
 
 class _Windowed(Module):
@@ -210,8 +216,7 @@ class Conv1D(_Windowed):
             if out_length * K == input.shape[1]:
                 return taps
             dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
-            dX[:, : out_length * K, :] = taps
-            return dX
+            return backends.set_at(dX, (slice(None), slice(0, out_length * K)), taps)
         # Overlapping (or gapped) windows: one GEMM per tap added into its positions.
         # Measured faster than one (B*O, K*C) GEMM followed by K strided adds, which
         # writes and re-reads a K-times larger intermediate.
@@ -219,7 +224,9 @@ class Conv1D(_Windowed):
         for k in range(K):
             W_k = W[k, ...]  # (C, D)
             tap = d2 @ mT(W_k)
-            dX[:, _tap(k, s, out_length), :] += xp.reshape(tap, (batch, out_length, C))
+            dX = backends.add_at(
+                dX, _taps(k, s, out_length), xp.reshape(tap, (batch, out_length, C))
+            )
         return dX
 
 
@@ -300,7 +307,7 @@ class MaxPool1D(_Windowed):
             return xp.concat([dX, tail], axis=1)
         dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
         for k, t in enumerate(taps):
-            dX[:, _tap(k, s, out_length), :] += t
+            dX = backends.add_at(dX, _taps(k, s, out_length), t)
         return dX
 
 
@@ -344,7 +351,7 @@ class AvgPool1D(_Windowed):
         share = delta / self.k_size
         dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
         for k in range(self.k_size):
-            dX[:, _tap(k, self.stride, out_length), :] += share
+            dX = backends.add_at(dX, _taps(k, self.stride, out_length), share)
         return dX
 
 

@@ -449,10 +449,9 @@ def constant_row(kind: str, like: Array, n: int, dtype: Any = None) -> Array:
 def ones_row(like: Array) -> Array:
     r"""A ``(1, n)`` row of ones, ``n = like.shape[0]``, in ``like``'s library, dtype and
     device (cached), so that :math:`\mathbf{1}^\top \delta` (the sum over the batch)
-    is one matrix product: a single BLAS call, which NumPy's ``sum(axis=0)`` over a
-    short batch is not (with NumPy, 0.8 µs instead of 1.3 µs at (32, 10), 1.0 µs
-    instead of 3.9 µs at (256, 10)). The rounding is BLAS's rather than NumPy's: the
-    same sum to float precision."""
+    is one matrix product: a single BLAS call, measured faster than NumPy's
+    ``sum(axis=0)`` over a short batch (``benchmarks/results``). The rounding is BLAS's
+    rather than NumPy's: the same sum to float precision."""
     return constant_row("ones", like, like.shape[0], like.dtype)
 
 

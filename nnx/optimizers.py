@@ -164,8 +164,9 @@ class Momentum(Optimizer):
         if b is None:
             b = state["velocity"] = xp.asarray(g, copy=True)
         else:
-            b *= self.momentum
+            b *= self.momentum  # in place where arrays allow it; JAX binds new ones
             b += g
+            state["velocity"] = b
         if self.nesterov:
             return self.lr * (g + self.momentum * b)
         return self.lr * b
@@ -216,10 +217,11 @@ class Adam(Optimizer):
             state["m"] = xp.zeros_like(g)
             state["v"] = xp.zeros_like(g)
         m, v = state["m"], state["v"]
-        m *= self.beta1
+        m *= self.beta1  # in place where arrays allow it; JAX binds new ones
         m += (1.0 - self.beta1) * g
         v *= self.beta2
         v += (1.0 - self.beta2) * (g * g)
+        state["m"], state["v"] = m, v
         t = self.steps
         step_size = self.lr / (1.0 - self.beta1**t)
         denom = xp.sqrt(v) / math.sqrt(1.0 - self.beta2**t) + self.eps

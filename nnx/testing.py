@@ -35,7 +35,7 @@ their public protocol and parameter API, so the same checks serve every backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,14 +44,18 @@ from .backends import asarray, get_default_dtype
 from .module import Loss, Module
 
 __all__ = [
+    "Case",
     "GradientCheckError",
     "assert_close",
+    "cases",
     "check_gradients",
     "compare_with_reference",
+    "has_reference",
     "host",
     "module_vjp",
     "numerical_gradient",
     "numerical_gradient_rows",
+    "register_case",
     "register_reference",
     "torch_forward",
     "torch_module_reference",
@@ -316,6 +320,91 @@ def _check_loss(
     compare(analytic.reshape(-1), numeric, f"{loss!r}: dL/dyhat", rtol, atol, yhat_host.shape)
 
 
+# -- the shared test tables ---------------------------------------------------------------
+class Case(NamedTuple):
+    """One module to check: ``make()`` builds it (in the current backend and dtype),
+    ``input_shape`` is the shape of the test input, drawn by ``draw(rng, shape)``
+    (default: standard normal)."""
+
+    name: str
+    make: Callable[[], Module]
+    input_shape: tuple[int, ...]
+    draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray] | None = None
+
+    def input(self, rng: np.random.Generator) -> np.ndarray:
+        """A test input for this case."""
+        if self.draw is not None:
+            return np.asarray(self.draw(rng, self.input_shape), dtype=np.float64)
+        return rng.standard_normal(self.input_shape)
+
+
+_CASES: list[Case] = []
+_BUILTIN_CASES_ADDED = False
+
+
+def cases() -> list[Case]:
+    """Every registered case (nnx's own layers first); nnx's tests check each one
+    (finite differences, and PyTorch where a reference exists) on every backend."""
+    global _BUILTIN_CASES_ADDED
+    if not _BUILTIN_CASES_ADDED:
+        _BUILTIN_CASES_ADDED = True
+        own = list(_CASES)
+        _CASES.clear()
+        _builtin_cases()
+        _CASES.extend(own)
+    return list(_CASES)
+
+
+def register_case(
+    name: str,
+    make: Callable[[], Module],
+    input_shape: tuple[int, ...],
+    draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray] | None = None,
+) -> Case:
+    """Add a module to the shared test tables (:func:`cases`): nnx's test suite then
+    checks its derivatives against finite differences and, when
+    :func:`register_reference` gave it a torch reference, against PyTorch, on every
+    backend, with no test file to edit."""
+    case = Case(name, make, tuple(input_shape), draw)
+    _CASES.append(case)
+    return case
+
+
+def away_from_kinks(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal values at least 0.05 away from 0 (ReLU's kink)."""
+    x = rng.standard_normal(shape)
+    return np.where(np.abs(x) < 0.05, np.where(x < 0, -0.05, 0.05), x)
+
+
+def distinct_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values at least 0.1 apart (no ties: a max-pool's argmax is stable under +-h)."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) * 0.1 - 0.05 * n).reshape(shape) + rng.uniform(0, 0.01, shape)
+
+
+def _builtin_cases() -> None:
+    import nnx
+
+    register_case("Linear", lambda: nnx.Linear(4, 3, init_type="normal"), (5, 4))
+    register_case("Linear-nobias", lambda: nnx.Linear(3, 2, bias=False), (1, 3))
+    register_case(
+        "Conv1D", lambda: nnx.Conv1D(3, 2, 4, stride=2, bias=True, init_type="normal"), (3, 11, 2)
+    )
+    register_case("MaxPool1D", lambda: nnx.MaxPool1D(3, 2), (3, 10, 2), distinct_values)
+    register_case("AvgPool1D", lambda: nnx.AvgPool1D(2, 3), (3, 11, 2))
+    register_case("Flatten", nnx.Flatten, (3, 5, 2))
+    for cls in (nnx.ReLU, nnx.LeakyReLU):
+        register_case(cls.__name__, cls, (4, 6), away_from_kinks)
+    for cls in (nnx.Sigmoid, nnx.StableSigmoid, nnx.TanH, nnx.Softplus, nnx.Softmax):
+        register_case(cls.__name__, cls, (4, 6))
+    register_case("LogSoftmax", nnx.LogSoftmax, (4, 6))
+    register_case(
+        "Sequential",
+        lambda: nnx.Sequential(nnx.Linear(4, 3), nnx.TanH(), nnx.Linear(3, 2)),
+        (5, 4),
+    )
+
+
 # -- against a reference -----------------------------------------------------------------
 def module_vjp(
     module: Module, x: Any, weights: np.ndarray
@@ -452,63 +541,94 @@ def register_reference(
     return add
 
 
+def has_reference(module: Module) -> bool:
+    """Whether :func:`torch_forward` knows ``module`` (every child, for a container)."""
+    _builtin_references()
+    if type(module).__name__ == "Sequential" and module.children():
+        return all(has_reference(child) for child in module.children())
+    return any(cls in _REFERENCES for cls in type(module).__mro__)
+
+
 def torch_forward(module: Module, x: Any, params: Mapping[str, Any], prefix: str = "") -> Any:
     """The computation of an nnx module written with PyTorch, channels-last like nnx.
 
     ``params`` maps dotted parameter names (as in ``module.named_parameters()``) to
-    torch tensors. Conv1D and the pools permute to PyTorch's channels-first layout and
-    back; Conv1D's ``(k, c_in, c_out)`` weight becomes ``(c_out, c_in, k)``.
+    torch tensors. A :class:`~nnx.Sequential` chains its children's references; other
+    classes use the function :func:`register_reference` gave them (nnx's own layers
+    have one). ``NotImplementedError`` for a class without a reference.
     """
+    _builtin_references()
+    children = module.children()
+    if type(module).__name__ == "Sequential" and children:
+        for i, child in enumerate(children):
+            x = torch_forward(child, x, params, f"{prefix}{i}.")
+        return x
+    for cls in type(module).__mro__:
+        reference = _REFERENCES.get(cls)
+        if reference is not None:
+            own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            return reference(module, x, own)
+    raise NotImplementedError(
+        f"no torch reference for {module!r}; add one with nnx.testing.register_reference"
+    )
+
+
+_BUILTIN_REFERENCES_ADDED = False
+
+
+def _builtin_references() -> None:
+    """The references of nnx's own layers (registered on first use: torch is imported
+    only then, and nnx's classes exist by then)."""
+    global _BUILTIN_REFERENCES_ADDED
+    if _BUILTIN_REFERENCES_ADDED:
+        return
+    _BUILTIN_REFERENCES_ADDED = True
     import torch
     import torch.nn.functional as F
 
     import nnx
 
-    def p(name: str) -> Any:
-        return params[prefix + name]
+    def channels_first(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        return lambda x: fn(x.permute(0, 2, 1)).permute(0, 2, 1)
 
-    for cls in type(module).__mro__:
-        registered = _REFERENCES.get(cls)
-        if registered is not None:
-            return registered(
-                module, x, {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-            )
-    if isinstance(module, nnx.Sequential):
-        for i, child in enumerate(module):
-            x = torch_forward(child, x, params, f"{prefix}{i}.")
-        return x
-    if isinstance(module, nnx.Linear):
-        out = x @ p("weight")
-        return out + p("bias") if module.bias else out
-    if isinstance(module, nnx.Conv1D):
-        out = F.conv1d(
-            x.permute(0, 2, 1),
-            p("weight").permute(2, 1, 0),
-            p("bias") if module.bias else None,
-            stride=module.stride,
-        )
-        return out.permute(0, 2, 1)
-    if isinstance(module, nnx.MaxPool1D):
-        return F.max_pool1d(x.permute(0, 2, 1), module.k_size, module.stride).permute(0, 2, 1)
-    if isinstance(module, nnx.AvgPool1D):
-        return F.avg_pool1d(x.permute(0, 2, 1), module.k_size, module.stride).permute(0, 2, 1)
-    if isinstance(module, nnx.Flatten):
+    @register_reference(nnx.Linear)
+    def linear(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        out = x @ p["weight"]
+        return out + p["bias"] if m.bias else out
+
+    @register_reference(nnx.Conv1D)
+    def conv1d(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        # (k, c_in, c_out) weight -> PyTorch's (c_out, c_in, k)
+        w, b = p["weight"].permute(2, 1, 0), p["bias"] if m.bias else None
+        return channels_first(lambda t: F.conv1d(t, w, b, stride=m.stride))(x)
+
+    @register_reference(nnx.MaxPool1D)
+    def maxpool1d(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        return channels_first(lambda t: F.max_pool1d(t, m.k_size, m.stride))(x)
+
+    @register_reference(nnx.AvgPool1D)
+    def avgpool1d(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        return channels_first(lambda t: F.avg_pool1d(t, m.k_size, m.stride))(x)
+
+    @register_reference(nnx.Flatten)
+    def flatten(m: Any, x: Any, p: dict[str, Any]) -> Any:
         return x.reshape(x.shape[0], -1)
-    simple: dict[type, Callable[[Any], Any]] = {
+
+    @register_reference(nnx.LeakyReLU)
+    def leaky_relu(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        return F.leaky_relu(x, m.alpha)
+
+    elementwise: dict[type, Callable[[Any], Any]] = {
         nnx.ReLU: torch.relu,
-        nnx.StableSigmoid: torch.sigmoid,
         nnx.Sigmoid: torch.sigmoid,
+        nnx.StableSigmoid: torch.sigmoid,
         nnx.TanH: torch.tanh,
         nnx.Softplus: F.softplus,
         nnx.Softmax: lambda t: torch.softmax(t, dim=-1),
         nnx.LogSoftmax: lambda t: torch.log_softmax(t, dim=-1),
     }
-    if isinstance(module, nnx.LeakyReLU):
-        return F.leaky_relu(x, module.alpha)
-    for kind, fn in simple.items():
-        if isinstance(module, kind):
-            return fn(x)
-    raise NotImplementedError(f"no torch reference for {module!r}")
+    for cls, fn in elementwise.items():
+        register_reference(cls)(lambda m, x, p, fn=fn: fn(x))
 
 
 def torch_module_reference(

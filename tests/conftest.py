@@ -1,6 +1,6 @@
 """One fixture runs every test on each installed backend.
 
-``backend`` is parametrised over numpy, array_api_strict, torch and cupy. A backend
+``backend`` is parametrised over numpy, array_api_strict, torch, jax and cupy. A backend
 whose library is missing is skipped with the reason; CuPy without a GPU is skipped,
 unless ``NNX_REQUIRE_GPU=1`` (GPU machines), which turns that skip into a failure.
 ``NNX_TEST_BACKENDS=numpy,torch`` restricts the run (each nox session sets it to its
@@ -19,7 +19,7 @@ import pytest
 import nnx
 from nnx import backends
 
-ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy")
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
 
 
 def _selected() -> tuple[str, ...]:

@@ -466,9 +466,9 @@ def optim_loss_is_module(c):
     return lambda: nnx.Optim(net, nnx.ReLU()), [net]
 
 
-@case(ValueError, r"nnx\.set_backend", r"one of \['array_api_strict', 'cupy'", r"'jax'")
+@case(ValueError, r"nnx\.set_backend", r"one of \['array_api_strict', 'cupy', 'jax'", r"'mxnet'")
 def set_backend_unknown(c):
-    return lambda: nnx.set_backend("jax"), []
+    return lambda: nnx.set_backend("mxnet"), []
 
 
 @case(ValueError, r"nnx\.set_backend", r"one of \[", r"'Numpy'")

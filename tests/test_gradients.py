@@ -517,3 +517,33 @@ def test_ones_row_sums_over_the_batch(backend, float64, rng):
         assert type(row) is type(d) and row.dtype == d.dtype
         assert_close(namespace(d).matmul(row, d), host(d).sum(axis=0, keepdims=True), 1e-13)
         assert len(_ROWS) <= 64
+
+
+# -- the shared tables: every case registered with nnx.testing.register_case ---------------
+CASES = nnx.testing.cases()
+CASE_IDS = [c.name for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_registered_case_finite_differences(backend, float64, rng, case):
+    nnx.testing.check_gradients(case.make(), case.input(rng))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_registered_case_vs_torch(backend, float64, rng, case):
+    module = case.make()
+    if not nnx.testing.has_reference(module):
+        pytest.skip(f"no torch reference for {case.name} (nnx.testing.register_reference)")
+    compare_with_reference(module, case.input(rng))
+
+
+def test_every_public_layer_has_a_case():
+    """A new layer joins the tables by registering a case (see docs/extending.rst)."""
+    covered = {type(case.make()) for case in CASES}
+    public = {
+        obj
+        for obj in (getattr(nnx, name) for name in nnx.__all__)
+        if isinstance(obj, type) and issubclass(obj, nnx.Module) and obj is not nnx.Module
+    }
+    missing = sorted(cls.__name__ for cls in public - covered)
+    assert not missing, f"no nnx.testing.register_case for {missing} (nnx/testing.py)"

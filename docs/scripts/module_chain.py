@@ -44,7 +44,7 @@ def main() -> None:
     )
     shapes = shapes_through(net, nnx.asarray(np.zeros((32, 40, 1))))
     names = [type(m).__name__ for m in net] + ["CELogSoftmax"]
-    has_params = [bool(m._parameters) for m in net] + [False]
+    has_params = [any(True for _ in m.named_parameters()) for m in net] + [False]
 
     n = len(names)
     fig, ax = plt.subplots(figsize=(12, 4.4), dpi=150)

@@ -28,6 +28,7 @@ import numpy as np
 from ._base import Backend
 from ._cupy import CupyBackend
 from ._generic import gather_windows
+from ._jax import JaxBackend
 from ._numpy import NumpyBackend
 from ._numpy import quiet_float_errors as quiet_float_errors  # for Optim (not public API)
 from ._strict import StrictBackend
@@ -37,6 +38,7 @@ from ._torch import TorchBackend
 __all__ = [
     "BACKENDS",
     "Backend",
+    "add_at",
     "asarray",
     "backend_of",
     "gather_windows",
@@ -48,6 +50,7 @@ __all__ = [
     "namespace_of",
     "set_backend",
     "set_default_dtype",
+    "set_at",
     "sliding_window",
     "strided_windows",
     "to_numpy",
@@ -55,9 +58,10 @@ __all__ = [
 ]
 
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (NumpyBackend(), CupyBackend(), TorchBackend(), StrictBackend())
+    b.name: b
+    for b in (NumpyBackend(), CupyBackend(), TorchBackend(), StrictBackend(), JaxBackend())
 }
-_BY_MODULE = {b.module_name: b for b in BACKENDS.values()}
+_BY_MODULE = {m: b for b in BACKENDS.values() for m in (b.module_name, *b.array_modules)}
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -87,7 +91,8 @@ def _get(name: str, owner: str = "nnx.set_backend") -> Backend:
 def set_backend(name: str, device: Any = None) -> None:
     """Select the array library (and device) that new parameters and data go to.
 
-    ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``.
+    ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``,
+    ``"jax"``.
     ``device`` is library-specific: ``"cuda:1"``/``1`` for CuPy, any ``torch.device``
     string for PyTorch, ``None`` (or ``"cpu"``) for the CPU libraries.
 
@@ -305,6 +310,25 @@ def from_numpy(a: np.ndarray, like: Any) -> Any:
         xp = namespace_of(like)
         return xp.asarray(a)
     return backend.from_numpy(a, backend.device_of(like))
+
+
+def add_at(x: Any, index: Any, value: Any) -> Any:
+    """``x[index] += value`` on any backend; use the result (a new array on JAX, ``x``
+    itself, updated in place, elsewhere). For arrays the caller created."""
+    backend = backend_of(x)
+    if backend is None:
+        x[index] += value
+        return x
+    return backend.add_at(x, index, value)
+
+
+def set_at(x: Any, index: Any, value: Any) -> Any:
+    """``x[index] = value`` on any backend; use the result (see :func:`add_at`)."""
+    backend = backend_of(x)
+    if backend is None:
+        x[index] = value
+        return x
+    return backend.set_at(x, index, value)
 
 
 def sliding_window(x: Any, k_size: int, stride: int) -> Any:

@@ -16,6 +16,9 @@ class Backend:
 
     name: str = ""
     module_name: str = ""
+    #: Top-level modules whose array types belong to this library (``module_name``
+    #: unless the arrays live elsewhere, as JAX's in ``jaxlib``).
+    array_modules: tuple[str, ...] = ()
     install_hint: str = ""
     #: Whether arrays can be written in place (``p -= d``, ``g[...] = 0``); JAX's cannot.
     mutable_arrays: bool = True
@@ -63,6 +66,17 @@ class Backend:
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
+
+    def add_at(self, x: Any, index: Any, value: Any) -> Any:
+        """``x[index] += value``; returns the result (``x`` itself, written in place,
+        where arrays are mutable)."""
+        x[index] += value
+        return x
+
+    def set_at(self, x: Any, index: Any, value: Any) -> Any:
+        """``x[index] = value``; returns the result (``x`` itself where mutable)."""
+        x[index] = value
+        return x
 
     def flushes_subnormals(self, dtype: str) -> bool:
         """Whether this library computes in ``dtype`` with subnormal numbers flushed to

@@ -43,9 +43,9 @@ def quiet_float_errors(func: F) -> F:
 
     For code that checks its results itself (a training step reports a non-finite
     loss as ``FloatingPointError``). NumPy >= 2's ``errstate`` used as a decorator
-    sets the state per call in a context variable (thread-safe), 0.3 µs instead of
-    0.75 µs for a ``with np.errstate(...)`` block; NumPy 1's would reuse one object
-    for every call, so there each call gets its own block.
+    sets the state per call in a context variable (thread-safe), cheaper than a
+    ``with np.errstate(...)`` block; NumPy 1's would reuse one object for every call,
+    so there each call gets its own block.
     """
     quiet = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
     if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
@@ -66,27 +66,21 @@ MAX_ROW_BY_ARGMAX = 512
 def fast_namespace(base: Any) -> types.ModuleType:
     """array-api-compat's NumPy namespace with cheaper reductions and ``astype``.
 
-    ``numpy.sum`` / ``max`` / ``min`` go through a Python wrapper
-    (``numpy._core.fromnumeric._wrapreduction``) that costs about 1 µs per call, more
-    than the reduction itself on the small arrays of a training step (a step of a
-    small MLP makes about 8 such calls). For a plain ``ndarray`` of floating dtype,
-    non-empty, without ``dtype=``, the functions here call the ufunc's ``reduce``
-    directly, which is what NumPy's wrappers end up doing, with the same result;
-    anything else goes to array-api-compat's function. Measured on the MLP of
-    ``benchmarks/run.py`` at batch 32: 78 -> 69 µs per training step. ``count_nonzero``
-    of a whole ``ndarray`` calls ``numpy.count_nonzero`` (0.3 µs instead of 0.5 µs; the
-    losses count one-hot hits once per step).
+    Each replacement below was measured to pay on the small arrays of a training step
+    (figures in ``benchmarks/results`` and ``docs/benchmarks.rst``), and gives the
+    same results as the function it replaces:
 
-    ``max`` over the last axis of a C-contiguous float array whose rows are short (at
-    most :data:`MAX_ROW_BY_ARGMAX`, e.g. the classes of a softmax) reads each row's
-    value at ``argmax``: NumPy's ``maximum.reduce`` runs a slow loop per short row
-    (2.1 µs at (32, 10), 43 µs at (1024, 10), 120 µs at (4096, 3)), ``argmax`` does
-    not (1.2, 8 and 18 µs for the whole gather).
+    - ``sum`` / ``max`` / ``min`` of a plain floating ``ndarray`` (no ``dtype=``) call
+      the ufunc's ``reduce`` directly, skipping NumPy's Python wrapper
+      (``_wrapreduction``), which costs more than the reduction itself here;
+    - ``max`` over the last axis of a C-contiguous float array with short rows (at most
+      :data:`MAX_ROW_BY_ARGMAX`, e.g. the classes of a softmax) reads each row at its
+      ``argmax``: ``maximum.reduce`` runs a slow loop per short row;
+    - ``count_nonzero`` of a whole ``ndarray`` calls ``numpy.count_nonzero``;
+    - ``matmul`` of two 2-D ``ndarray`` of one float dtype is ``ndarray.dot``, the same
+      BLAS call without the ufunc machinery.
 
-    ``matmul`` of two 2-D ``ndarray`` of one float dtype is ``ndarray.dot``: the same
-    BLAS call without the ufunc machinery of ``numpy.matmul``, 0.3-0.5 µs less per
-    product (a training step of a two-layer MLP makes five). Every other name is
-    array-api-compat's own object.
+    Every other name is array-api-compat's own object.
     """
     ns = types.ModuleType(base.__name__, base.__doc__)
     for name in dir(base):
