@@ -138,7 +138,7 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="numpy",
-        choices=["numpy", "cupy", "torch", "array_api_strict"],
+        choices=["numpy", "cupy", "torch", "array_api_strict", "jax"],
         help="array library (default numpy)",
     )
     p.add_argument("--device", default=None, help="e.g. cuda:0 (cupy, torch)")

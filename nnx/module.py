@@ -15,6 +15,7 @@ needs, for each module, the two vector-Jacobian products of the incoming
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -245,7 +246,7 @@ class Module:
 
     def num_parameters(self) -> int:
         """Total number of scalar parameters."""
-        return sum(int(np.prod(p.shape)) for p in self.parameters())
+        return sum(math.prod(p.shape) for p in self.parameters())
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters as NumPy arrays by dotted name (``"0.weight"``, ``"3.bias"``)."""
@@ -289,7 +290,7 @@ class Module:
         ``device`` to the target backend's default. Returns ``self``.
         """
         target = (
-            backends._get(backend, f"{type(self).__name__}.to")
+            backends.lookup(backend, f"{type(self).__name__}.to")
             if backend is not None
             else backends.current()
         )
@@ -298,7 +299,7 @@ class Module:
             if device is not None
             else (backends.get_device() if target is backends.current() else None)
         )
-        dt = None if dtype is None else backends._dtype_name(dtype)
+        dt = None if dtype is None else backends.canonical_dtype(dtype)
         if dt is not None and dt not in backends.FLOAT_DTYPES:
             raise ValueError(
                 f"{type(self).__name__}.to: dtype must be float32 or float64, got {dtype!r}"
@@ -474,11 +475,13 @@ class _FreshGradients:
 
     def __init__(self, root: Module) -> None:
         fresh, zeroed, todo = [], [], [root]
+        leaf = Module.children
         while todo:
             m = todo.pop()
             if m._gradient:
                 (fresh if m._fresh_gradients else zeroed).append(m)
-            todo += m.children()
+            if type(m).children is not leaf:  # a container (a leaf has no children)
+                todo += m.children()
         self.fresh, self.zeroed = fresh, zeroed
 
     def __enter__(self) -> None:

@@ -355,7 +355,8 @@ def test_gradients_accumulate_until_zero_grad(backend, float64, rng, name):
     module.zero_grad()
     for key, g in module._gradient.items():
         assert np.all(host(g) == 0)
-        assert g is gradient_buffers[key]  # zeroed in place
+        if backends.is_mutable(g):  # zeroed in place (JAX: a new array, it cannot be)
+            assert g is gradient_buffers[key]
     again = _one_backward(module, x, delta)
     for key in once:
         np.testing.assert_allclose(again[key], once[key], rtol=1e-12, atol=1e-12)

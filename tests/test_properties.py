@@ -16,6 +16,7 @@ backend.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,14 @@ GRAD_EXAMPLES = 50  # per property and backend, float64 finite differences
 CHAIN_EXAMPLES = 60  # Sequential chains (shapes and finite differences)
 
 
+#: JAX (eager) compiles each operation anew for every new shape, and hypothesis draws a
+#: new shape per example: a JAX-only run (its nox session) draws a fifth of the examples.
+_EXAMPLE_DIVISOR = 5 if os.environ.get("NNX_TEST_BACKENDS", "").strip() == "jax" else 1
+
+
 def _settings(examples: int):
     return settings(
-        max_examples=examples,
+        max_examples=max(examples // _EXAMPLE_DIVISOR, 5),
         deadline=None,
         derandomize=True,
         database=None,

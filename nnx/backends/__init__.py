@@ -88,6 +88,12 @@ def _get(name: str, owner: str = "nnx.set_backend") -> Backend:
         ) from exc
 
 
+def lookup(name: str, owner: str = "nnx.set_backend") -> Backend:
+    """The :class:`Backend` called ``name``, loaded; the errors of :func:`set_backend`
+    (naming ``owner``) for an unknown or unavailable one."""
+    return _get(name, owner)
+
+
 def set_backend(name: str, device: Any = None) -> None:
     """Select the array library (and device) that new parameters and data go to.
 
@@ -152,6 +158,12 @@ def _dtype_name(dtype: Any) -> str:
         return dtype.__name__
     # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
     return str(dtype).rsplit(".", 1)[-1]
+
+
+def canonical_dtype(dtype: Any) -> str:
+    """The name (``"float32"``...) of a dtype given as a string, a scalar type or any
+    library's dtype object."""
+    return _dtype_name(dtype)
 
 
 def dtype_name(x: Any) -> str:
