@@ -49,6 +49,7 @@ __all__ = [
     "set_backend",
     "set_default_dtype",
     "sliding_window",
+    "synchronize",
     "strided_windows",
     "to_numpy",
     "use_backend",
@@ -277,6 +278,13 @@ def from_numpy(a: np.ndarray, like: Any) -> Any:
         xp = namespace_of(like)
         return xp.asarray(a)
     return backend.from_numpy(a, backend.device_of(like))
+
+
+def synchronize(x: Any) -> None:
+    """Wait for the device work queued on ``x`` (GPU backends); a no-op on the host."""
+    backend = backend_of(x)
+    if backend is not None:
+        backend.synchronize(x)
 
 
 def sliding_window(x: Any, k_size: int, stride: int) -> Any:
