@@ -17,6 +17,11 @@ Example (the README's main job, about a minute on a 2-core CPU)::
     nnx train --model mlp
     nnx train --dataset digits --model mlp --backend torch --dtype float64
     nnx evaluate runs/mnist1d-cnn/model.npz --backend array_api_strict
+
+Data-parallel on several processes, with the same arguments (``batch_size`` stays the
+global batch; rank 0 prints and writes the files)::
+
+    mpiexec -n 4 nnx train --model cnn --batch-size 256
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         help="train a model and write history.csv, learning_curve.png, model.npz",
         description=(
-            "Train a model on a data set; report the held-out test accuracy. Unset "
-            "hyper-parameters take the model's recipe: "
+            "Train a model on a data set; report the held-out test accuracy. Started by "
+            "an MPI launcher (mpiexec -n 4 nnx train ..., srun), the processes train "
+            "data-parallel with the same arguments: --batch-size is the global batch, each "
+            "process takes its share, rank 0 prints one result and writes the files "
+            "(pip install mpi4py mpich). Unset hyper-parameters take the model's recipe: "
             + "; ".join(
                 f"{m}: {r['optimizer']} lr={r['lr']} epochs={r['epochs']} "
                 f"batch={r['batch_size']} patience={r['patience']}"
@@ -157,8 +165,13 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the final result")
 
 
-def _fail(msg: str) -> int:
-    print(f"nnx: error: {msg}", file=sys.stderr)
+def _fail(msg: str, exc: BaseException | None = None) -> int:
+    rank = ""
+    if exc is not None:  # under mpiexec: the other ranks stop now, not at their timeout
+        from .distributed import notify_failure
+
+        rank = notify_failure(exc)
+    print(f"nnx: error: {rank}{msg}", file=sys.stderr)
     return 2
 
 
@@ -182,7 +195,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if recipe["patience"] < 0:
         raise ValueError(f"--patience must be >= 0, got {recipe['patience']}")
     out = Path(args.out or f"runs/{args.dataset}-{args.model}")
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    comm = nnx.distributed.init()  # one process unless started by mpiexec / srun
+    root = comm.rank == 0
+    quiet = args.quiet or not root
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
     t0 = time.perf_counter()
     X, y, X_test, y_test = nnx.datasets.load(args.dataset)
@@ -196,12 +212,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             net = nnx.models.build(args.model, X.shape[1], X.shape[2], classes)
             name = recipe["optimizer"]
             opt = None if name == "sgd" else nnx.optimizers.get(name, recipe["lr"])
-            optim = nnx.Optim(net, nnx.CELogSoftmax(), eps=recipe["lr"], optimizer=opt)
+            optim = nnx.Optim(
+                net,
+                nnx.CELogSoftmax(),
+                eps=recipe["lr"],
+                optimizer=opt,
+                comm=comm if comm.size > 1 else None,
+            )
+            ranks = f", {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""
             say(
                 f"nnx train: {args.dataset} ({X.shape[0]} train / {X_test.shape[0]} test, "
                 f"shape {X.shape[1:]}), model {args.model} ({net.num_parameters():,} "
                 f"parameters), backend {args.backend}/{args.dtype}, {name} lr={recipe['lr']}, "
                 f"{recipe['epochs']} epochs of batch {recipe['batch_size']}, seed {args.seed}"
+                f"{ranks}"
             )
 
             def log(r: dict[str, float]) -> None:
@@ -214,7 +238,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
             from .training import Progress
 
-            bars_shown = not args.quiet and Progress.resolve(args.progress) is not None
+            bars_shown = not quiet and Progress.resolve(args.progress) is not None
             t1 = time.perf_counter()
             optim.SGD_eval(
                 X,
@@ -225,7 +249,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 patience=recipe["patience"] or None,
                 shuffle_test=True,
                 seed=args.seed,
-                progress=False if args.quiet else args.progress,
+                progress=False if quiet else args.progress,
                 callback=log,
             )
             t_train = time.perf_counter() - t1
@@ -253,7 +277,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": round(t_train, 3),
         "data_seconds": round(t_data, 3),
         "parameters": net.num_parameters(),
+        "ranks": comm.size,
     }
+    if not root:  # every rank holds the same result; rank 0 reports it
+        return metrics
     out.mkdir(parents=True, exist_ok=True)
     nnx.training.write_csv(history, out / "history.csv")
     try:
@@ -305,9 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 evaluate(args)
     except (ValueError, ImportError, RuntimeError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc)
     except FloatingPointError as exc:
-        return _fail(f"{exc} (try a smaller --lr)")
+        return _fail(f"{exc} (try a smaller --lr)", exc)
     return 0
 
 

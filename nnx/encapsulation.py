@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backends, training
+from . import backends, distributed, training
 from .loss import check_labels
 from .module import Array, Loss, Module, check_positive_int, is_floating, namespace
 
@@ -265,6 +265,19 @@ class Optim:
         Step size of the plain update (unused with an ``optimizer``).
     optimizer : nnx.optimizers.Optimizer, optional
         Update rule used after each backward pass.
+    comm : nnx.distributed.Communicator, optional
+        Train data-parallel on the ranks of ``comm`` (:func:`nnx.distributed.init`):
+        ``step``, ``SGD`` and ``SGD_eval`` first check that every rank built the same
+        network and give every rank rank 0's parameters (once per network); each rank
+        then takes its contiguous share of every global batch (``batch_size`` is the
+        global batch, every rank draws the same shuffle), the gradients are summed with
+        one allreduce per step and every rank applies the same update, so the parameters
+        are those of one process training on the global batches, up to float rounding.
+        The non-finite check and the label checks see every rank's shard (every rank
+        stops at the same batch with the same error); ``evaluate``, ``score`` and the
+        test passes of ``SGD_eval`` are computed on shards and summed; only rank 0 shows
+        progress bars and draws ``online_plot``. Ctrl-C, or an error on one rank only,
+        stops every rank (the others raise :class:`nnx.distributed.DistributedError`).
 
     Examples
     --------
@@ -285,7 +298,12 @@ class Optim:
     eval_batch_size: int = 1024
 
     def __init__(
-        self, network: Module, loss: Loss, eps: float = 1e-3, optimizer: Any = None
+        self,
+        network: Module,
+        loss: Loss,
+        eps: float = 1e-3,
+        optimizer: Any = None,
+        comm: Any = None,
     ) -> None:
         if not isinstance(network, Module):
             raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
@@ -304,6 +322,9 @@ class Optim:
             )
         self.network, self.loss, self.eps = network, loss, float(eps)
         self.optimizer = optimizer
+        #: The communicator of data-parallel training (``None``: this process alone).
+        self.comm = comm
+        self._dp = None if comm is None else distributed.DataParallel(comm)
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
         self.X_train: Any = None
         self.y_train: Any = None
@@ -404,8 +425,11 @@ class Optim:
                 if not isinstance(X, np.ndarray)
                 else order
             )
+        dp = self._dp
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
+            if dp is not None:  # this rank's contiguous share of the global batch
+                start, stop = dp.shard(start, stop)
             if order is None:
                 bx, by = X[start:stop, ...], y[start:stop, ...]
             elif on_device and idx is not None and not isinstance(X, np.ndarray):
@@ -426,23 +450,40 @@ class Optim:
         Returns ``(losses, yhat, sum of losses)``; raises ``FloatingPointError`` before
         touching the parameters when the loss is not finite.
         """
-        net = self.network
+        net, dp = self.network, self._dp
+        yhat: Any = None
+        losses: Any = None
+        total, error = 0.0, None
         # zero_grad() in effect: each gradient's first contribution overwrites it
         net._start_step()
         try:
-            yhat, losses, total = _forward_loss(net, self.loss, X, y)
+            if dp is None or X.shape[0]:  # a rank's share of a short batch may be empty
+                try:
+                    yhat, losses, total = _forward_loss(net, self.loss, X, y)
+                except distributed.AGREED as exc:
+                    if dp is None:
+                        raise
+                    error = exc  # raised on every rank after the reduction
+                if dp is None and not math.isfinite(total):
+                    raise FloatingPointError(
+                        f"non-finite loss (sum over the batch = {total}); the parameters "
+                        f"were not updated"
+                    )
+                if error is None and math.isfinite(total):
+                    delta = self.loss.backward(y, yhat)
+                    if isinstance(net, Sequential):
+                        net.backward(X, delta, input_grad=False)
+                    else:
+                        net.backward_update_gradient(X, delta)
+        finally:
+            net._end_step()
+        if dp is not None:
+            total = dp.reduce_step(net, total, error)
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"non-finite loss (sum over the batch = {total}); the parameters were "
                     f"not updated"
                 )
-            delta = self.loss.backward(y, yhat)
-            if isinstance(net, Sequential):
-                net.backward(X, delta, input_grad=False)
-            else:
-                net.backward_update_gradient(X, delta)
-        finally:
-            net._end_step()
         if self.optimizer is not None:
             self.optimizer.step(net)
         else:
@@ -453,12 +494,28 @@ class Optim:
         """One training step on a batch; returns the per-sample losses (backend array).
 
         Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        With a communicator, ``batch_x`` is the global batch: this rank trains on its
+        share and returns that share's losses.
         """
+        dp = self._dp
+        if dp is not None:
+            if not backends.is_array(batch_x):
+                batch_x = np.asarray(batch_x)
+            if not backends.is_array(batch_y):
+                batch_y = np.asarray(batch_y)
+            n = int(batch_x.shape[0]) if len(batch_x.shape) else 0
+            dp.sync("Optim.step", self.network, f"batch of {n}")
+            lo, hi = dp.shard(0, n)
+            batch_x, batch_y = batch_x[lo:hi, ...], batch_y[lo:hi, ...]
         X, y = self._device_data(batch_x), self._device_data(batch_y)
         try:
             return self._step(X, y)[0]
         except FloatingPointError as exc:
             raise FloatingPointError(f"Optim.step: {exc}") from None
+        except BaseException as exc:
+            if dp is not None:
+                dp.failed(exc)
+            raise
 
     # -- evaluation -------------------------------------------------------------------
     @staticmethod
@@ -501,8 +558,9 @@ class Optim:
         total: Any = 0.0
         correct: Any = 0
         counted = True
-        for start in range(0, n, self.eval_batch_size):
-            stop = min(start + self.eval_batch_size, n)
+        lo, hi = (0, n) if self._dp is None else self._dp.shard(0, n)
+        for start in range(lo, hi, self.eval_batch_size):
+            stop = min(start + self.eval_batch_size, hi)
             bx = self._device_data(X[start:stop, ...])
             by = self._device_data(y[start:stop, ...])
             yhat = self.network.forward(bx)
@@ -513,7 +571,11 @@ class Optim:
                 counted = False
             elif counted:
                 correct = correct + c
-        return float(total) / n, (int(correct) / n if counted else math.nan)
+        total, correct = float(total), int(correct)
+        if self._dp is not None:  # shards summed: the same values on every rank
+            total, correct, uncounted = self._dp.sum(total, correct, 0 if counted else 1)
+            counted = uncounted == 0
+        return total / n, (correct / n if counted else math.nan)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -533,7 +595,18 @@ class Optim:
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
         True
+
+        With a communicator, every rank scores its share and the counts are summed.
         """
+        n = None
+        if self._dp is not None:
+            if not backends.is_array(X):
+                X = np.asarray(X)
+            if not backends.is_array(y):
+                y = np.asarray(y)
+            n = int(X.shape[0])
+            lo, hi = self._dp.shard(0, n)
+            X, y = X[lo:hi, ...], y[lo:hi, ...]
         yhat = self.predict(X)
         xp = namespace(yhat)
         if len(yhat.shape) != 2:
@@ -549,6 +622,9 @@ class Optim:
                 f"Optim.score: expected labels of shape {pred.shape} or one-hot "
                 f"({pred.shape[0]}, K), got shape {target.shape}"
             )
+        if self._dp is not None:
+            (correct,) = self._dp.sum(int(np.count_nonzero(pred == target)))
+            return correct / n if n else math.nan
         return float(np.mean(pred == target))
 
     # -- loops ------------------------------------------------------------------------
@@ -575,13 +651,17 @@ class Optim:
                     f"{owner}: non-finite loss at epoch {epoch}, batch {b} of {batches}: {exc}"
                 ) from None
             total += s
-            c = self._correct(yhat, by)
+            c = 0 if yhat is None else self._correct(yhat, by)  # None: an empty share
             if c is None:
                 counted = False
             elif counted:
                 correct = correct + c
             bars.batch_bar.update(1)
-        return total / n, (int(correct) / n if counted else math.nan)
+        correct = int(correct)
+        if self._dp is not None:  # total is already the global sum (reduced every step)
+            correct, uncounted = self._dp.sum(correct, 0 if counted else 1)
+            counted = uncounted == 0
+        return total / n, (correct / n if counted else math.nan)
 
     def _use_network(self, network: Module | None) -> None:
         if network is not None:
@@ -633,11 +713,15 @@ class Optim:
         self._use_network(network)
         data = self._prepare("Optim.SGD", X, y)
         n = data[2]
+        self._sync(
+            "Optim.SGD",
+            f"n={n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
+        )
         rng = np.random.default_rng(seed)
         self.interrupted = False
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
         last = self.network.state_dict()
-        bars = training.Progress(progress, int(epochs))
+        bars = training.Progress(self._progress(progress), int(epochs))
         try:
             for epoch in range(1, int(epochs) + 1):
                 order = rng.permutation(n) if shuffle else None
@@ -646,12 +730,37 @@ class Optim:
                 for k, v in (("epoch", epoch), ("loss_train", loss), ("score_train", score)):
                     self.history[k].append(v)
                 bars.end_epoch(loss=loss)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self._stop(exc)
             self.interrupted = True
             self.network.load_state_dict(last)
+        except BaseException as exc:
+            self._stop(exc)
+            raise
         finally:
             bars.close()
         return np.asarray(self.history["loss_train"], dtype=np.float64)
+
+    # -- data-parallel hooks ------------------------------------------------------------
+    def _sync(self, owner: str, loop: str) -> None:
+        """Same network and arguments on every rank; rank 0's parameters (once)."""
+        if self._dp is not None:
+            self._dp.sync(owner, self.network, loop)
+
+    def _progress(self, progress: bool | None) -> bool | None:
+        """Bars only on rank 0."""
+        return progress if self._dp is None or self._dp.root else False
+
+    def _stop(self, exc: BaseException) -> None:
+        """A loop ends with ``exc`` on this rank. Alone: nothing to do. On several ranks,
+        the others are told (unless every rank raises it), and Ctrl-C stops every rank:
+        their states cannot be rolled back to one common point."""
+        dp = self._dp
+        if dp is None:
+            return
+        dp.failed(exc)
+        if isinstance(exc, KeyboardInterrupt) and dp.comm.size > 1:
+            raise exc
 
     def _split(
         self, X: Any, y: Any, test_size: float | int, shuffle_test: bool, seed: int | None
@@ -752,7 +861,7 @@ class Optim:
             raise ValueError(f"{owner}: monitor must be 'score' or 'loss', got {monitor!r}")
         if return_dataframe:
             training.history_frame({c: [] for c in training.HISTORY_COLUMNS})  # pandas there?
-        plot = training.LivePlot(online_plot) if online_plot else None
+        plot = training.LivePlot(online_plot) if online_plot and self._progress(True) else None
         self._use_network(network)
         if not backends.is_array(X):
             X = np.asarray(X)
@@ -768,13 +877,18 @@ class Optim:
         self.X_test, self.y_test = self._take(X, test_idx), self._take(y, test_idx)
         train = self._prepare(owner, self.X_train, self.y_train)
         test = self._prepare(owner, self.X_test, self.y_test)
+        self._sync(
+            owner,
+            f"n={train[2]}+{test[2]} batch_size={batch_size} epochs={epochs} "
+            f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
+        )
         rng = np.random.default_rng(seed)
         self.interrupted = False
         self.history = {c: [] for c in training.HISTORY_COLUMNS}
         best_value, best_state, wait = None, None, 0
         last = self.network.state_dict()
         self.best_epoch = None
-        bars = training.Progress(progress, int(epochs))
+        bars = training.Progress(self._progress(progress), int(epochs))
         try:
             for epoch in range(1, int(epochs) + 1):
                 order = rng.permutation(train[2]) if shuffle_train else None
@@ -806,9 +920,13 @@ class Optim:
                     wait += 1
                     if patience is not None and wait >= patience:
                         break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self._stop(exc)
             self.interrupted = True
             self.network.load_state_dict(last)
+        except BaseException as exc:
+            self._stop(exc)
+            raise
         finally:
             bars.close()
         if restore_best and best_state is not None:

@@ -36,6 +36,8 @@ import numpy as np
 
 from .. import backends
 from ._base import Communicator, DistributedError, SingleProcess
+from ._data_parallel import AGREED as AGREED  # used by nnx.Optim
+from ._data_parallel import DataParallel as DataParallel
 
 __all__ = [
     "Communicator",
@@ -46,6 +48,7 @@ __all__ = [
     "default_timeout",
     "in_launcher",
     "init",
+    "notify_failure",
 ]
 
 #: Environment variables by which MPI launchers (MPICH/Hydra, Open MPI, Intel MPI,
@@ -202,6 +205,18 @@ def _nccl_usable() -> str | None:
     if not getattr(nccl, "available", False):
         return 'the NCCL library is not loadable (pip install "nvidia-nccl-cu12>=2.18")'
     return None
+
+
+def notify_failure(exc: BaseException) -> str:
+    """Tell the other ranks of every communicator made by :func:`init` that this process
+    fails with ``exc`` (they stop at once instead of timing out). Returns ``"rank r of
+    N: "`` to prefix this rank's error message with, or ``""`` in a single process."""
+    label = ""
+    for comm in _COMMUNICATORS.values():
+        if comm.size > 1:
+            comm.fail(exc)
+            label = f"rank {comm.rank} of {comm.size}: "
+    return label
 
 
 def signature(network: Any) -> str:

@@ -1,0 +1,126 @@
+"""What :class:`nnx.Optim` does differently with a communicator: one job, in one place.
+
+- once per network, every rank checks that the others built the same network (and run
+  the loop with the same arguments), then takes rank 0's parameters;
+- every global batch is cut into contiguous shards, one per rank;
+- after the backward pass, one packed allreduce sums the gradients together with the
+  batch's loss sum and an error count, so that every rank sees the global loss (the
+  non-finite check) and every rank raises the same error when one rank's shard failed
+  a check (labels out of range, a wrong shape);
+- evaluation sums (loss, correct predictions) are reduced the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backends
+from ._base import Communicator
+
+Array = Any
+
+#: Exceptions of a step that every rank re-raises identically (after the reduction).
+AGREED = (ValueError, TypeError)
+
+
+class DataParallel:
+    """The communicator-side helpers of a data-parallel :class:`nnx.Optim`."""
+
+    def __init__(self, comm: Communicator) -> None:
+        if not isinstance(comm, Communicator):
+            raise TypeError(
+                f"Optim: comm must be a communicator from nnx.distributed.init(), got "
+                f"{type(comm).__name__}"
+            )
+        self.comm = comm
+        self._synced: Any = None
+        #: the exception raised on every rank by the last reduction (not a failure)
+        self.agreed: BaseException | None = None
+
+    @property
+    def root(self) -> bool:
+        """Whether this rank shows progress and writes files (rank 0)."""
+        return self.comm.rank == 0
+
+    # -- set-up -------------------------------------------------------------------------
+    def sync(self, owner: str, network: Any, loop: str = "") -> None:
+        """Check that every rank has the same network and loop arguments, then give every
+        rank rank 0's parameters (once per network object)."""
+        from . import signature
+
+        comm = self.comm
+        if comm.size == 1:
+            return
+        text = signature(network) + ("\n" + loop if loop else "")
+        comm.check_same(owner, "the network, its dtype or the loop's arguments", text)
+        if self._synced is network:
+            return
+        state = network.state_dict()
+        names = list(state)
+        values = comm.broadcast([state[k] for k in names], root=0)
+        if comm.rank != 0:
+            network.load_state_dict(dict(zip(names, values, strict=True)))
+        self._synced = network
+
+    # -- batches ------------------------------------------------------------------------
+    def shard(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's contiguous part of the global batch ``[start, stop)``."""
+        lo, hi = self.comm.shard(stop - start)
+        return start + lo, start + hi
+
+    # -- the step -----------------------------------------------------------------------
+    def reduce_step(self, network: Any, total: float, error: BaseException | None) -> float:
+        """Sum the gradients, the loss sums and the error counts over the ranks (one
+        packed allreduce); returns the global loss sum. Raises on every rank the error
+        of the lowest rank whose shard failed, if any."""
+        named = list(network.named_gradients())
+        like = named[0][1] if named else None
+        stats = np.array([total, 1.0 if error is not None else 0.0])
+        extra = (
+            backends.from_numpy(stats.astype(backends.dtype_name(like)), like)
+            if like is not None
+            else stats
+        )
+        out = self.comm.allreduce_sum([g for _, g in named] + [extra])
+        for (name, g), r in zip(named, out, strict=False):
+            if r is not g:
+                _set_gradient(network, name, r)
+        global_total, errors = (float(v) for v in backends.to_numpy(out[-1]))
+        if errors:
+            self.raise_agreed(error)
+        return global_total
+
+    def raise_agreed(self, error: BaseException | None) -> None:
+        """Raise, on every rank, the error of the lowest rank that had one."""
+        mine = b"" if error is None else f"{type(error).__name__}\n{error}".encode()
+        for rank, text in enumerate(self.comm.allgather_bytes(mine)):
+            if text:
+                kind, _, message = text.decode(errors="replace").partition("\n")
+                cls = TypeError if kind == "TypeError" else ValueError
+                if self.comm.size > 1:
+                    message = f"{message} (on rank {rank} of {self.comm.size})"
+                exc = error if error is not None and rank == self.comm.rank else None
+                self.agreed = cls(message) if exc is None or self.comm.size > 1 else exc
+                raise self.agreed from None
+
+    # -- sums ---------------------------------------------------------------------------
+    def sum(self, *values: float) -> list[float]:
+        """Sum Python numbers over the ranks."""
+        return self.comm.sum_floats(values)
+
+    def failed(self, exc: BaseException) -> None:
+        """A loop stops with ``exc`` on this rank: tell the others, unless every rank
+        raises it (the reduced checks; a non-finite loss is decided on the global sum)."""
+        if exc is not self.agreed and not isinstance(exc, FloatingPointError):
+            self.comm.fail(exc)
+
+
+def _set_gradient(network: Any, name: str, value: Array) -> None:
+    """Bind the gradient ``name`` (dotted) of ``network`` to ``value`` (read-only arrays,
+    which the allreduce returns as new arrays)."""
+    setter = getattr(network, "set_gradient", None)
+    if setter is None:  # pragma: no cover - every nnx Module has it
+        raise TypeError(f"{type(network).__name__} cannot receive summed gradients")
+    setter(name, value)
