@@ -504,7 +504,7 @@ class Optim:
             if not backends.is_array(batch_y):
                 batch_y = np.asarray(batch_y)
             n = int(batch_x.shape[0]) if len(batch_x.shape) else 0
-            dp.sync("Optim.step", self.network, f"batch of {n}")
+            dp.sync("Optim.step", self.network)
             lo, hi = dp.shard(0, n)
             batch_x, batch_y = batch_x[lo:hi, ...], batch_y[lo:hi, ...]
         X, y = self._device_data(batch_x), self._device_data(batch_y)

@@ -241,9 +241,6 @@ class FakeMPI:
         if self._broken:
             raise DistributedError(self._broken)
 
-    def _check_notices(self):
-        pass
-
     def _allreduce_flat(self, buf):
         self.host_calls += 1
         buf *= 2

@@ -45,13 +45,15 @@ class DataParallel:
         return self.comm.rank == 0
 
     # -- set-up -------------------------------------------------------------------------
-    def sync(self, owner: str, network: Any, loop: str = "") -> None:
-        """Check that every rank has the same network and loop arguments, then give every
-        rank rank 0's parameters (once per network object)."""
+    def sync(self, owner: str, network: Any, loop: str | None = None) -> None:
+        """Check that every rank has the same network (and, at the start of a loop, the
+        same ``loop`` arguments), then give every rank rank 0's parameters, once per
+        network object. Without ``loop`` (:meth:`Optim.step`) nothing is exchanged once
+        the network has been synchronised: a step stays one collective."""
         from . import signature
 
         comm = self.comm
-        if comm.size == 1:
+        if comm.size == 1 or (loop is None and self._synced is network):
             return
         text = signature(network) + ("\n" + loop if loop else "")
         comm.check_same(owner, "the network, its dtype or the loop's arguments", text)

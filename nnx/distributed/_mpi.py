@@ -20,6 +20,11 @@ from ._base import Array, Communicator, DistributedError
 _NOTICE_TAG = 77
 #: Largest failure notice, in bytes (longer messages are cut).
 _NOTICE_BYTES = 4096
+#: Seconds between two looks of the watchdog thread.
+_PERIOD = 0.05
+#: Seconds a rank stuck in a collective waits after a failure notice before aborting
+#: the job, so that the failing rank can print its traceback first.
+_GRACE = 2.0
 
 _LIVE: weakref.WeakSet[MPICommunicator] = weakref.WeakSet()
 _HOOKED = False
@@ -29,12 +34,14 @@ class MPICommunicator(Communicator):
     """Ranks of an MPI job (``mpiexec -n N``, ``srun``), through ``mpi4py``.
 
     Every collective is non-blocking (``Iallreduce``, ``Ibcast``, ...) and waited for
-    with a deadline of :attr:`timeout` seconds, while listening for failure notices:
-    a rank that fails calls :meth:`fail` (``nnx.Optim`` does, and so does an uncaught
-    exception on any rank once the communicator exists), and every other rank raises
-    :class:`DistributedError` with its message at its next (or current) collective. A
-    rank that times out (another rank hung or died silently) ends the whole job with
-    ``MPI_Abort`` when its Python exits, so no rank is left waiting.
+    with MPI's own ``Wait``, while a watchdog thread listens for failure notices and
+    watches the clock. A rank that fails calls :meth:`fail` (``nnx.Optim`` does, and so
+    does an uncaught exception on any rank once the communicator exists). When a notice
+    arrives, or a wait lasts longer than :attr:`timeout` seconds (a rank died silently or
+    hangs), the watchdog prints the reason and, if this rank is stuck in a collective
+    operation that can no longer complete, ends the whole job with ``MPI_Abort`` (after
+    a two-second grace that lets the failing rank print its traceback); a rank that is
+    not waiting raises :class:`DistributedError` at its next collective instead.
 
     Arrays on a GPU are copied to a host buffer for MPI (one copy each way, packed)
     unless ``cuda_aware=True`` (or ``NNX_MPI_CUDA_AWARE=1``) says that the MPI library
@@ -67,7 +74,11 @@ class MPICommunicator(Communicator):
         self._notice_out: list[Any] = []
         self._notice_req: Any = None
         self._waiting_in = "set-up"
-        self._alarm: _Alarm | None = None
+        #: start of the wait in progress (``time.monotonic()``), ``None`` when not waiting
+        self._since: float | None = None
+        self._abort_at: float | None = None
+        self._watchdog: threading.Thread | None = None
+        self._closing = False
         self._comm = self._dup(comm)
         self._ctrl = self._dup(comm)
         self.local_rank = self._local_rank(comm)
@@ -77,7 +88,11 @@ class MPICommunicator(Communicator):
                 [self._notice_buf, MPI.BYTE], source=MPI.ANY_SOURCE, tag=_NOTICE_TAG
             )
             if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
-                self._alarm = _Alarm(self._ctrl, self.rank)
+                self._watchdog = threading.Thread(
+                    target=_watchdog, args=(weakref.ref(self),), name="nnx-mpi-watchdog"
+                )
+                self._watchdog.daemon = True
+                self._watchdog.start()
             _watch(self)
 
     def _dup(self, comm: Any) -> Any:
@@ -98,78 +113,81 @@ class MPICommunicator(Communicator):
         if self._broken is not None:
             raise DistributedError(self._broken)
 
-    def _check_notices(self) -> None:
+    def _take_notice(self) -> bool:
+        """Whether a failure notice has arrived (then :attr:`_broken` says which)."""
         req = self._notice_req
-        if req is None:
-            return
+        if req is None or self._broken is not None:
+            return self._broken is not None
         status = self._MPI.Status()
-        if req.Test(status):
-            self._notice_arrived(status)
-
-    def _notice_arrived(self, status: Any) -> None:
-        """Raise the error a notice carries (a peer failed, or this rank's alarm rang)."""
+        if not req.Test(status):
+            return False
         self._notice_req = None
-        source = status.Get_source()
         n = status.Get_count(self._MPI.BYTE)
-        if source == self.rank and n == 0:
-            self._timed_out = True
-            self._broken = (
-                f"nnx.distributed: rank {self.rank} of {self.size} waited {self.timeout:g} s "
-                f"in {self._waiting_in} for the other ranks; one of them failed, died or hangs "
-                f"(see its output). The job is aborted when this process exits (settable: "
-                f"nnx.distributed.init(timeout=...) or NNX_DISTRIBUTED_TIMEOUT)"
-            )
-        else:
-            text = bytes(self._notice_buf[:n]).decode(errors="replace")
-            self._broken = (
-                f"nnx.distributed: rank {source} of {self.size} failed with {text}; "
-                f"rank {self.rank} stops too"
-            )
-        raise DistributedError(self._broken)
+        text = bytes(self._notice_buf[:n]).decode(errors="replace")
+        self._broken = (
+            f"nnx.distributed: rank {status.Get_source()} of {self.size} failed with "
+            f"{text}; rank {self.rank} stops too"
+        )
+        return True
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._broken = (
+            f"nnx.distributed: rank {self.rank} of {self.size} waited {self.timeout:g} s "
+            f"in {self._waiting_in} for the other ranks; one of them failed, died or hangs "
+            f"(see its output). Settable: nnx.distributed.init(timeout=...) or "
+            f"NNX_DISTRIBUTED_TIMEOUT"
+        )
 
     def _wait(self, req: Any, what: str) -> None:
-        """Wait for ``req`` at most :attr:`timeout` seconds, watching for notices.
+        """Wait for ``req``; see the class description for failures and the timeout.
 
-        MPI's own blocking wait, on the collective and the notice receive together (a
-        Python polling loop doubles the time of an allreduce on a busy machine); a
-        timer thread posts an empty notice to this rank when the deadline passes.
+        The wait itself is MPI's ``Wait``: testing the notice receive in the same loop
+        (``Waitany``, or ``Test`` calls between polls) makes MPICH poll its network
+        module too, and an allreduce of 1.6 MB between two processes of one machine
+        became 5 times slower (measured: benchmarks/scaling.py).
         """
-        if req.Test():
-            return
+        self._usable()
         self._waiting_in = what
-        notice = self._notice_req
-        if notice is None or self._alarm is None:
+        if self._watchdog is None:
             self._poll(req)
             return
-        self._alarm.arm(self.timeout)
-        status = self._MPI.Status()
+        self._since = time.monotonic()
         try:
-            index = self._MPI.Request.Waitany([req, notice], status)
+            req.Wait()
         finally:
-            fired = self._alarm.disarm()
-        if index == 1:
-            self._notice_arrived(status)
-        if fired:  # the deadline passed just as the operation completed
-            notice.Wait(status)
-            self._notice_arrived(status)
+            self._since = None
 
     def _poll(self, req: Any) -> None:
-        """Wait by polling (no thread support in this MPI, or no notice channel)."""
+        """Wait by polling: before the watchdog exists, or without thread support."""
         deadline = time.monotonic() + self.timeout
         pause = 0.0
         while not req.Test():
-            self._check_notices()
+            if self._take_notice():
+                raise DistributedError(self._broken)
             pause = min(1e-3, pause * 2 or 1e-6)
             time.sleep(pause)
             if time.monotonic() > deadline:
-                self._timed_out = True
-                self._broken = (
-                    f"nnx.distributed: rank {self.rank} of {self.size} waited "
-                    f"{self.timeout:g} s in {self._waiting_in} for the other ranks; one of "
-                    f"them failed, died or hangs (see its output). The job is aborted when "
-                    f"this process exits"
-                )
+                self._time_out()
                 raise DistributedError(self._broken)
+
+    def _watch_once(self) -> None:
+        """One look of the watchdog thread: notices, the clock, the abort."""
+        self._take_notice()
+        since = self._since
+        if since is None:
+            return
+        now = time.monotonic()
+        if self._broken is None and now - since > self.timeout:
+            self._time_out()
+        if self._broken is None:
+            return
+        if self._abort_at is None:  # stuck in an operation that cannot complete
+            print(f"{self._broken}; aborting the job", file=sys.stderr, flush=True)
+            self._abort_at = now + (0.0 if self._timed_out else _GRACE)
+        elif now >= self._abort_at and self._since is not None:
+            sys.stdout.flush()
+            self._MPI.COMM_WORLD.Abort(1)
 
     # -- the engine operations ----------------------------------------------------------
     def _takes_device(self, flat: Array) -> bool:
@@ -233,7 +251,11 @@ class MPICommunicator(Communicator):
             time.sleep(1e-3)
 
     def _close(self) -> None:
-        """At exit: withdraw the pending notice receive; abort the job after a timeout."""
+        """At exit: stop the watchdog, withdraw the pending notice receive, and abort the
+        job after a timeout (another rank may still be waiting)."""
+        self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=2 * _PERIOD + 1.0)
         req, self._notice_req = self._notice_req, None
         if req is not None:
             try:
@@ -247,45 +269,14 @@ class MPICommunicator(Communicator):
             self._MPI.COMM_WORLD.Abort(1)
 
 
-class _Alarm:
-    """A timer thread that, at the deadline, sends an empty notice to its own rank,
-    which wakes the ``Waitany`` of :meth:`MPICommunicator._wait`."""
-
-    def __init__(self, ctrl: Any, rank: int) -> None:
-        self._ctrl, self._rank = ctrl, rank
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._fired = False
-        self._payload = bytearray()
-        threading.Thread(target=self._run, name="nnx-distributed-alarm", daemon=True).start()
-
-    def arm(self, seconds: float) -> None:
-        with self._cond:
-            self._deadline = time.monotonic() + seconds
-            self._fired = False
-            self._cond.notify()
-
-    def disarm(self) -> bool:
-        """Stop the timer; whether it rang."""
-        with self._cond:
-            self._deadline = None
-            return self._fired
-
-    def _run(self) -> None:
-        from mpi4py import MPI
-
-        with self._cond:
-            while True:
-                if self._deadline is None:
-                    self._cond.wait()
-                    continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self._deadline = None
-                self._fired = True
-                self._ctrl.Isend([self._payload, MPI.BYTE], dest=self._rank, tag=_NOTICE_TAG)
+def _watchdog(ref: weakref.ref[MPICommunicator]) -> None:
+    while True:
+        time.sleep(_PERIOD)
+        comm = ref()
+        if comm is None or comm._closing:
+            return
+        comm._watch_once()
+        del comm
 
 
 def _watch(comm: MPICommunicator) -> None:

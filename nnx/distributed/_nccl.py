@@ -119,7 +119,7 @@ class NCCLCommunicator(Communicator):
         deadline = time.monotonic() + self.timeout
         pause = 0.0
         while not stream.done:
-            self.mpi._check_notices()
+            self.mpi._usable()  # a notice seen by the MPI watchdog
             if time.monotonic() > deadline:
                 self.mpi._timed_out = True
                 self.mpi._broken = (
