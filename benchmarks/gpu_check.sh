@@ -18,6 +18,9 @@
 #   tests-torch the test suite on torch (on the device of NNX_TORCH_DEVICE when the test
 #              fixture supports it, else on the CPU; parity-torch covers torch CUDA)
 #   train-cpu  the same training on the CPU (numpy), for the accuracy comparison
+#   nccl       benchmarks/gpu_nccl_check.py: nnx.distributed's NCCL engine on one GPU
+#   mpi-cupy   mpiexec -n 2 python -m pytest -m mpi on cupy: two ranks sharing the GPU,
+#              gradients staged through the host by MPI (needs mpi4py and mpich)
 # Writes DIR/summary.txt (one line per stage: PASS / FAIL / SKIP and seconds) and exits
 # non-zero if a stage failed. DIR is --out, else $OUT, else gpu-check-<UTC time>.
 #
@@ -32,6 +35,7 @@
 # NumPy, CuPy, PyTorch, pytest, hypothesis, pandas, tqdm, matplotlib and scikit-learn:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       array-api-compat array-api-strict mnist1d
+#   and for the nccl and mpi-cupy stages: ... mpi4py mpich nvidia-nccl-cu12
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -230,6 +234,19 @@ grep -q NNX_TORCH_DEVICE tests/conftest.py 2> /dev/null \
 # -- the same training on the CPU, for the accuracy comparison ---------------------------
 if [ "$DRY" = 0 ] && [ -f "$EXAMPLE" ] && [ "$HAS_OUT" = 1 ]; then
     stage train-cpu 120 "$PY" "$EXAMPLE" --backend numpy --epochs 30 --out "$OUT_DIR/train-numpy"
+fi
+# -- nnx.distributed on the GPU: NCCL on one rank, MPI host staging on two -------------
+if [ "$DRY" = 0 ]; then
+    stage nccl 60 "$PY" benchmarks/gpu_nccl_check.py
+fi
+MPIEXEC="$(dirname "$(command -v "$PY")")/mpiexec"
+[ -x "$MPIEXEC" ] || MPIEXEC="$(command -v mpiexec || true)"
+if [ "$DRY" = 0 ] && [ -n "$MPIEXEC" ]; then
+    stage mpi-cupy 120 "$MPIEXEC" -n 2 env NNX_TEST_BACKENDS=cupy NNX_REQUIRE_GPU=1 \
+        "$PY" -m pytest -q -p no:cacheprovider -m mpi tests/test_distributed.py \
+        tests/test_distributed_training.py
+elif [ "$DRY" = 0 ]; then
+    skip mpi-cupy "no mpiexec (pip install mpi4py mpich)"
 fi
 grep -h "accuracy" "$OUT_DIR"/train*.log 2> /dev/null | tee -a "$OUT_DIR/gpu_check.log"
 

@@ -171,7 +171,7 @@ def machine() -> dict[str, Any]:
     try:
         from mpi4py import MPI
 
-        mpi = MPI.Get_library_version().splitlines()[0].strip()
+        mpi = " ".join(MPI.Get_library_version().splitlines()[0].split())
     except ImportError:
         mpi = "?"
     return {
@@ -226,7 +226,7 @@ def render(
     lines += [rule, fmt.format(*header), rule]
     lines += [fmt.format(*row) for row in body]
     lines.append(rule)
-    return "\n".join(lines) + "\n"
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

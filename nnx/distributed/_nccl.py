@@ -136,7 +136,13 @@ class NCCLCommunicator(Communicator):
             return self.mpi._allreduce_flat(buf)
         self.mpi._usable()
         if self.size > 1:
-            self._wait_stream(self.ops.allreduce(buf), "allreduce")
+            self._nccl_allreduce(buf)
+        return buf
+
+    def _nccl_allreduce(self, buf: Array) -> Array:
+        """NCCL's in-place allreduce of a device buffer, waited for (any size of job:
+        ``benchmarks/gpu_nccl_check.py`` drives it on one GPU)."""
+        self._wait_stream(self.ops.allreduce(buf), "allreduce")
         return buf
 
     def _broadcast_flat(self, buf: Array, root: int) -> Array:
