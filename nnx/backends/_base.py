@@ -17,6 +17,11 @@ class Backend:
     name: str = ""
     module_name: str = ""
     install_hint: str = ""
+    #: Whether arrays can be written in place (``p -= d``, ``g[...] = 0``); JAX's cannot.
+    mutable_arrays: bool = True
+    #: Whether reading a value back to Python costs nothing to wait for (host memory,
+    #: eager): checks may then read at once instead of joining the step's one read.
+    free_reads: bool = False
 
     def __init__(self) -> None:
         self.xp: Any = None
@@ -62,6 +67,11 @@ class Backend:
     def synchronize(self, x: Any) -> None:
         """Wait until the work queued on ``x``'s device is done (before another library,
         such as MPI, reads its memory). Host libraries have nothing to wait for."""
+
+    def flushes_subnormals(self, dtype: str) -> bool:
+        """Whether this library computes in ``dtype`` with subnormal numbers flushed to
+        zero (inputs and results below the smallest normal number read as 0)."""
+        return False
 
     def __repr__(self) -> str:
         return f"<nnx backend {self.name!r}>"

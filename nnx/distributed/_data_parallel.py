@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,12 +74,46 @@ class DataParallel:
         lo, hi = self.comm.shard(stop - start)
         return start + lo, start + hi
 
+    def part(self, data: Any) -> Any:
+        """This rank's contiguous part of a data set (:class:`nnx.training.data.Data`)."""
+        lo, hi = self.comm.shard(data.n)
+        return type(data)(data.X[lo:hi, ...], data.y[lo:hi, ...], hi - lo, data.on_device)
+
     # -- the step -----------------------------------------------------------------------
+    def train_step(
+        self, net: Any, loss: Any, update: Callable[[], None], X: Array, y: Array
+    ) -> tuple[Array | None, Array | None, float]:
+        """:func:`nnx.training.step.train_step` on this rank's share ``X, y`` of a batch,
+        with the gradients, loss sums and error counts summed over the ranks before the
+        finiteness check and the update. Returns this share's ``(losses, yhat, loss
+        sum)`` (``None`` outputs for an empty share)."""
+        from ..training.step import forward_loss
+
+        yhat: Any = None
+        losses: Any = None
+        total, error = 0.0, None
+        with net.fresh_gradients():
+            if X.shape[0]:  # a rank's share of a short batch may be empty
+                try:
+                    yhat, losses, total = forward_loss(net, loss, X, y)
+                except AGREED as exc:
+                    error = exc  # raised on every rank after the reduction
+                if error is None and math.isfinite(total):
+                    net.backward(X, loss.backward(y, yhat), input_grad=False)
+        global_total = self.reduce_step(net, total, error)
+        if not math.isfinite(global_total):
+            raise FloatingPointError(
+                f"non-finite loss (sum over the batch = {global_total}); the parameters "
+                f"were not updated"
+            )
+        update()
+        return losses, yhat, total
+
     def reduce_step(self, network: Any, total: float, error: BaseException | None) -> float:
         """Sum the gradients, the loss sums and the error counts over the ranks (one
         packed allreduce); returns the global loss sum. Raises on every rank the error
-        of the lowest rank whose shard failed, if any."""
-        named = list(network.named_gradients())
+        of the lowest rank whose share failed, if any."""
+        named = [(name, g) for name, _, g in network.parameters_and_gradients()]
         like = named[0][1] if named else None
         stats = np.array([total, 1.0 if error is not None else 0.0])
         extra = (
@@ -87,8 +123,8 @@ class DataParallel:
         )
         out = self.comm.allreduce_sum([g for _, g in named] + [extra])
         for (name, g), r in zip(named, out, strict=False):
-            if r is not g:
-                _set_gradient(network, name, r)
+            if r is not g:  # a read-only gradient (JAX): bind the summed array
+                network.set_gradient(name, r)
         global_total, errors = (float(v) for v in backends.to_numpy(out[-1]))
         if errors:
             self.raise_agreed(error)
@@ -108,6 +144,11 @@ class DataParallel:
                 raise self.agreed from None
 
     # -- sums ---------------------------------------------------------------------------
+    def reduce(self, loss_sum: float, correct: int, uncounted: int) -> list[float]:
+        """An epoch's or an evaluation's sums, over the ranks
+        (:data:`nnx.training.step.Reduce`)."""
+        return self.comm.sum_floats([loss_sum, correct, uncounted])
+
     def sum(self, *values: float) -> list[float]:
         """Sum Python numbers over the ranks."""
         return self.comm.sum_floats(values)
@@ -117,12 +158,3 @@ class DataParallel:
         raises it (the reduced checks; a non-finite loss is decided on the global sum)."""
         if exc is not self.agreed and not isinstance(exc, FloatingPointError):
             self.comm.fail(exc)
-
-
-def _set_gradient(network: Any, name: str, value: Array) -> None:
-    """Bind the gradient ``name`` (dotted) of ``network`` to ``value`` (read-only arrays,
-    which the allreduce returns as new arrays)."""
-    setter = getattr(network, "set_gradient", None)
-    if setter is None:  # pragma: no cover - every nnx Module has it
-        raise TypeError(f"{type(network).__name__} cannot receive summed gradients")
-    setter(name, value)
