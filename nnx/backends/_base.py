@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from ._graph import CapturedGraph
 
 
 class Backend:
@@ -58,6 +62,25 @@ class Backend:
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
+
+    def graph_mode(self, pool: Any) -> contextlib.AbstractContextManager[None]:
+        """Context for code a CUDA graph records, and for its eager rehearsal."""
+        return contextlib.nullcontext()
+
+    def new_graph_pool(self) -> Any:
+        """Memory reserved for one graph's buffers (``None`` where not needed)."""
+        return None
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        """Record the kernels one call of ``fn`` enqueues on ``device`` as a CUDA graph.
+
+        ``fn`` runs once, captured, not executed: its results are only valid after a
+        replay. Call it eagerly first (so that caches and lazily created state exist).
+        """
+        raise ValueError(
+            f"backend {self.name!r} has no CUDA graphs; they need the 'cupy' backend or "
+            f"'torch' on a CUDA device"
+        )
 
     def flushes_subnormals(self, dtype: str) -> bool:
         """Whether this library computes in ``dtype`` with subnormal numbers flushed to

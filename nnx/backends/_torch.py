@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ._base import Backend
+from ._graph import CapturedGraph
 
 
 class TorchBackend(Backend):
@@ -52,3 +55,25 @@ class TorchBackend(Backend):
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         # Tensor.unfold(dim, size, step) appends the window axis: (B, O, C, K), no copy.
         return x.unfold(1, k_size, stride)
+
+    # -- CUDA graphs ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def graph_mode(self, pool: Any) -> Iterator[None]:
+        """PyTorch captures every operation nnx uses: nothing to change."""
+        yield
+
+    def new_graph_pool(self) -> Any:
+        return self._torch.cuda.graph_pool_handle()
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        torch = self._torch
+        if device is None or torch.device(device).type != "cuda":
+            raise ValueError(
+                f"backend 'torch': CUDA graphs need tensors on a CUDA device, got device {device!r}"
+            )
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                outputs = fn()
+        return CapturedGraph(graph.replay, outputs, keep=graph)
