@@ -68,6 +68,10 @@ class Backend:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
 
+    def graphs_supported(self, device: Any) -> bool:
+        """Whether :meth:`capture` works for arrays on ``device``."""
+        return False
+
     def graph_mode(self, pool: Any) -> contextlib.AbstractContextManager[None]:
         """Context for code a CUDA graph records, and for its eager rehearsal."""
         return contextlib.nullcontext()

@@ -75,6 +75,9 @@ class CupyBackend(Backend):
         return dtype == "float32"
 
     # -- CUDA graphs ----------------------------------------------------------------
+    def graphs_supported(self, device: Any) -> bool:
+        return True
+
     @contextlib.contextmanager
     def graph_mode(self, pool: Any) -> Iterator[None]:
         """Run code the way a captured graph will: allocations from ``pool``, matrix

@@ -57,6 +57,9 @@ class TorchBackend(Backend):
         return x.unfold(1, k_size, stride)
 
     # -- CUDA graphs ----------------------------------------------------------------
+    def graphs_supported(self, device: Any) -> bool:
+        return device is not None and self._torch.device(device).type == "cuda"
+
     @contextlib.contextmanager
     def graph_mode(self, pool: Any) -> Iterator[None]:
         """PyTorch captures every operation nnx uses: nothing to change."""
