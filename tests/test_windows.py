@@ -338,3 +338,20 @@ def test_all_2d_paths_agree(k, s):
         pass
     for name, w in paths.items():
         np.testing.assert_array_equal(w, paths["reference"], err_msg=name)
+
+
+def test_uniform_draws_reproducible_on_the_backend(backend):
+    """backends.uniform: [0, 1) values of like's backend and dtype, same seed same draws."""
+    like = nnx.asarray(np.zeros((2, 3)))
+    nnx.manual_seed(7)
+    a = backends.uniform((500, 4), like)
+    b = backends.uniform((500, 4), like)
+    nnx.manual_seed(7)
+    a2 = backends.uniform((500, 4), like)
+    assert type(a) is type(like) and backends.dtype_name(a) == backends.dtype_name(like)
+    assert tuple(a.shape) == (500, 4)
+    ha, hb = host(a), host(b)
+    np.testing.assert_array_equal(ha, host(a2))
+    assert not np.array_equal(ha, hb)
+    assert ha.min() >= 0.0 and ha.max() < 1.0
+    assert abs(ha.mean() - 0.5) < 0.03
