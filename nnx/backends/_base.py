@@ -59,7 +59,6 @@ class Backend:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
 
-<<<<<<< HEAD
     def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
         """``(batch, out_h, out_w, channels, k_h, k_w)`` sliding windows of ``x``.
 
@@ -78,12 +77,11 @@ class Backend:
         """
         host = rng.random(shape, dtype=np.float64).astype(_dtype_of(like))
         return self.from_numpy(host, self.device_of(like))
-=======
+
     def flushes_subnormals(self, dtype: str) -> bool:
         """Whether this library computes in ``dtype`` with subnormal numbers flushed to
         zero (inputs and results below the smallest normal number read as 0)."""
         return False
->>>>>>> main
 
     def __repr__(self) -> str:
         return f"<nnx backend {self.name!r}>"
