@@ -173,7 +173,7 @@ class Conv2D(_Windowed2D):
     (8, 12, 12, 16)
     """
 
-    _fresh_gradients = True  # backward_update_gradient adds through _accumulate
+    _fresh_gradients = True  # every gradient write goes through accumulate_gradient
 
     def __init__(
         self,
@@ -274,9 +274,11 @@ class Conv2D(_Windowed2D):
         cols = self._cache if self._cache_key is input else self._cols(xp, input, out)
         d2 = xp.reshape(delta, (input.shape[0] * out[0] * out[1], self.chan_out))
         grad = xp.matmul(mT(cols), d2)  # Vᵀ δ
-        self._accumulate("weight", xp.reshape(grad, tuple(self._parameters["weight"].shape)))
+        self.accumulate_gradient(
+            "weight", xp.reshape(grad, tuple(self._parameters["weight"].shape))
+        )
         if self.bias:
-            self._accumulate("bias", xp.sum(d2, axis=0))
+            self.accumulate_gradient("bias", xp.sum(d2, axis=0))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         out = self._check_backward(input, delta)
