@@ -150,3 +150,27 @@ def test_cuda_graph_refusals(backend, rng):
         ValueError, match="CUDA graphs need the 'cupy' backend or 'torch' on a CUDA"
     ):
         opt.step(nnx.asarray(rng.standard_normal((4, 6))), nnx.asarray(rng.integers(0, 3, 4)))
+
+
+def test_a_failed_recording_warns_and_runs_eagerly(backend, monkeypatch, rng):
+    backend_obj = backends.BACKENDS[backend]
+
+    def refuse(self, fn, device, pool=None):
+        raise NotImplementedError("calling cuBLAS API during stream capture is unsupported")
+
+    monkeypatch.setattr(type(backend_obj), "graphs_supported", lambda self, device: True)
+    monkeypatch.setattr(type(backend_obj), "new_graph_pool", lambda self: None)
+    monkeypatch.setattr(type(backend_obj), "capture", refuse)
+    nnx.manual_seed(3)
+    net = _mlp()
+    eager = copy.deepcopy(net)
+    a = nnx.Optim(eager, nnx.CELogSoftmax(), eps=0.05)
+    b = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.05, cuda_graph=True)
+    X, y = nnx.asarray(rng.standard_normal((8, 6))), nnx.asarray(rng.integers(0, 3, 8))
+    with pytest.warns(RuntimeWarning, match=r"recording the step for batch shape \(8, 6\).*cuBLAS"):
+        b.step(X, y)
+    a.step(X, y)
+    for _ in range(2):  # no second warning, the same steps as the eager Optim
+        np.testing.assert_allclose(host(b.step(X, y)), host(a.step(X, y)), rtol=1e-6)
+    for (_, p), (_, q) in zip(eager.named_parameters(), net.named_parameters(), strict=True):
+        np.testing.assert_allclose(host(q), host(p), rtol=1e-6)

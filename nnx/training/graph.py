@@ -15,6 +15,9 @@ step once per batch shape and replays it with one launch per part:
    synchronisation), and the update graph is replayed only when the loss is finite and
    the checks pass, so the parameters keep their values otherwise, as in the eager step.
 
+If recording fails (an operation the library cannot capture), a ``RuntimeWarning`` says
+why and steps of that shape run eagerly.
+
 What a replay computes is fixed at capture: shapes, buffers and Python scalars (the step
 size). Update rules whose scalars change every step (Adam's bias correction) cannot be
 recorded and are refused. The per-sample losses and the output a replay returns are the
@@ -24,6 +27,7 @@ graph's buffers, overwritten by the next replay.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -43,12 +47,16 @@ class _Recorded(NamedTuple):
     checks: list[DeferredCheck]
 
 
+#: marks a batch shape whose recording failed: its steps run eagerly
+_EAGER: Any = object()
+
+
 class GraphedStep:
     """``train_step`` for a network, a loss and an update, replayed as CUDA graphs."""
 
     def __init__(self, net: Module, loss: Loss, update: Callable[[], None]) -> None:
         self.net, self.loss, self.update = net, loss, update
-        self._recorded: dict[tuple[Any, ...], _Recorded] = {}
+        self._recorded: dict[tuple[Any, ...], Any] = {}  # _Recorded, or _EAGER
         self._pool: Any = None  # one memory pool for all of this step's graphs
 
     def __call__(self, X: Array, y: Array) -> tuple[Array, Array, float]:
@@ -57,6 +65,8 @@ class GraphedStep:
         rec = self._recorded.get(key)
         if rec is None:
             return self._record(key, X, y)
+        if rec is _EAGER:
+            return train_step(self.net, self.loss, self.update, X, y)
         rec.X[...] = X
         rec.y[...] = y
         rec.forward_backward.replay()
@@ -105,8 +115,18 @@ class GraphedStep:
                 net.backward(Xs, loss.backward(ys, yhat), input_grad=False)
             return losses, yhat, read, list(pending)
 
-        fb = backend.capture(forward_backward, device, self._pool)
-        up = backend.capture(self.update, device, self._pool)
+        try:
+            fb = backend.capture(forward_backward, device, self._pool)
+            up = backend.capture(self.update, device, self._pool)
+        except Exception as exc:  # noqa: BLE001 - the step itself worked: go on eagerly
+            warnings.warn(
+                f"Optim(cuda_graph=True): recording the step for batch shape {key[0]} "
+                f"failed ({type(exc).__name__}: {exc}); steps of that shape run eagerly",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self._recorded[key] = _EAGER
+            return result
         losses, yhat, read, checks = fb.outputs
         self._recorded[key] = _Recorded(Xs, ys, fb, up, losses, yhat, read, checks)
         return result
