@@ -31,6 +31,45 @@ from nnx import backends  # noqa: E402
 
 def modules() -> list[tuple[str, Any, tuple[int, ...]]]:
     """(name, module built on NumPy, input shape)."""
+    return _modules_1d() + _modules_2d() + _regularizers()
+
+
+def _modules_2d() -> list[tuple[str, Any, tuple[int, ...]]]:
+    """Images, channels last, where this nnx has them (issue 14)."""
+    if not hasattr(nnx, "Conv2D"):
+        return []
+    return [
+        ("Conv2D(3,2,4)", nnx.Conv2D(3, 2, 4), (3, 9, 8, 2)),
+        (
+            "Conv2D((3,2),2,4,stride=(2,1),bias)",
+            nnx.Conv2D((3, 2), 2, 4, stride=(2, 1), bias=True),
+            (3, 9, 8, 2),
+        ),
+        ("Conv2D(3,2,3,padding=same)", nnx.Conv2D(3, 2, 3, padding="same"), (3, 7, 6, 2)),
+        ("Conv2D(5,1,6) LeNet", nnx.Conv2D(5, 1, 6), (4, 28, 28, 1)),
+        ("Conv1D(3,2,4,padding=1)", nnx.Conv1D(3, 2, 4, padding=1), (5, 17, 2)),
+        ("MaxPool2D(2)", nnx.MaxPool2D(2), (3, 9, 8, 3)),
+        ("MaxPool2D(3,stride=1)", nnx.MaxPool2D(3, stride=1), (3, 9, 8, 3)),
+        ("AvgPool2D(2)", nnx.AvgPool2D(2), (3, 9, 8, 3)),
+        ("Flatten 4-D", nnx.Flatten(), (3, 4, 5, 2)),
+    ]
+
+
+def _regularizers() -> list[tuple[str, Any, tuple[int, ...]]]:
+    """BatchNorm (train mode: batch statistics); Dropout in eval mode (the identity; its
+    masks come from nnx's generator, not comparable across libraries)."""
+    out = []
+    if hasattr(nnx, "BatchNorm"):
+        out += [
+            ("BatchNorm(6)", nnx.BatchNorm(6), (5, 6)),
+            ("BatchNorm(3) 4-D", nnx.BatchNorm(3), (3, 4, 5, 3)),
+        ]
+    if hasattr(nnx, "Dropout"):
+        out.append(("Dropout(0.5) eval", nnx.Dropout(0.5).eval(), (5, 6)))
+    return out
+
+
+def _modules_1d() -> list[tuple[str, Any, tuple[int, ...]]]:
     return [
         ("Conv1D(3,2,4)", nnx.Conv1D(3, 2, 4), (5, 17, 2)),
         ("Conv1D(3,2,4,stride=2,bias)", nnx.Conv1D(3, 2, 4, stride=2, bias=True), (5, 17, 2)),
