@@ -91,6 +91,8 @@ def test_single_process_communicator_is_the_plain_run(backend, float64, make_opt
 def test_comm_must_be_a_communicator():
     with pytest.raises(TypeError, match="comm must be a communicator"):
         nnx.Optim(mlp(0), nnx.CELogSoftmax(), comm="mpi")
+    with pytest.raises(ValueError, match="cuda_graph=True with comm= is not supported"):
+        nnx.Optim(mlp(0), nnx.CELogSoftmax(), comm=SingleProcess(), cuda_graph=True)
 
 
 # -- on the ranks of mpiexec -n 2 ---------------------------------------------------------

@@ -14,6 +14,7 @@ from .. import backends, distributed
 from ..module import Array, Loss, Module, check_positive_int, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
+from .graph import GraphedStep
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
 from .loop import run_epochs, train_epoch
 from .progress import Progress
@@ -72,6 +73,12 @@ class Optim:
         passes of ``SGD_eval`` are computed on shares and summed; only rank 0 shows
         progress bars and draws ``online_plot``. Ctrl-C, or an error on one rank only,
         stops every rank (see :class:`nnx.distributed.MPICommunicator`).
+    cuda_graph : bool, default False
+        Replay each step as CUDA graphs (:mod:`nnx.training.graph`): the first batch of
+        each shape runs eagerly and is recorded, later ones cost a few launches instead
+        of one per operation. For the ``cupy`` backend and ``torch`` on CUDA, with the
+        plain update or an optimiser whose step has no changing scalars (``SGD``,
+        ``Momentum``; not ``Adam``).
 
     Examples
     --------
@@ -98,6 +105,7 @@ class Optim:
         eps: float = 1e-3,
         optimizer: Any = None,
         comm: Any = None,
+        cuda_graph: bool = False,
     ) -> None:
         if not isinstance(network, Module):
             raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
@@ -114,11 +122,23 @@ class Optim:
                 f"Optim: optimizer must have a step(network) method (see nnx.optimizers), "
                 f"got {type(optimizer).__name__}"
             )
+        if cuda_graph and optimizer is not None and not getattr(optimizer, "capturable", False):
+            raise ValueError(
+                f"Optim: cuda_graph=True needs an update a CUDA graph can replay; "
+                f"{type(optimizer).__name__}'s step changes its scalars every step (use "
+                f"SGD or Momentum, or cuda_graph=False)"
+            )
+        if cuda_graph and comm is not None:
+            raise ValueError(
+                "Optim: cuda_graph=True with comm= is not supported: a data-parallel step "
+                "sums the gradients over the ranks between the backward pass and the update"
+            )
         self.loss, self.eps = loss, float(eps)
         self.optimizer = optimizer
         #: The communicator of data-parallel training (``None``: this process alone).
         self.comm = comm
         self._dp = None if comm is None else distributed.DataParallel(comm)
+        self.cuda_graph = bool(cuda_graph)
         self.network = network
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
         self.X_train: Any = None
@@ -141,6 +161,7 @@ class Optim:
     def network(self, network: Module) -> None:
         self._network = network
         self._placement = placement.Placement(network)
+        self._graphed = GraphedStep(network, self.loss, self._update) if self.cuda_graph else None
 
     def _place(self) -> placement.Placement:
         self._placement.max_device_bytes = self.max_device_bytes
@@ -156,6 +177,8 @@ class Optim:
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
         if self._dp is not None:
             return self._dp.train_step(self.network, self.loss, self._update, X, y)
+        if self._graphed is not None:
+            return self._graphed(X, y)
         return train_step(self.network, self.loss, self._update, X, y)
 
     def step(self, batch_x: Any, batch_y: Any) -> Array:
@@ -175,13 +198,16 @@ class Optim:
         like = place.like()
         X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
         try:
-            return self._step(X, y)[0]
+            losses = self._step(X, y)[0]
         except FloatingPointError as exc:
             raise FloatingPointError(f"Optim.step: {exc}") from None
         except BaseException as exc:
             if dp is not None:
                 dp.failed(exc)
             raise
+        if self._graphed is not None:  # a graph's buffer: the next replay overwrites it
+            return namespace(losses).asarray(losses, copy=True)
+        return losses
 
     # -- evaluation -------------------------------------------------------------------
     def predict(self, X: Any) -> Array:
