@@ -492,6 +492,8 @@ class _NumpyAsCupy:
     reduction kernel ``a * b`` summed with ``+`` over ``axis`` is ``sum(a * b, axis)``."""
 
     swapaxes = staticmethod(np.swapaxes)
+    concatenate = staticmethod(np.concatenate)
+    zeros = staticmethod(np.zeros)
 
     @staticmethod
     def ReductionKernel(in_params, out_params, map_expr, reduce_expr, post, identity, name):  # noqa: N802
@@ -500,7 +502,15 @@ class _NumpyAsCupy:
 
 
 @pytest.mark.parametrize(
-    "shapes", [((5, 3), (3, 4)), ((1, 7), (7, 1)), ((2, 5, 3), (3, 4)), ((2, 5, 3), (2, 3, 6))]
+    "shapes",
+    [
+        ((5, 3), (3, 4)),
+        ((1, 7), (7, 1)),
+        ((2, 5, 3), (3, 4)),
+        ((2, 5, 3), (2, 3, 6)),
+        ((3, 2000), (2000, 32)),  # a long sum into few outputs: split into chunks, padded
+        ((3, 1536), (1536, 4)),  # ... whose length is a multiple of the chunk
+    ],
 )
 def test_cupy_graph_mode_matmul_arithmetic(shapes, rng, monkeypatch):
     """The CuPy namespace's graph-mode matmul (a reduction kernel over broadcast views,
