@@ -542,7 +542,7 @@ def test_cupy_fused_kernels_cover_the_fused_ops():
         for name in fused.__all__
     }
     assert set(asked.values()) == set(_cupy.FUSED_SOURCES)
-    for op, (inputs, outputs, body, kname) in _cupy.FUSED_SOURCES.items():
+    for op, (_inputs, outputs, body, kname) in _cupy.FUSED_SOURCES.items():
         assert kname == f"nnx_{op}" and body.startswith(outputs.split()[-1])
     for name in ("numpy", "torch", "array_api_strict"):
         assert backends.BACKENDS[name].fused_kernel("tanh_backward") is None
