@@ -150,6 +150,15 @@ def docs(session: nox.Session) -> None:
         "docs/_build/html",
         *session.posargs,
     )
+    # The built pages load nothing from the network (MathJax is served from _static).
+    session.run(
+        "pytest",
+        "-q",
+        "tests/test_docs.py",
+        "-k",
+        "network",
+        env={"NNX_DOCS_HTML": str(ROOT / "docs" / "_build" / "html")},
+    )
 
 
 @nox.session(default=False)
