@@ -31,7 +31,7 @@ every time.
 Where the cache lives, in order of precedence:
 
 - the ``cache`` argument of :func:`mnist1d` / :func:`load` (``nnx train --data-cache``):
-  a folder, or ``False`` for no cache;
+  a folder, or ``False`` (or ``"off"``) for no cache;
 - the environment variable ``NNX_DATA_CACHE``: a folder, or ``off`` (also ``0``,
   ``false``, ``no``, or empty) for no cache;
 - the user's cache folder above.
@@ -79,7 +79,7 @@ def _missing(package: str, loader: str, exc: ImportError) -> ImportError:
 def cache_dir(cache: str | os.PathLike[str] | bool | None = None) -> Path | None:
     """The folder where generated data sets are cached, or ``None`` when caching is off.
 
-    ``cache``: a folder, ``False`` (off), or ``None``/``True`` (the ``NNX_DATA_CACHE``
+    ``cache``: a folder, ``False`` or ``"off"`` (off), or ``None``/``True`` (the ``NNX_DATA_CACHE``
     environment variable if set, else the user's cache folder; see the module docs).
 
     >>> import nnx
@@ -88,7 +88,7 @@ def cache_dir(cache: str | os.PathLike[str] | bool | None = None) -> Path | None
     >>> nnx.datasets.cache_dir("/tmp/my-cache").as_posix()
     '/tmp/my-cache'
     """
-    if cache is False:
+    if cache is False or (isinstance(cache, str) and cache.strip().lower() in _OFF):
         return None
     if cache is not None and cache is not True:
         return Path(cache).expanduser()

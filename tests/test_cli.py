@@ -98,6 +98,75 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, argv, text):
     assert text in capsys.readouterr().err
 
 
+def test_version_and_a_default_on_every_help_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"nnx {nnx.__version__}"
+    for command in ("train", "evaluate"):
+        parser = cli._parser()
+        sub = parser._subparsers._group_actions[0].choices[command]
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert "default" in (action.help or "").lower(), (command, action.option_strings)
+
+
+def test_evaluate_explains_folders_and_files_that_are_not_models(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    assert cli.main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a model file" in err and "Errno" not in err
+    (run / "model.npz").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive
+    assert cli.main(["evaluate", str(run)]) == 2
+    assert f"the model of a run is {run / 'model.npz'}" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run / "metrics.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a model file" in err and "pickle" not in err
+
+
+def test_early_stopping_is_announced(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "60"]
+    assert cli.main([*argv, "--patience", "2", "--lr", "0.05", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_early"] and metrics["epochs_run"] < 60
+    run, best = metrics["epochs_run"], metrics["best_epoch"]
+    assert f"early stopping after epoch {run} of 60: no better validation accuracy" in stdout
+    assert f"kept the parameters of epoch {best}, the best validation accuracy" in stdout
+
+
+def test_a_run_folder_is_never_overwritten_silently(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    first = (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes()
+    assert cli.main([*argv, "--seed", "1"]) == 0  # default folder taken: the next number
+    assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() == first
+    assert (tmp_path / "runs" / "digits-mlp-2" / "history.csv").exists()
+    assert cli.main(argv[:-1] + ["--seed", "2"]) == 0
+    assert "holds an earlier run: writing to runs/digits-mlp-3/" in capsys.readouterr().out
+    explicit = ["--out", "runs/digits-mlp"]
+    assert cli.main([*argv, *explicit]) == 2  # an explicit --out is refused...
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "pass --overwrite" in err
+    assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() == first
+    assert cli.main([*argv, *explicit, "--seed", "4", "--overwrite"]) == 0  # ...unless asked
+    assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() != first
+
+
+def test_run_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        out, code = _train(tmp_path, "numpy", "--quiet", "--epochs", "1")
+    finally:
+        os.umask(old)
+    assert code == 0
+    for name in ("history.csv", "learning_curve.png", "metrics.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640, name
+
+
 def test_limit_threads_restores_torch_threads():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
