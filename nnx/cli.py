@@ -255,6 +255,21 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(f"--{name} must be positive, got {value}")
 
 
+def epoch_line(record: dict[str, float]) -> str:
+    """The line printed after each epoch when no progress bars are shown.
+
+    >>> from nnx.cli import epoch_line
+    >>> epoch_line({"epoch": 3, "loss_train": 0.5, "loss_test": 0.6, "score_train": 0.9,
+    ...             "score_test": 0.8})
+    'epoch   3  loss 0.5000  val_loss 0.6000  acc 0.9000  val_acc 0.8000'
+    """
+    r = record
+    return (
+        f"epoch {r['epoch']:3d}  loss {r['loss_train']:.4f}  val_loss {r['loss_test']:.4f}  "
+        f"acc {r['score_train']:.4f}  val_acc {r['score_test']:.4f}"
+    )
+
+
 def _holds_run(folder: Path) -> list[str]:
     """The run files already in ``folder`` (empty when it is new or holds none)."""
     return [name for name in RUN_FILES if (folder / name).exists()]
@@ -332,11 +347,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
             def log(r: dict[str, float]) -> None:
                 if not bars_shown:
-                    say(
-                        f"epoch {r['epoch']:3d}  loss {r['loss_train']:.4f}  "
-                        f"val_loss {r['loss_test']:.4f}  acc {r['score_train']:.4f}  "
-                        f"val_acc {r['score_test']:.4f}"
-                    )
+                    say(epoch_line(r))
 
             from .training import Progress
 

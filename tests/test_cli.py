@@ -280,6 +280,30 @@ def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
         assert (out / name).stat().st_size > 0
 
 
+def test_example_script_matches_the_cli(tmp_path, capsys):
+    """Same recipe, seed and thread policy: the example and ``nnx train`` print the same
+    epochs and the same test accuracy; without a terminal, one line per epoch."""
+    pytest.importorskip("mnist1d")
+    common = ["--model", "mlp", "--epochs", "2", "--seed", "3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = ROOT / "examples" / "train_mnist1d_gpu.py"
+    run = subprocess.run(
+        [sys.executable, str(script), *common, "--backend", "numpy", "--out", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert cli.main(["train", *common, "--out", str(tmp_path / "c")]) == 0
+    mine = capsys.readouterr().out.splitlines()
+    theirs = run.stdout.splitlines()
+    epochs = [line for line in mine if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs == [line for line in theirs if line.startswith("epoch ")]
+    result = next(line for line in mine if line.startswith("test accuracy: "))
+    assert theirs[-1].startswith(result.split("[")[0])  # same accuracy, same format
+
+
 @pytest.mark.slow
 def test_default_main_job_reaches_93_percent_on_mnist1d(tmp_path):
     """``nnx train`` with its defaults (deeper CNN, Adam, NumPy): about 10 s here."""
