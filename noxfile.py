@@ -32,6 +32,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nox
@@ -39,6 +40,10 @@ import nox
 nox.options.sessions = ["lint", "tests", "docs"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
+# uv builds the session environments (installed with nox by `pip install "nox[uv]"`):
+# installs come from uv's cache as hard links, so the sessions share one copy of PyTorch
+# on disk. Without uv, nox falls back to virtualenv + pip.
+nox.options.default_venv_backend = "uv|virtualenv"
 
 ROOT = Path(__file__).parent
 LINT_PATHS = ("nnx", "tests", "benchmarks", "examples", "docs", "noxfile.py")
@@ -51,6 +56,58 @@ BACKENDS = [
     nox.param("torch", tags=["torch", "cpu"]),
     nox.param("cupy", tags=["cupy", "gpu"]),
 ]
+
+
+# uv does not read pip's configuration. A machine whose pip is set up with a wheel folder,
+# a mirror or a constraints file gets the same packages from uv: those settings are
+# handed to uv through its environment variables, unless UV_* ones are already set.
+_PIP_TO_UV = {
+    "index-url": ("UV_INDEX_URL", " "),
+    "extra-index-url": ("UV_EXTRA_INDEX_URL", " "),
+    "find-links": ("UV_FIND_LINKS", ","),
+    "constraint": ("UV_CONSTRAINT", " "),
+}
+
+
+def _pip_settings() -> dict[str, list[str]]:
+    """pip's index settings: its config files (``pip config list``), then PIP_* variables."""
+    found: dict[str, list[str]] = {}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rpartition(".")[2]
+        if name in _PIP_TO_UV and not key.startswith(":env:"):
+            found[name] = shlex.split(value.strip().strip("'\""))
+    for name in _PIP_TO_UV:
+        env = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+        if env:
+            found[name] = env.split()
+    return found
+
+
+def _hand_pip_settings_to_uv() -> None:
+    if any(os.environ.get(var) for var, _ in _PIP_TO_UV.values()):
+        return
+    settings = _pip_settings()
+    for name, values in settings.items():
+        var, sep = _PIP_TO_UV[name]
+        os.environ[var] = sep.join(values)
+    if "extra-index-url" in settings or "find-links" in settings:
+        # pip picks the best version over all indexes; uv's default stops at the first
+        # index that has the package
+        os.environ.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")
+
+
+_hand_pip_settings_to_uv()
 
 
 def _torch_requirement() -> list[str]:
