@@ -5,18 +5,18 @@ Every builder takes the input ``length``, the number of input ``channels`` and o
 raw logits (train them with :class:`~nnx.CELogSoftmax`). Parameters are drawn from
 nnx's generator (:func:`nnx.manual_seed`) on the current backend and dtype.
 
-=============  =====================================================================
-``simple_cnn`` the CNN of the original library (NeuralNetworksDIY): Conv1D(3, C, 32) -
-               MaxPool1D(2, 2) - Flatten - Linear(32 P, 100) - ReLU - Linear(100, K),
-               with :math:`P = \lfloor (L - 2) / 2 \rfloor` (its experiments had
-               :math:`L = 256`, hence their ``Linear(4064, 100)``)
-``cnn``        a deeper CNN: four ReLU convolutions (5, 5, 3, 3 taps; 32, 32, 64, 64
-               channels) with a max-pool after the second, then a global average pool
-               and a Linear(64, K) classifier. Global pooling makes it translation
-               invariant, which MNIST-1D rewards (96% test accuracy measured).
-``mlp``        Flatten - Linear(L C, 100) - ReLU - Linear(100, 100) - ReLU -
-               Linear(100, K), the MNIST-1D paper's MLP
-=============  =====================================================================
+==============  ====================================================================
+``simple_cnn``  the CNN of the original library (NeuralNetworksDIY): Conv1D(3, C, 32) -
+                MaxPool1D(2, 2) - Flatten - Linear(32 P, 100) - ReLU - Linear(100, K),
+                with :math:`P = \lfloor (L - 2) / 2 \rfloor` (its experiments had
+                :math:`L = 256`, hence their ``Linear(4064, 100)``)
+``cnn``         a deeper CNN: four ReLU convolutions (5, 5, 3, 3 taps; 32, 32, 64, 64
+                channels) with a max-pool after the second, then a global average pool
+                and a Linear(64, K) classifier. Global pooling makes it translation
+                invariant, which MNIST-1D rewards (96% test accuracy measured).
+``mlp``         Flatten - Linear(L C, 100) - ReLU - Linear(100, 100) - ReLU -
+                Linear(100, K), the MNIST-1D paper's MLP
+==============  ====================================================================
 
 ``seed_cnn``, the name this model had before, is kept as an alias (:data:`ALIASES`):
 ``build("seed_cnn", ...)`` and ``nnx.models.seed_cnn`` still work.
