@@ -291,7 +291,7 @@ def test_example_script_matches_the_cli(tmp_path, capsys):
     epochs and the same test accuracy; without a terminal, one line per epoch."""
     pytest.importorskip("mnist1d")
     common = ["--model", "mlp", "--epochs", "2", "--seed", "3"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     script = ROOT / "examples" / "train_mnist1d_gpu.py"
     run = subprocess.run(
         [sys.executable, str(script), *common, "--backend", "numpy", "--out", str(tmp_path / "e")],
