@@ -47,7 +47,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -124,28 +123,10 @@ def _read(path: Path) -> Split | None:
 
 def _write(path: Path, split: Split, args: dict[str, Any]) -> None:
     """Write atomically; a folder that cannot be written is skipped, not an error."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dict(zip(_KEYS, split, strict=True)), args=json.dumps(args))
-        # mkstemp creates 0600 files; a cache file gets the umask's mode like any other
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError:
-        pass
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    from .atomic import atomic_open
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with contextlib.suppress(OSError), atomic_open(path, "wb") as f:
+        np.savez(f, **dict(zip(_KEYS, split, strict=True)), args=json.dumps(args))
 
 
 def _cached(name: str, args: dict[str, Any], build: Callable[[], Split], cache: Any) -> Split:
