@@ -5,8 +5,8 @@
 stopping; the best epoch is kept), then reports the accuracy on the data set's
 held-out test set, and writes to the output folder:
 
-- ``history.csv``: epoch, loss_train, loss_test, score_train, score_test (the
-  ``*_test`` columns are the validation split);
+- ``history.csv``: epoch, loss, val_loss, acc, val_acc (``val_*``: the validation
+  split, a held-out part of the training set; ``acc``: accuracy);
 - ``learning_curve.png``: loss and accuracy curves;
 - ``model.npz``: the trained network (:func:`nnx.save`), loadable with :func:`nnx.load`;
 - ``metrics.json``: the run's settings, test accuracy, times.
@@ -395,7 +395,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": net.num_parameters(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    nnx.training.write_csv(history, out / "history.csv")
+    nnx.training.write_csv(history, out / "history.csv", names=nnx.training.VALIDATION_NAMES)
     try:
         nnx.training.plot_history(
             history,

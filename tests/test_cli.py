@@ -44,7 +44,8 @@ def test_train_writes_history_curve_model_and_metrics(backend, tmp_path, capsys)
     ]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    assert set(rows[0]) == {"epoch", "loss_train", "loss_test", "score_train", "score_test"}
+    # the validation names of the command line, not SGD_eval's loss_test/score_test
+    assert list(rows[0]) == ["epoch", "loss", "val_loss", "acc", "val_acc"]
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == backend and metrics["optimizer"] == "momentum"
