@@ -49,6 +49,9 @@ ROOT = Path(__file__).parent
 LINT_PATHS = ("nnx", "tests", "benchmarks", "examples", "docs", "noxfile.py")
 DEFAULT_TORCH = "torch==2.13.0"
 NO_TESTS_COLLECTED = 5
+# pytest-xdist: one worker per core (at most 4: the GPU session shares one device).
+# `-- -n 0` after the session name runs the tests in one process.
+PARALLEL = ("-n", "auto", "--maxprocesses", "4")
 
 BACKENDS = [
     nox.param("numpy", tags=["numpy", "cpu"]),
@@ -167,15 +170,25 @@ def tests(session: nox.Session, backend: str) -> None:
         # error and CuPy's as_strided signature (the CuPy tests themselves skip).
         extras = "tests,cupy"
     session.install(f".[{extras}]", *_torch_requirement())
-    session.run("pytest", *session.posargs, env=env, success_codes=_pytest_success_codes(session))
+    # Nothing may rely on assert statements: the numpy session runs the suite under
+    # python -O (pytest still rewrites the tests' own asserts, and those of helpers.py,
+    # so they still check); the other backends run it with asserts on.
+    python = ["python", "-O"] if backend == "numpy" else ["python"]
+    session.run(
+        *python,
+        "-m",
+        "pytest",
+        *PARALLEL,
+        *session.posargs,
+        env=env,
+        success_codes=_pytest_success_codes(session),
+    )
     if backend == "numpy" and session.posargs:
-        session.log("pytest arguments given: doctests and the python -O run are skipped")
+        session.log("pytest arguments given: the doctests are skipped")
     elif backend == "numpy":
         # Docstring examples of the installed package, and the examples of the guides.
         session.run("pytest", "--doctest-modules", "--pyargs", "nnx", "-q")
         session.run("pytest", "--doctest-glob=*.rst", "-q", "docs")
-        # Nothing may rely on assert statements: the whole suite again under python -O.
-        session.run("python", "-O", "-m", "pytest", "-q", env=env)
 
 
 @nox.session
