@@ -82,6 +82,7 @@ def _pip_settings() -> dict[str, list[str]]:
             text=True,
             timeout=60,
             check=False,
+            env=dict(os.environ),
         ).stdout
     except (OSError, subprocess.SubprocessError):
         out = ""
