@@ -132,6 +132,7 @@ def test_evaluate_explains_folders_and_files_that_are_not_models(tmp_path, capsy
     assert "is not a model file" in err and "pickle" not in err
 
 
+@pytest.mark.once
 def test_early_stopping_is_announced(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "60"]
@@ -144,6 +145,7 @@ def test_early_stopping_is_announced(tmp_path, capsys):
     assert f"kept the parameters of epoch {best}, the best validation accuracy" in stdout
 
 
+@pytest.mark.once
 def test_a_run_folder_is_never_overwritten_silently(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--quiet"]
@@ -189,6 +191,7 @@ def test_bad_choice_is_an_argparse_error(capsys):
     assert "invalid choice: 'resnet'" in capsys.readouterr().err
 
 
+@pytest.mark.once
 def test_python_dash_m_nnx(tmp_path):
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
     help_ = subprocess.run(
@@ -242,6 +245,7 @@ def test_console_script_entry_point():
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
     out = tmp_path / "digits"
     assert (
@@ -253,6 +257,7 @@ def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
     assert np.isfinite(metrics["test_loss"])
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("script", "args", "outputs"),
     [
@@ -287,6 +292,7 @@ def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.once
 def test_example_script_matches_the_cli(tmp_path, capsys):
     """Same recipe, seed and thread policy: the example and ``nnx train`` print the same
     epochs and the same test accuracy; without a terminal, one line per epoch."""
@@ -312,6 +318,7 @@ def test_example_script_matches_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_default_main_job_reaches_93_percent_on_mnist1d(tmp_path):
     """``nnx train`` with its defaults (deeper CNN, Adam, NumPy): about 10 s here."""
     pytest.importorskip("mnist1d")

@@ -65,6 +65,7 @@ def _cache_files(folder):
     return sorted(p.name for p in folder.glob("mnist1d-*.npz"))
 
 
+@pytest.mark.once
 def test_mnist1d_disk_cache_is_written_once_and_read_back(tmp_path, monkeypatch):
     pytest.importorskip("mnist1d")
     import mnist1d.data
@@ -92,6 +93,7 @@ def test_mnist1d_disk_cache_is_written_once_and_read_back(tmp_path, monkeypatch)
     datasets._mnist1d_split.cache_clear()
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
 def test_mnist1d_corrupt_or_missing_cache_file_is_regenerated(tmp_path, damage):
     pytest.importorskip("mnist1d")
@@ -127,6 +129,7 @@ def test_cache_location_argument_environment_and_off(tmp_path, monkeypatch):
     assert default is not None and default.name == "datasets" and "nnx" in default.parts
 
 
+@pytest.mark.once
 def test_mnist1d_cache_off_and_unwritable_folder_write_nothing(tmp_path, monkeypatch):
     pytest.importorskip("mnist1d")
     datasets._mnist1d_split.cache_clear()
