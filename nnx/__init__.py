@@ -35,7 +35,7 @@ from .backends import (
 from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
 from .encapsulation import Optim, Sequential
 from .linear import Linear
-from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss
+from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Loss, Module
 from .serialization import load, save
 
@@ -54,6 +54,7 @@ __all__ = [
     "Loss",
     "MSELoss",
     "MaxPool1D",
+    "NLLLoss",
     "Module",
     "Optim",
     "ReLU",

@@ -274,7 +274,8 @@ class LogSoftmax(Activation):
         \frac{\partial L}{\partial x} = \delta - e^{z} \sum_j \delta_j
 
     (since :math:`\partial z_i / \partial x_j = \mathbb{1}[i=j] - \text{softmax}(x)_j`).
-    Use with :class:`~nnx.CrossEntropyLoss`.
+    Use with :class:`~nnx.NLLLoss` (or :class:`~nnx.CrossEntropyLoss`, which takes raw
+    scores and gives the same result after a LogSoftmax).
 
     Shape: ``(batch, K)`` (or any ``(..., K)``); the output has the input's shape.
 

@@ -847,7 +847,9 @@ def test_empty_batch_is_valid(backend, make, in_shape, out_shape):
 
 
 @pytest.mark.parametrize(
-    "loss", [nnx.MSELoss(), nnx.BCELoss(), nnx.CrossEntropyLoss(), nnx.CELogSoftmax()], ids=repr
+    "loss",
+    [nnx.MSELoss(), nnx.BCELoss(), nnx.NLLLoss(), nnx.CrossEntropyLoss(), nnx.CELogSoftmax()],
+    ids=repr,
 )
 def test_empty_batch_losses(backend, loss):
     yhat = nnx.asarray(np.full((0, 3), 0.5))

@@ -226,6 +226,7 @@ def test_loss_classes_found():
         "BCELoss",
         "CrossEntropyLoss",
         "CELogSoftmax",
+        "NLLLoss",
     }
 
 
