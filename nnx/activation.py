@@ -41,7 +41,7 @@ class Activation(Module):
         if not (
             type(delta) is type(input) and delta.dtype == input.dtype and delta.shape == input.shape
         ):
-            self._check_input(delta, tuple(input.shape), "delta", like=input)
+            delta = self._check_input(delta, tuple(input.shape), "delta", like=input)
         xp = namespace(input)
         out = self._cache if cached else self._forward(xp, input)
         return self._backward(xp, input, out, delta)

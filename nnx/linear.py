@@ -97,32 +97,37 @@ class Linear(Module):
 
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
+        key = X
         if not _rows_like(X, W, self.input_size):
-            self._check_input(X, ("batch", self.input_size), like=W)  # raises, says why
+            # another float dtype is cast; anything else raises, saying why
+            X = self._check_input(X, ("batch", self.input_size), like=W)
         out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
-        self._cache_key = X  # checked: the backward pass on this input skips the check
+        # checked: the backward pass on this input skips the check (unless it was cast)
+        self._cache_key = key if key is X else None
         return out
 
-    def _check_backward(self, input: Array, delta: Array) -> None:
+    def _check_backward(self, input: Array, delta: Array) -> tuple[Array, Array]:
+        """``(input, delta)`` checked, floating arrays of another dtype cast to W's."""
         W = self._parameters["weight"]
         if input is not self._cache_key:
-            self._check_input(input, ("batch", self.input_size), like=W)
+            input = self._check_input(input, ("batch", self.input_size), like=W)
         if not (_rows_like(delta, W, self.output_size) and delta.shape[0] == input.shape[0]):
-            self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+            delta = self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+        return input, delta
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
-        self._check_backward(input, delta)
+        input, delta = self._check_backward(input, delta)
         self._add_gradients(input, delta)
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        self._check_backward(input, delta)
+        input, delta = self._check_backward(input, delta)
         return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
 
     def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
         # the two methods above with one check (what Sequential.backward calls)
-        self._check_backward(input, delta)
+        input, delta = self._check_backward(input, delta)
         self._add_gradients(input, delta)
         if not input_grad:
             return None

@@ -2,8 +2,9 @@ r"""Losses. ``forward(y, yhat)`` returns one loss per sample, shape ``(batch,)``
 ``backward(y, yhat)`` returns :math:`\partial L / \partial \hat y` for
 :math:`L = \sum_i \ell_i`, the shape of ``yhat``.
 
-Targets ``y`` have the shape of ``yhat`` (one-hot or real targets), or, for a
-``(batch, K)`` prediction, may be integer class labels of shape ``(batch,)``.
+Targets ``y`` have the shape of ``yhat`` (one-hot or real targets; cast to ``yhat``'s
+dtype), or, for a ``(batch, K)`` prediction, may be integer class labels of shape
+``(batch,)``.
 """
 
 from __future__ import annotations
@@ -99,14 +100,8 @@ class _TargetLoss(Loss):
             )
         y_shape, xp = y.shape, namespace(yhat)
         if y_shape == yhat_shape:
-            if is_floating(y):
-                if y.dtype != yhat.dtype:
-                    raise TypeError(
-                        f"{name}: y has dtype {backends.dtype_name(y)} but yhat has "
-                        f"{backends.dtype_name(yhat)}; convert the targets explicitly"
-                    )
-                return y
-            return xp.astype(y, yhat.dtype)
+            # floating targets of another dtype are cast, like a module's input
+            return y if y.dtype == yhat.dtype else xp.astype(y, yhat.dtype)
         if len(y_shape) == 1 and len(yhat_shape) == 2 and y_shape[0] == yhat_shape[0]:
             if is_floating(y) or y.dtype == xp.bool:
                 raise TypeError(

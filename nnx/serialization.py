@@ -320,7 +320,7 @@ def load(
     for n, a in state.items():
         if a.dtype.kind not in "fiu":
             raise ModelFileError(f"nnx.load: {str(path)!r}: parameter {n!r} has dtype {a.dtype}")
-    saved_rng = backends.get_rng()
+    saved_rng = backends._state.rng  # None: NumPy's global state
     try:
         # init draws from a throw-away generator: loading never shifts the user's seed
         backends._state.rng = np.random.default_rng(0)
