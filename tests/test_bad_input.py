@@ -126,8 +126,6 @@ def linear_list_input(c):
     return lambda: net(X), [net, X]
 
 
-
-
 @case(TypeError, LIN, r"backend '{backend}'", r"is a {other} array")
 def linear_foreign_backend_input(c):
     net, X = nnx.Linear(4, 3), c.foreign(ones(2, 4))
@@ -144,7 +142,6 @@ def linear_delta_wrong_width(c):
 def linear_delta_wrong_batch(c):
     net, X, d = nnx.Linear(4, 3), c.A(ones(2, 4)), c.A(ones(3, 3))
     return lambda: net.backward_update_gradient(X, d), [net, X, d]
-
 
 
 @case(ValueError, r"Linear\(0, 3\)", r"positive int", r"got 0")
@@ -310,7 +307,6 @@ def tanh_delta_wrong_shape(c):
     return lambda: net.backward_delta(X, d), [net, X, d]
 
 
-
 @case(ValueError, r"Softmax\(", r"at least 1 entry on the last axis", r"got shape \(2, 0\)")
 def softmax_zero_classes(c):
     net, X = nnx.Softmax(), c.A(np.zeros((2, 0)))
@@ -381,7 +377,6 @@ def nll_1d_yhat(c):
 def mse_shape_mismatch(c):
     y, yhat = c.A(ones(2, 3)), c.A(ones(2, 4))
     return lambda: nnx.MSELoss()(y, yhat), [y, yhat]
-
 
 
 @case(TypeError, r"BCELoss", r"yhat is a {backend} array", r"y is a {other} array")
