@@ -71,10 +71,11 @@ class _TargetLoss(Loss):
         self._targets_key, self._targets_value = (y, yhat), target
         return target
 
-    def _forget(self) -> None:
-        """Drop what the last calls cached (their targets failed a deferred check)."""
+    def _bad_labels(self, y: Array, num_classes: int) -> None:
+        """Raise the label error; nothing computed from these targets is reused."""
         self._targets_key = self._targets_value = None
         self._cache_key = self._cache = None
+        check_labels(type(self).__name__, y, num_classes)
 
     def _checked_targets(self, y: Array, yhat: Array) -> Array:
         name = type(self).__name__
@@ -111,13 +112,9 @@ class _TargetLoss(Loss):
             hits = _hits(y, yhat_shape[1])
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
             # count instead of a min and a max (check_labels then builds the message)
-            count = _count_true(xp, hits)
-            if self._pending_checks is not None:
-                # inside Optim's step: the count is read together with the loss (one
-                # device-to-host read per step instead of two), and checked there
-                self._pending_checks.append((count, y, yhat_shape[1]))
-            elif int(count) != y_shape[0]:
-                check_labels(name, y, yhat_shape[1])
+            self.require_count(
+                _count_true(xp, hits), y_shape[0], lambda: self._bad_labels(y, yhat_shape[1])
+            )
             return xp.astype(hits, yhat.dtype)
         raise ValueError(
             f"{name}: expected y of shape {tuple(yhat_shape)} (like yhat) or integer labels "

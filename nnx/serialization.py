@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from .atomic import atomic_open
 from .module import Module
 
 __all__ = ["FORMAT", "VERSION", "ModelFileError", "load", "read_header", "register", "save"]
@@ -138,19 +138,8 @@ def save(
         if v.dtype.kind not in "fiub":
             raise TypeError(f"nnx.save: parameter {k!r} has non-numeric dtype {v.dtype}")
         payload[_PARAM + k] = v
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        np.savez(f, allow_pickle=False, **payload)
 
 
 def _nnx_version() -> str:
@@ -320,10 +309,8 @@ def load(
     for n, a in state.items():
         if a.dtype.kind not in "fiu":
             raise ModelFileError(f"nnx.load: {str(path)!r}: parameter {n!r} has dtype {a.dtype}")
-    saved_rng = backends._state.rng  # None: NumPy's global state
-    try:
-        # init draws from a throw-away generator: loading never shifts the user's seed
-        backends._state.rng = np.random.default_rng(0)
+    # init draws from a throw-away generator: loading never shifts the user's seed
+    with backends.scoped_rng(np.random.default_rng(0)):
         ctx = (
             backends.use_backend(backend, device)
             if backend is not None or device is not None
@@ -338,8 +325,6 @@ def load(
                 network = _build(header["architecture"], path, shapes)
             finally:
                 backends.set_default_dtype(saved_dtype)
-    finally:
-        backends._state.rng = saved_rng
     try:
         network.load_state_dict(state, strict=True)
     except (KeyError, ValueError) as exc:

@@ -195,6 +195,17 @@ def get_rng() -> Any:
     return np.random if rng is None else rng
 
 
+@contextlib.contextmanager
+def scoped_rng(generator: np.random.Generator) -> Iterator[None]:
+    """Draw from ``generator`` inside the block, then restore nnx's generator."""
+    saved = _state.rng
+    _state.rng = generator
+    try:
+        yield
+    finally:
+        _state.rng = saved
+
+
 # -- arrays ---------------------------------------------------------------------------
 _TYPE_CACHE: dict[type, Backend | None] = {}
 
@@ -244,6 +255,23 @@ def namespace_of(x: Any) -> Any:
         xp = array_api_compat.array_namespace(x)
     _NS_CACHE[type(x)] = xp
     return xp
+
+
+def is_mutable(x: Any) -> bool:
+    """Whether ``x`` can be updated in place (``False`` for JAX arrays)."""
+    backend = backend_of(x)
+    if backend is not None:
+        return backend.mutable_arrays
+    import array_api_compat
+
+    return bool(array_api_compat.is_writeable_array(x))
+
+
+def free_reads(x: Any) -> bool:
+    """Whether reading ``x``'s values back to Python needs no wait (NumPy: host memory,
+    computed eagerly), so that a check may read at once rather than be deferred."""
+    backend = backend_of(x)
+    return backend is not None and backend.free_reads
 
 
 def backend_name(x: Any) -> str:

@@ -1,130 +1,26 @@
-"""Helpers of the training loops: progress bars, learning-curve plots, history tables.
+"""Training histories: DataFrame, CSV, learning-curve plots (live or to a PNG).
 
-Everything here imports its optional dependency (tqdm, matplotlib, pandas, IPython)
-lazily, inside the function that needs it, so ``import nnx`` needs NumPy and
-array-api-compat only. These helpers are used by :class:`nnx.Optim` and the command
-line; :func:`plot_history` and :func:`history_frame` are public.
+Each optional dependency (matplotlib, pandas, IPython) is imported inside the function
+that needs it, so ``import nnx`` needs NumPy and array-api-compat only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["HISTORY_COLUMNS", "history_frame", "in_notebook", "plot_history", "write_csv"]
+from ..atomic import atomic_open
+from . import progress
+from .progress import missing
+
+__all__ = ["HISTORY_COLUMNS", "LivePlot", "history_frame", "plot_history", "write_csv"]
 
 #: Columns of a training history, in order.
 HISTORY_COLUMNS = ("epoch", "loss_train", "loss_test", "score_train", "score_test")
-
-TRAIN_EXTRA = 'pip install "nnx-backprop[train]"'
-
-
-def missing(package: str, what: str) -> ImportError:
-    """The ImportError raised when an optional training dependency is absent."""
-    return ImportError(
-        f"{what} needs the optional package {package!r}, which is not installed. "
-        f"Install the training extras with: {TRAIN_EXTRA}"
-    )
-
-
-def in_notebook() -> bool:
-    """Whether the code runs inside a Jupyter kernel (IPython's ZMQ shell)."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except AttributeError:  # pragma: no cover - exotic IPython
-        return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-
-
-class _NullBar:
-    """Stands in for a tqdm bar when bars are off."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class Progress:
-    """Nested progress bars (epochs, then the batches of the current epoch).
-
-    ``enabled``: ``True`` forces bars (ImportError naming the extra if tqdm is
-    missing), ``False`` silences them, ``None`` shows them only where they render well:
-    a Jupyter notebook or a terminal (``sys.stderr.isatty()``). Redirected output (a CI
-    log, a file) gets no bars at all, so no log spam.
-    """
-
-    def __init__(self, enabled: bool | None, epochs: int, desc: str = "epochs") -> None:
-        self.tqdm: Any = self.resolve(enabled)
-        self.epochs_bar: Any = (
-            self.tqdm(total=epochs, desc=desc, position=0, leave=True, dynamic_ncols=True)
-            if self.tqdm
-            else _NullBar()
-        )
-        self.batch_bar: Any = _NullBar()
-
-    @staticmethod
-    def resolve(enabled: bool | None) -> Any:
-        """The tqdm class to draw bars with, or ``None`` for no bars (nothing drawn)."""
-        if enabled is None:
-            enabled = in_notebook() or _isatty(sys.stderr)
-            required = False
-        else:
-            required = bool(enabled)
-        if not enabled:
-            return None
-        try:
-            if in_notebook():
-                from tqdm.auto import tqdm
-            else:
-                from tqdm import tqdm
-        except ImportError:
-            if required:
-                raise missing("tqdm", "progress bars") from None
-            return None
-        return tqdm
-
-    @property
-    def active(self) -> bool:
-        return self.tqdm is not None
-
-    def start_epoch(self, epoch: int, batches: int) -> None:
-        self.batch_bar.close()
-        if self.tqdm:
-            self.batch_bar = self.tqdm(
-                total=batches, desc=f"epoch {epoch}", position=1, leave=False, dynamic_ncols=True
-            )
-
-    def end_epoch(self, **postfix: float) -> None:
-        self.batch_bar.close()
-        self.batch_bar = _NullBar()
-        self.epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-        self.epochs_bar.update(1)
-
-    def close(self) -> None:
-        self.batch_bar.close()
-        self.epochs_bar.close()
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def history_frame(history: Mapping[str, Sequence[float]]) -> Any:
@@ -143,7 +39,7 @@ def write_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike[st
     path = Path(path)
     cols = [c for c in HISTORY_COLUMNS if c in history]
     rows = zip(*(history[c] for c in cols), strict=True)
-    with _atomic(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for row in rows:
@@ -151,21 +47,6 @@ def write_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike[st
                 [int(v) if c == "epoch" else repr(float(v)) for c, v in zip(cols, row, strict=True)]
             )
     return path
-
-
-@contextlib.contextmanager
-def _atomic(path: Path, mode: str, **kwargs: Any) -> Any:
-    """Open a temporary file next to ``path``; move it over ``path`` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _figure(
@@ -221,7 +102,7 @@ def plot_history(
     fig = _figure(history, title, labels)
     if path is not None:
         path = Path(path)
-        with _atomic(path, "wb") as f:
+        with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png", dpi=100)
     return fig
 
@@ -235,7 +116,7 @@ class LivePlot:
     """
 
     def __init__(self, target: bool | str | os.PathLike[str]) -> None:
-        self.notebook = target is True and in_notebook()
+        self.notebook = target is True and progress.in_notebook()
         self.path = (
             None if self.notebook else Path("learning_curve.png" if target is True else target)
         )
