@@ -70,7 +70,7 @@ def main() -> None:
     optim = nnx.Optim(net, nnx.BCELoss(), optimizer=nnx.optimizers.Adam(lr=args.lr))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loss_train, loss_val, _, _ = optim.SGD_eval(
+    loss_train, _, loss_val, _ = optim.SGD_eval(
         X,
         X,
         args.batch_size,
@@ -80,6 +80,7 @@ def main() -> None:
         shuffle_test=True,
         seed=args.seed,
         monitor="loss",
+        restore_best=True,
         online_plot=out / "learning_curve.png",
     )
     test_loss, _ = optim.evaluate(X_test, X_test)

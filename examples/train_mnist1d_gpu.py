@@ -73,6 +73,7 @@ def main() -> None:
         patience=10,
         shuffle_test=True,
         seed=args.seed,
+        restore_best=True,
         return_dataframe=True,
         online_plot=out / "learning_curve.png",
     )

@@ -592,10 +592,10 @@ def sgd_eval_test_size_string(c):
     return lambda: opt.SGD_eval(X, y, 4, 2, "0.2", progress=False), [net, X, y]
 
 
-@case(ValueError, r"Optim\.SGD_eval", r"patience must be a positive int", r"got 0")
-def sgd_eval_patience_zero(c):
+@case(ValueError, r"Optim\.SGD_eval", r"patience must be a positive int", r"got -1")
+def sgd_eval_patience_negative(c):
     net, opt, X, y = _training(c)
-    return lambda: opt.SGD_eval(X, y, 4, 2, 0.2, patience=0, progress=False), [net, X, y]
+    return lambda: opt.SGD_eval(X, y, 4, 2, 0.2, patience=-1, progress=False), [net, X, y]
 
 
 @case(ValueError, r"Optim\b", r"eps must be a non-negative number", r"got -0\.1")
