@@ -73,10 +73,16 @@ def test_float_input_of_another_dtype_is_cast(backend, net_dtype, rng):
     [
         (lambda: nnx.Linear(4, 3), (2, 4), 0.0),
         (lambda: nnx.Conv1D(2, 1, 3), (2, 5, 1), 0.0),
+        (lambda: nnx.Conv2D(2, 1, 3), (2, 4, 4, 1), 0.0),
+        (
+            lambda: nnx.Sequential(nnx.MaxPool2D(2), nnx.Flatten(), nnx.Linear(4, 3)),
+            (2, 4, 4, 1),
+            0.0,
+        ),
         # a module without parameters works in its input's dtype: TanH in float64 here
         (lambda: nnx.Sequential(nnx.TanH(), nnx.Linear(4, 3), nnx.Sigmoid()), (2, 4), 1e-5),
     ],
-    ids=["Linear", "Conv1D", "TanH-Linear-Sigmoid"],
+    ids=["Linear", "Conv1D", "Conv2D", "MaxPool2D-Flatten-Linear", "TanH-Linear-Sigmoid"],
 )
 def test_single_modules_cast_forward_and_backward(backend, rng, make, shape, tol):
     module = make()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ._base import Backend
-from ._strided import strided_windows
+from ._graph import CapturedGraph
+from ._strided import strided_windows, strided_windows_2d
+
+#: ``capturing`` is True while code that a CUDA graph records (or its eager rehearsal) runs
+_graph_state = threading.local()
 
 
 class CupyBackend(Backend):
@@ -28,7 +36,7 @@ class CupyBackend(Backend):
 
         self._cupy = cupy
         self.array_type = cupy.ndarray
-        self.xp = xp
+        self.xp = capturable_namespace(xp, cupy)
 
     def normalize_device(self, device: Any) -> Any:
         if device is None:
@@ -62,6 +70,92 @@ class CupyBackend(Backend):
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         return strided_windows(self._cupy.lib.stride_tricks.as_strided, x, k_size, stride)
 
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        return strided_windows_2d(self._cupy.lib.stride_tricks.as_strided, x, k_size, stride)
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        # drawn on the GPU by a generator seeded from nnx's: reproducible, no transfer
+        seed = int(rng.integers(2**63))
+        with self._cupy.cuda.Device(like.device.id):
+            return self._cupy.random.default_rng(seed).random(shape, dtype=like.dtype)
+
     def flushes_subnormals(self, dtype: str) -> bool:
         # CuPy compiles every kernel with -ftz=true: float32 subnormals read as zero
         return dtype == "float32"
+
+    # -- CUDA graphs ----------------------------------------------------------------
+    def graphs_supported(self, device: Any) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def graph_mode(self, pool: Any) -> Iterator[None]:
+        """Run code the way a captured graph will: allocations from ``pool``, matrix
+        products by a reduction kernel, CUB off. The eager rehearsal of a step runs in
+        this mode too, so every kernel the capture needs is compiled before it starts."""
+        core = self._cupy._core
+        saved = core.get_reduction_accelerators(), core.get_routine_accelerators()
+        core.set_reduction_accelerators([])
+        core.set_routine_accelerators([])
+        _graph_state.capturing = True
+        try:
+            with self._cupy.cuda.using_allocator(pool.malloc):
+                yield
+        finally:
+            _graph_state.capturing = False
+            core.set_reduction_accelerators(saved[0])
+            core.set_routine_accelerators(saved[1])
+
+    def new_graph_pool(self) -> Any:
+        """A memory pool of its own for a graph's buffers (nothing else allocates there)."""
+        return self._cupy.cuda.MemoryPool()
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        cupy = self._cupy
+        pool = pool if pool is not None else self.new_graph_pool()
+        with cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id):
+            cupy.cuda.Device().synchronize()
+            stream = cupy.cuda.Stream(non_blocking=True)
+            with self.graph_mode(pool), stream:
+                stream.begin_capture()
+                try:
+                    outputs = fn()
+                finally:
+                    graph = stream.end_capture()  # also when fn failed: the stream stays usable
+            graph.upload(stream)
+            stream.synchronize()
+
+        def replay() -> None:
+            graph.launch(cupy.cuda.get_current_stream())
+
+        return CapturedGraph(replay, outputs, keep=(graph, stream, pool))
+
+
+def _capturing() -> bool:
+    return getattr(_graph_state, "capturing", False)
+
+
+def capturable_namespace(base: Any, cupy: Any) -> types.ModuleType:
+    """array-api-compat's CuPy namespace whose ``matmul`` and ``vecdot`` work while a CUDA
+    graph is captured: CuPy refuses to call cuBLAS then (``NotImplementedError``, seen
+    with CuPy 14.2), so in graph mode they are one reduction kernel,
+    :math:`C_{mn} = \\sum_k A_{mk} B_{kn}` over broadcast views (no copy). Outside graph
+    mode they are array-api-compat's functions (cuBLAS)."""
+    ns = types.ModuleType(base.__name__, base.__doc__)
+    ns.__dict__.update(base.__dict__)
+    plain_matmul, plain_vecdot = base.matmul, base.vecdot
+    products = cupy.ReductionKernel(
+        "T a, T b", "T c", "a * b", "a + b", "c = a", "0", "nnx_sum_of_products"
+    )
+
+    def matmul(x1: Any, x2: Any, /) -> Any:
+        if not _capturing() or x1.ndim < 2 or x2.ndim < 2 or x1.dtype != x2.dtype:
+            return plain_matmul(x1, x2)
+        return products(x1[..., :, None, :], cupy.swapaxes(x2, -1, -2)[..., None, :, :], axis=-1)
+
+    def vecdot(x1: Any, x2: Any, /, *, axis: int = -1) -> Any:
+        if not _capturing() or x1.dtype != x2.dtype:
+            return plain_vecdot(x1, x2, axis=axis)
+        return products(x1, x2, axis=axis)
+
+    ns.matmul, ns.vecdot = matmul, vecdot
+    return ns
