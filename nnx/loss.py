@@ -50,6 +50,8 @@ class _TargetLoss(Loss):
 
     #: required ``yhat.ndim`` (``None``: any ``ndim >= 1``)
     yhat_ndim: int | None = None
+    #: a softmax over the classes inside the loss: one class is refused (the loss is 0)
+    softmax_inside: bool = False
     #: ``(y, yhat)`` of the last ``forward`` and what it computed, for ``backward``
     _cache_key: tuple[Array, Array] | None = None
     _cache: Any = None
@@ -88,7 +90,14 @@ class _TargetLoss(Loss):
         ):
             check_array(name, yhat, self._yhat_shape(yhat), "yhat")
             yhat_shape = yhat.shape
-        if ndim == 2 and yhat_shape[1] == 0:
+        if ndim == 2 and yhat_shape[1] < 2 and (yhat_shape[1] == 0 or self.softmax_inside):
+            if yhat_shape[1] == 1:
+                raise ValueError(
+                    f"{name}: expected yhat with at least 2 classes, got shape "
+                    f"{tuple(yhat_shape)}: a softmax over one class is 1, so the loss is 0 "
+                    f"whatever the network does; for one probability per sample use "
+                    f"BCELoss after a Sigmoid"
+                )
             raise ValueError(
                 f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat_shape)}"
             )
@@ -252,7 +261,8 @@ class CrossEntropyLoss(_TargetLoss):
     the negative log-likelihood of its log-probabilities, values and gradients alike
     (what :class:`NLLLoss` computes). After a ``Linear``, ``Sigmoid`` or ``Softmax`` it
     is the cross-entropy of the softmax of those outputs: bounded below by 0, so it
-    trains.
+    trains. At least 2 classes: with one, the softmax is 1 and the loss 0 whatever the
+    input (a ``ValueError`` says to use :class:`BCELoss` for one probability per sample).
 
     The original library's ``CrossEntropyLoss`` computed :math:`1 - \sum_k y_k \hat y_k`
     with the "gradient" :math:`\hat y - y`; these are not a function and its derivative
@@ -265,6 +275,7 @@ class CrossEntropyLoss(_TargetLoss):
     """
 
     yhat_ndim = 2
+    softmax_inside = True
 
     def forward(self, y: Array, yhat: Array) -> Array:
         target = self._targets(y, yhat)
