@@ -192,7 +192,8 @@ def run(backend: str, device: Any, rtol: float, atol: float) -> int:
         check.same(f"{name}: forward", loss.forward(y, yhat), loss.forward(yt, yhatt))
         check.same(f"{name}: backward", loss.backward(y, yhat), loss.backward(yt, yhatt))
     if backend == "cupy" or (backend == "torch" and str(device).startswith("cuda")):
-        graph_parity(check, target, rng)
+        with nnx.use_backend(**on_target):  # the networks are built on the GPU
+            graph_parity(check, target, rng)
     print(f"{check.count - check.failed}/{check.count} checks agree on {backend} ({device})")
     return 1 if check.failed else 0
 

@@ -79,6 +79,13 @@ class CupyBackend(Backend):
         with self._cupy.cuda.Device(like.device.id):
             return self._cupy.random.default_rng(seed).random(shape, dtype=like.dtype)
 
+    def fused_kernel(self, name: str) -> Any:
+        kernels = self.__dict__.setdefault("_fused", {})
+        if name not in kernels:
+            source = FUSED_SOURCES.get(name)
+            kernels[name] = None if source is None else self._cupy.ElementwiseKernel(*source)
+        return kernels[name]
+
     def flushes_subnormals(self, dtype: str) -> bool:
         # CuPy compiles every kernel with -ftz=true: float32 subnormals read as zero
         return dtype == "float32"
@@ -130,6 +137,19 @@ class CupyBackend(Backend):
         return CapturedGraph(replay, outputs, keep=(graph, stream, pool))
 
 
+#: ElementwiseKernel (inputs, outputs, body, name) of each :mod:`nnx.backends.fused` op
+FUSED_SOURCES = {
+    "tanh_backward": ("T y, T d", "T out", "out = d * (1 - y * y)", "nnx_tanh_backward"),
+    "relu_backward": ("T x, T d", "T out", "out = x > 0 ? d : (T)0", "nnx_relu_backward"),
+    "subtract_scaled": ("T g, T a", "T p", "p -= a * g", "nnx_subtract_scaled"),
+}
+
+#: graph-mode matmul: reductions longer than this, into fewer outputs than FEW_OUTPUTS,
+#: are split into chunks of this many terms
+SPLIT_K = 512
+FEW_OUTPUTS = 1 << 15
+
+
 def _capturing() -> bool:
     return getattr(_graph_state, "capturing", False)
 
@@ -150,7 +170,25 @@ def capturable_namespace(base: Any, cupy: Any) -> types.ModuleType:
     def matmul(x1: Any, x2: Any, /) -> Any:
         if not _capturing() or x1.ndim < 2 or x2.ndim < 2 or x1.dtype != x2.dtype:
             return plain_matmul(x1, x2)
+        m, k, n = x1.shape[-2], x1.shape[-1], x2.shape[-1]
+        if x1.ndim == x2.ndim == 2 and k > SPLIT_K and m * n < FEW_OUTPUTS:
+            return _split_k(x1, x2)
         return products(x1[..., :, None, :], cupy.swapaxes(x2, -1, -2)[..., None, :, :], axis=-1)
+
+    def _split_k(x1: Any, x2: Any) -> Any:
+        # few outputs, long sums (a weight gradient over batch x positions): one kernel
+        # would keep a handful of GPU blocks busy; sum chunks of SPLIT_K terms in
+        # parallel, then the chunks' partial products
+        (m, k), n = x1.shape, x2.shape[-1]
+        chunks = -(-k // SPLIT_K)
+        pad = chunks * SPLIT_K - k
+        if pad:
+            x1 = cupy.concatenate([x1, cupy.zeros((m, pad), dtype=x1.dtype)], axis=1)
+            x2 = cupy.concatenate([x2, cupy.zeros((pad, n), dtype=x2.dtype)], axis=0)
+        a = cupy.swapaxes(x1.reshape(m, chunks, SPLIT_K), 0, 1)  # (chunks, m, SPLIT_K)
+        b = cupy.swapaxes(x2.reshape(chunks, SPLIT_K, n), -1, -2)  # (chunks, n, SPLIT_K)
+        partial = products(a[:, :, None, :], b[:, None, :, :], axis=-1)  # (chunks, m, n)
+        return partial.sum(axis=0)
 
     def vecdot(x1: Any, x2: Any, /, *, axis: int = -1) -> Any:
         if not _capturing() or x1.dtype != x2.dtype:
