@@ -385,6 +385,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 patience=patience,
                 shuffle_test=True,
                 seed=args.seed,
+                restore_best=True,
                 progress=False if quiet else args.progress,
                 callback=log,
             )

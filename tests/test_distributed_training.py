@@ -295,3 +295,18 @@ sys.exit(main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2"
     m2 = json.loads((out_dir / "metrics.json").read_text())
     assert m2["test_accuracy"] == m1["test_accuracy"]
     assert m2["ranks"] == 2 and m1["ranks"] == 1
+
+
+@pytest.mark.mpi
+def test_seed_none_gives_every_rank_the_same_shuffles_and_split(backend):
+    comm = world()
+    X, y = data(n=60)
+    nnx.manual_seed(100 + comm.rank)  # different generator states on the ranks
+    net = mlp(0)
+    nnx.manual_seed(100 + comm.rank)
+    optim = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.01, comm=comm)
+    optim.SGD(X, y, 8, 2, seed=None, progress=False)
+    optim.SGD_eval(X, y, 8, 2, test_size=0.25, shuffle_test=True, seed=None, progress=False)
+    assert_ranks_agree(comm, net)
+    split = comm.allgather_bytes(nnx.to_numpy(optim.y_test).tobytes())
+    assert split[0] == split[1]

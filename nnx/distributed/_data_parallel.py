@@ -68,6 +68,15 @@ class DataParallel:
             network.load_state_dict(dict(zip(names, values, strict=True)))
         self._synced = network
 
+    def common_seed(self, seed: int | None) -> int | None:
+        """``seed``, or with ``seed=None`` one drawn by rank 0 (from
+        :func:`nnx.backends.get_rng`) and given to every rank: every rank must draw the
+        same shuffles and the same split."""
+        if seed is not None or self.comm.size == 1:
+            return seed
+        mine = int(backends.get_rng().integers(2**62))
+        return int(self.comm.allgather_bytes(str(mine).encode())[0])
+
     # -- batches ------------------------------------------------------------------------
     def shard(self, start: int, stop: int) -> tuple[int, int]:
         """This rank's contiguous part of the global batch ``[start, stop)``."""
