@@ -10,7 +10,17 @@
 
 from __future__ import annotations
 
-from . import backends, datasets, init, models, optimizers, serialization, testing, training
+from . import (
+    backends,
+    datasets,
+    distributed,
+    init,
+    models,
+    optimizers,
+    serialization,
+    testing,
+    training,
+)
 from .activation import (
     LeakyReLU,
     LogSoftmax,
@@ -33,9 +43,10 @@ from .backends import (
     use_backend,
 )
 from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
+from .convolution2d import AvgPool2D, Conv2D, MaxPool2D
 from .encapsulation import Optim, Sequential
 from .linear import Linear
-from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss
+from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Loss, Module
 from .serialization import load, save
 
@@ -43,9 +54,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvgPool1D",
+    "AvgPool2D",
     "BCELoss",
     "CELogSoftmax",
     "Conv1D",
+    "Conv2D",
     "CrossEntropyLoss",
     "Flatten",
     "LeakyReLU",
@@ -54,6 +67,8 @@ __all__ = [
     "Loss",
     "MSELoss",
     "MaxPool1D",
+    "MaxPool2D",
+    "NLLLoss",
     "Module",
     "Optim",
     "ReLU",
@@ -66,6 +81,7 @@ __all__ = [
     "asarray",
     "backends",
     "datasets",
+    "distributed",
     "get_backend",
     "get_default_dtype",
     "get_device",
@@ -83,3 +99,8 @@ __all__ = [
     "training",
     "use_backend",
 ]
+
+
+def __dir__() -> list[str]:
+    # the public API only: not the submodules imported on the way, nor ``annotations``
+    return sorted([*__all__, "__version__"])

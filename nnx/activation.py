@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from .backends import backend_of
+from .backends import backend_of, fused
 from .module import Array, Module, is_floating, namespace
 
 
@@ -41,7 +41,7 @@ class Activation(Module):
         if not (
             type(delta) is type(input) and delta.dtype == input.dtype and delta.shape == input.shape
         ):
-            self._check_input(delta, tuple(input.shape), "delta", like=input)
+            delta = self._check_input(delta, tuple(input.shape), "delta", like=input)
         xp = namespace(input)
         out = self._cache if cached else self._forward(xp, input)
         return self._backward(xp, input, out, delta)
@@ -81,8 +81,7 @@ class ReLU(Activation):
         return xp.maximum(X, 0.0)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:
-        # a 0/1 float mask: NumPy's ``where`` with an irregular mask measured ~20x slower
-        return delta * xp.astype(X > 0, delta.dtype)
+        return fused.relu_backward(X, delta, xp)  # delta * 1[X > 0]
 
 
 class LeakyReLU(Activation):
@@ -195,7 +194,7 @@ class TanH(Activation):
         return xp.tanh(X)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:
-        return delta * (1.0 - out * out)
+        return fused.tanh_backward(out, delta)  # delta * (1 - out**2)
 
 
 class Softplus(Activation):
@@ -271,7 +270,8 @@ class LogSoftmax(Activation):
         \frac{\partial L}{\partial x} = \delta - e^{z} \sum_j \delta_j
 
     (since :math:`\partial z_i / \partial x_j = \mathbb{1}[i=j] - \text{softmax}(x)_j`).
-    Use with :class:`~nnx.CrossEntropyLoss`.
+    Use with :class:`~nnx.NLLLoss` (or :class:`~nnx.CrossEntropyLoss`, which takes raw
+    scores and gives the same result after a LogSoftmax).
 
     Shape: ``(batch, K)`` (or any ``(..., K)``); the output has the input's shape.
 

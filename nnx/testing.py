@@ -390,9 +390,17 @@ def _builtin_cases() -> None:
     register_case(
         "Conv1D", lambda: nnx.Conv1D(3, 2, 4, stride=2, bias=True, init_type="normal"), (3, 11, 2)
     )
+    register_case("Conv1D-same", lambda: nnx.Conv1D(3, 2, 3, padding="same", bias=True), (2, 7, 2))
+    register_case(
+        "Conv2D", lambda: nnx.Conv2D(3, 2, 3, stride=2, bias=True, init_type="normal"), (2, 7, 6, 2)
+    )
+    register_case("Conv2D-padded", lambda: nnx.Conv2D((2, 3), 2, 2, padding=1), (2, 5, 4, 2))
     register_case("MaxPool1D", lambda: nnx.MaxPool1D(3, 2), (3, 10, 2), distinct_values)
+    register_case("MaxPool2D", lambda: nnx.MaxPool2D(2), (2, 6, 5, 2), distinct_values)
+    register_case("AvgPool2D", lambda: nnx.AvgPool2D(3, stride=2), (2, 7, 7, 2))
     register_case("AvgPool1D", lambda: nnx.AvgPool1D(2, 3), (3, 11, 2))
     register_case("Flatten", nnx.Flatten, (3, 5, 2))
+    register_case("Flatten-4d", nnx.Flatten, (3, 4, 2, 2))
     for cls in (nnx.ReLU, nnx.LeakyReLU):
         register_case(cls.__name__, cls, (4, 6), away_from_kinks)
     for cls in (nnx.Sigmoid, nnx.StableSigmoid, nnx.TanH, nnx.Softplus, nnx.Softmax):
@@ -598,9 +606,19 @@ def _builtin_references() -> None:
 
     @register_reference(nnx.Conv1D)
     def conv1d(m: Any, x: Any, p: dict[str, Any]) -> Any:
-        # (k, c_in, c_out) weight -> PyTorch's (c_out, c_in, k)
+        # (k, c_in, c_out) weight -> PyTorch's (c_out, c_in, k); the module's own zeros
         w, b = p["weight"].permute(2, 1, 0), p["bias"] if m.bias else None
-        return channels_first(lambda t: F.conv1d(t, w, b, stride=m.stride))(x)
+        ((lo, hi),) = m.pads
+        return channels_first(lambda t: F.conv1d(F.pad(t, (lo, hi)), w, b, stride=m.stride))(x)
+
+    @register_reference(nnx.Conv2D)
+    def conv2d(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        # (k_h, k_w, c_in, c_out) weight -> (c_out, c_in, k_h, k_w); slow_conv2d wants it
+        # contiguous
+        w, b = p["weight"].permute(3, 2, 0, 1).contiguous(), p["bias"] if m.bias else None
+        (top, bottom), (left, right) = m.pads
+        t = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+        return F.conv2d(t, w, b, stride=m.stride).permute(0, 2, 3, 1)
 
     @register_reference(nnx.MaxPool1D)
     def maxpool1d(m: Any, x: Any, p: dict[str, Any]) -> Any:
@@ -609,6 +627,16 @@ def _builtin_references() -> None:
     @register_reference(nnx.AvgPool1D)
     def avgpool1d(m: Any, x: Any, p: dict[str, Any]) -> Any:
         return channels_first(lambda t: F.avg_pool1d(t, m.k_size, m.stride))(x)
+
+    @register_reference(nnx.MaxPool2D)
+    def maxpool2d(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        t = F.max_pool2d(x.permute(0, 3, 1, 2), m.k_size, m.stride)
+        return t.permute(0, 2, 3, 1)
+
+    @register_reference(nnx.AvgPool2D)
+    def avgpool2d(m: Any, x: Any, p: dict[str, Any]) -> Any:
+        t = F.avg_pool2d(x.permute(0, 3, 1, 2), m.k_size, m.stride)
+        return t.permute(0, 2, 3, 1)
 
     @register_reference(nnx.Flatten)
     def flatten(m: Any, x: Any, p: dict[str, Any]) -> Any:

@@ -27,21 +27,24 @@ import numpy as np
 
 from ._base import Backend
 from ._cupy import CupyBackend
-from ._generic import gather_windows
+from ._generic import gather_windows, gather_windows_2d
+from ._graph import CapturedGraph
 from ._jax import JaxBackend
 from ._numpy import NumpyBackend
 from ._numpy import quiet_float_errors as quiet_float_errors  # for Optim (not public API)
 from ._strict import StrictBackend
-from ._strided import strided_windows
+from ._strided import strided_windows, strided_windows_2d
 from ._torch import TorchBackend
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "CapturedGraph",
     "add_at",
     "asarray",
     "backend_of",
     "gather_windows",
+    "gather_windows_2d",
     "get_backend",
     "get_default_dtype",
     "get_device",
@@ -52,8 +55,12 @@ __all__ = [
     "set_default_dtype",
     "set_at",
     "sliding_window",
+    "sliding_window_2d",
     "strided_windows",
+    "strided_windows_2d",
+    "synchronize",
     "to_numpy",
+    "uniform",
     "use_backend",
 ]
 
@@ -69,7 +76,8 @@ class _State:
     backend: Backend
     device: Any = None
     dtype: str = "float32"
-    rng: np.random.Generator = np.random.default_rng()
+    #: nnx's own generator after ``manual_seed(n)``; ``None``: NumPy's global state
+    rng: np.random.Generator | None = None
 
 
 _state = _State()
@@ -171,20 +179,44 @@ def dtype_name(x: Any) -> str:
     return _dtype_name(x.dtype)
 
 
-def manual_seed(seed: int) -> None:
-    """Seed nnx's random generator (initialisation, shuffles without explicit seed)."""
+def manual_seed(seed: int | None) -> None:
+    """Seed nnx's own random generator (initial weights, and any later random draw).
+
+    Until this is called, nnx draws from NumPy's global random state, so
+    ``np.random.seed(42)`` at the top of a notebook makes its networks reproducible, as
+    in the original library. After ``manual_seed(n)`` nnx uses its own generator
+    (``numpy.random.default_rng(n)``), which nothing else touches: the same ``n`` gives
+    the same weights on every backend, whatever else the program draws.
+    ``manual_seed(None)`` goes back to NumPy's global state.
+
+    >>> import nnx, numpy as np
+    >>> np.random.seed(42); a = nnx.Linear(3, 2).state_dict()["weight"]
+    >>> np.random.seed(42); b = nnx.Linear(3, 2).state_dict()["weight"]
+    >>> bool((a == b).all())
+    True
+    """
+    if seed is None:
+        _state.rng = None
+        return
     if isinstance(seed, bool) or not hasattr(seed, "__index__"):
         raise TypeError(
-            f"nnx.manual_seed: seed must be a non-negative int, got {type(seed).__name__} {seed!r}"
+            f"nnx.manual_seed: seed must be a non-negative int or None, got "
+            f"{type(seed).__name__} {seed!r}"
         )
     if int(seed) < 0:
         raise ValueError(f"nnx.manual_seed: seed must be a non-negative int, got {seed!r}")
     _state.rng = np.random.default_rng(seed)
 
 
-def get_rng() -> np.random.Generator:
-    """The NumPy ``Generator`` nnx draws initial weights from."""
-    return _state.rng
+def get_rng() -> Any:
+    """What nnx draws random numbers from: its own ``numpy.random.Generator`` after
+    :func:`manual_seed`, else the ``numpy.random`` module (NumPy's global state).
+
+    Both offer ``standard_normal``, ``random``, ``normal``, ``uniform`` and
+    ``permutation`` with the same signatures.
+    """
+    rng = _state.rng
+    return np.random if rng is None else rng
 
 
 @contextlib.contextmanager
@@ -343,6 +375,13 @@ def set_at(x: Any, index: Any, value: Any) -> Any:
     return backend.set_at(x, index, value)
 
 
+def synchronize(x: Any) -> None:
+    """Wait for the device work queued on ``x`` (GPU backends); a no-op on the host."""
+    backend = backend_of(x)
+    if backend is not None:
+        backend.synchronize(x)
+
+
 def sliding_window(x: Any, k_size: int, stride: int) -> Any:
     """``(batch, out_length, channels, k_size)`` windows of a ``(batch, length, channels)`` array.
 
@@ -353,6 +392,33 @@ def sliding_window(x: Any, k_size: int, stride: int) -> Any:
     if backend is None:
         return gather_windows(namespace_of(x), x, k_size, stride)
     return backend.windows(x, k_size, stride)
+
+
+def sliding_window_2d(x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+    """``(batch, out_h, out_w, channels, k_h, k_w)`` windows of a ``(batch, h, w, channels)`` array.
+
+    ``out[b, p, q, c, i, j] = x[b, p * stride[0] + i, q * stride[1] + j, c]`` with
+    ``out_h = (h - k_h) // stride[0] + 1`` (likewise ``out_w``). NumPy and CuPy return a
+    strided view (no copy), PyTorch two ``Tensor.unfold`` (no copy), any other namespace
+    one gather.
+    """
+    backend = backend_of(x)
+    if backend is None:
+        return gather_windows_2d(namespace_of(x), x, k_size, stride)
+    return backend.windows_2d(x, k_size, stride)
+
+
+def uniform(shape: tuple[int, ...], like: Any) -> Any:
+    """Uniform :math:`[0, 1)` draws of ``shape`` on ``like``'s backend, dtype and device.
+
+    Reproducible from :func:`manual_seed`: NumPy and the host-only libraries draw from
+    nnx's generator itself, PyTorch and CuPy on the device from a generator seeded by it.
+    """
+    backend = backend_of(like)
+    if backend is None:
+        host = get_rng().random(shape).astype(dtype_name(like))
+        return namespace_of(like).asarray(host)
+    return backend.uniform(tuple(shape), like, get_rng())
 
 
 def _startup_backend() -> None:

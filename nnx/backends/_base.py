@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from ._graph import CapturedGraph
 
 
 class Backend:
@@ -78,6 +82,57 @@ class Backend:
         x[index] = value
         return x
 
+    def synchronize(self, x: Any) -> None:
+        """Wait until the work queued on ``x``'s device is done (before another library,
+        such as MPI, reads its memory). Host libraries have nothing to wait for."""
+
+    def graphs_supported(self, device: Any) -> bool:
+        """Whether :meth:`capture` works for arrays on ``device``."""
+        return False
+
+    def graph_mode(self, pool: Any) -> contextlib.AbstractContextManager[None]:
+        """Context for code a CUDA graph records, and for its eager rehearsal."""
+        return contextlib.nullcontext()
+
+    def new_graph_pool(self) -> Any:
+        """Memory reserved for one graph's buffers (``None`` where not needed)."""
+        return None
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        """Record the kernels one call of ``fn`` enqueues on ``device`` as a CUDA graph.
+
+        ``fn`` runs once, captured, not executed: its results are only valid after a
+        replay. Call it eagerly first (so that caches and lazily created state exist).
+        """
+        raise ValueError(
+            f"backend {self.name!r} has no CUDA graphs; they need the 'cupy' backend or "
+            f"'torch' on a CUDA device"
+        )
+
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        """``(batch, out_h, out_w, channels, k_h, k_w)`` sliding windows of ``x``.
+
+        The default gathers with standard functions; libraries with strided views
+        override it.
+        """
+        from ._generic import gather_windows_2d
+
+        return gather_windows_2d(self.xp, x, k_size, stride)
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        """Uniform :math:`[0, 1)` draws of ``shape`` in ``like``'s dtype and device.
+
+        The default draws on the host from nnx's generator ``rng`` and copies the values
+        over; libraries with their own generators draw on the device, seeded from ``rng``.
+        """
+        host = rng.random(shape, dtype=np.float64).astype(_dtype_of(like))
+        return self.from_numpy(host, self.device_of(like))
+
+    def fused_kernel(self, name: str) -> Any:
+        """The library's one-launch kernel for :mod:`nnx.backends.fused`'s ``name``, or
+        ``None`` (the standard operations are used)."""
+        return None
+
     def flushes_subnormals(self, dtype: str) -> bool:
         """Whether this library computes in ``dtype`` with subnormal numbers flushed to
         zero (inputs and results below the smallest normal number read as 0)."""
@@ -85,3 +140,7 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<nnx backend {self.name!r}>"
+
+
+def _dtype_of(x: Any) -> str:
+    return str(x.dtype).rsplit(".", 1)[-1]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ._base import Backend
+from ._graph import CapturedGraph
 
 
 class TorchBackend(Backend):
@@ -49,6 +52,45 @@ class TorchBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    def synchronize(self, x: Any) -> None:
+        if x.device.type == "cuda":
+            self._torch.cuda.synchronize(x.device)
+
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         # Tensor.unfold(dim, size, step) appends the window axis: (B, O, C, K), no copy.
         return x.unfold(1, k_size, stride)
+
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        # each unfold appends its window axis: (B, OH, W, C, kh) then (B, OH, OW, C, kh, kw)
+        return x.unfold(1, k_size[0], stride[0]).unfold(2, k_size[1], stride[1])
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        # drawn on the tensor's device by a generator seeded from nnx's: reproducible
+        gen = self._torch.Generator(device=like.device)
+        gen.manual_seed(int(rng.integers(2**63)))
+        return self._torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+
+    # -- CUDA graphs ----------------------------------------------------------------
+    def graphs_supported(self, device: Any) -> bool:
+        return device is not None and self._torch.device(device).type == "cuda"
+
+    @contextlib.contextmanager
+    def graph_mode(self, pool: Any) -> Iterator[None]:
+        """PyTorch captures every operation nnx uses: nothing to change."""
+        yield
+
+    def new_graph_pool(self) -> Any:
+        return self._torch.cuda.graph_pool_handle()
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        torch = self._torch
+        if device is None or torch.device(device).type != "cuda":
+            raise ValueError(
+                f"backend 'torch': CUDA graphs need tensors on a CUDA device, got device {device!r}"
+            )
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                outputs = fn()
+        return CapturedGraph(graph.replay, outputs, keep=graph)

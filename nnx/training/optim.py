@@ -1,4 +1,4 @@
-"""The :class:`Optim` facade: the seed's training API, assembled from the parts of
+"""The :class:`Optim` facade: the original library's training API, assembled from the parts of
 :mod:`nnx.training` (data placement, step, epoch loop, early stopping, bars, history)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends
+from .. import backends, distributed
 from ..module import Array, Loss, Module, check_positive_int, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
+from .graph import GraphedStep
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
 from .loop import run_epochs, train_epoch
 from .progress import Progress
@@ -29,7 +30,7 @@ class Optim:
     the per-sample losses. The gradient is that of the *sum* of the per-sample losses
     :math:`L = \sum_i \ell_i` (the :class:`~nnx.Loss` contract), so the plain update
     :math:`w \leftarrow w - \epsilon \nabla_w L` scales with the batch size, as in the
-    seed library. With an ``optimizer`` (:mod:`nnx.optimizers`), ``optimizer.step``
+    original library (NeuralNetworksDIY). With an ``optimizer`` (:mod:`nnx.optimizers`), ``optimizer.step``
     replaces ``network.update_parameters(eps)``.
 
     The loops :meth:`SGD` and :meth:`SGD_eval`:
@@ -58,6 +59,26 @@ class Optim:
         Step size of the plain update (unused with an ``optimizer``).
     optimizer : nnx.optimizers.Optimizer, optional
         Update rule used after each backward pass.
+    comm : nnx.distributed.Communicator, optional
+        Train data-parallel on the ranks of ``comm`` (:func:`nnx.distributed.init`,
+        :doc:`/scaling`): ``step``, ``SGD`` and ``SGD_eval`` first check that every
+        rank built the same network and runs the loop with the same arguments, and
+        give every rank rank 0's parameters (once per network); each rank then takes
+        its contiguous share of every global batch (``batch_size`` is the global batch,
+        every rank draws the same shuffle), the gradients are summed with one allreduce
+        per step and every rank applies the same update: the parameters are those of
+        one process training on the global batches, up to float rounding. The
+        non-finite check and the label checks see every rank's share (every rank stops
+        at the same batch with the same error); ``evaluate``, ``score`` and the test
+        passes of ``SGD_eval`` are computed on shares and summed; only rank 0 shows
+        progress bars and draws ``online_plot``. Ctrl-C, or an error on one rank only,
+        stops every rank (see :class:`nnx.distributed.MPICommunicator`).
+    cuda_graph : bool, default False
+        Replay each step as CUDA graphs (:mod:`nnx.training.graph`): the first batch of
+        each shape runs eagerly and is recorded, later ones cost a few launches instead
+        of one per operation. For the ``cupy`` backend and ``torch`` on CUDA, with the
+        plain update or an optimiser whose step has no changing scalars (``SGD``,
+        ``Momentum``; not ``Adam``).
 
     Examples
     --------
@@ -78,7 +99,13 @@ class Optim:
     eval_batch_size: int = 1024
 
     def __init__(
-        self, network: Module, loss: Loss, eps: float = 1e-3, optimizer: Any = None
+        self,
+        network: Module,
+        loss: Loss,
+        eps: float = 1e-3,
+        optimizer: Any = None,
+        comm: Any = None,
+        cuda_graph: bool = False,
     ) -> None:
         if not isinstance(network, Module):
             raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
@@ -95,8 +122,23 @@ class Optim:
                 f"Optim: optimizer must have a step(network) method (see nnx.optimizers), "
                 f"got {type(optimizer).__name__}"
             )
+        if cuda_graph and optimizer is not None and not getattr(optimizer, "capturable", False):
+            raise ValueError(
+                f"Optim: cuda_graph=True needs an update a CUDA graph can replay; "
+                f"{type(optimizer).__name__}'s step changes its scalars every step (use "
+                f"SGD or Momentum, or cuda_graph=False)"
+            )
+        if cuda_graph and comm is not None:
+            raise ValueError(
+                "Optim: cuda_graph=True with comm= is not supported: a data-parallel step "
+                "sums the gradients over the ranks between the backward pass and the update"
+            )
         self.loss, self.eps = loss, float(eps)
         self.optimizer = optimizer
+        #: The communicator of data-parallel training (``None``: this process alone).
+        self.comm = comm
+        self._dp = None if comm is None else distributed.DataParallel(comm)
+        self.cuda_graph = bool(cuda_graph)
         self.network = network
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
         self.X_train: Any = None
@@ -107,8 +149,12 @@ class Optim:
         self.history: dict[str, list[float]] = {}
         #: Whether the last loop was stopped by Ctrl-C.
         self.interrupted = False
-        #: Epoch (1-based) whose parameters the last :meth:`SGD_eval` kept.
+        #: Epoch (1-based, as the bars count) whose parameters the last :meth:`SGD_eval`
+        #: kept: the last one, or the best one with ``restore_best=True``.
         self.best_epoch: int | None = None
+        #: What the last :meth:`SGD_eval` returned (the seed's attribute): its DataFrame
+        #: with ``return_dataframe=True``, else its four arrays.
+        self.train_df: Any = None
 
     @property
     def network(self) -> Module:
@@ -119,6 +165,7 @@ class Optim:
     def network(self, network: Module) -> None:
         self._network = network
         self._placement = placement.Placement(network)
+        self._graphed = GraphedStep(network, self.loss, self._update) if self.cuda_graph else None
 
     def _place(self) -> placement.Placement:
         self._placement.max_device_bytes = self.max_device_bytes
@@ -132,20 +179,39 @@ class Optim:
             self.network.update_parameters(self.eps)
 
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        if self._dp is not None:
+            return self._dp.train_step(self.network, self.loss, self._update, X, y)
+        if self._graphed is not None:
+            return self._graphed(X, y)
         return train_step(self.network, self.loss, self._update, X, y)
 
     def step(self, batch_x: Any, batch_y: Any) -> Array:
         """One training step on a batch; returns the per-sample losses (backend array).
 
         Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        With a communicator, ``batch_x`` is the global batch: this rank trains on its
+        share and returns that share's losses.
         """
+        dp = self._dp
+        if dp is not None:
+            dp.sync("Optim.step", self.network)
+            batch_x, batch_y = placement.host(batch_x), placement.host(batch_y)
+            lo, hi = dp.shard(0, int(batch_x.shape[0]) if len(batch_x.shape) else 0)
+            batch_x, batch_y = batch_x[lo:hi, ...], batch_y[lo:hi, ...]
         place = self._placement
         like = place.like()
         X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
         try:
-            return self._step(X, y)[0]
+            losses = self._step(X, y)[0]
         except FloatingPointError as exc:
             raise FloatingPointError(f"Optim.step: {exc}") from None
+        except BaseException as exc:
+            if dp is not None:
+                dp.failed(exc)
+            raise
+        if self._graphed is not None:  # a graph's buffer: the next replay overwrites it
+            return namespace(losses).asarray(losses, copy=True)
+        return losses
 
     # -- evaluation -------------------------------------------------------------------
     def predict(self, X: Any) -> Array:
@@ -163,8 +229,12 @@ class Optim:
         return namespace(parts[0]).concat(parts, axis=0)
 
     def _evaluate(self, data: placement.Data) -> tuple[float, float]:
-        batches = self._placement.batches(data, self.eval_batch_size, None)
-        return evaluate(self.network, self.loss, batches, data.n)
+        dp = self._dp
+        if dp is None:
+            batches = self._placement.batches(data, self.eval_batch_size, None)
+            return evaluate(self.network, self.loss, batches, data.n)
+        batches = self._placement.batches(dp.part(data), self.eval_batch_size, None)
+        return evaluate(self.network, self.loss, batches, data.n, dp.reduce)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -183,7 +253,15 @@ class Optim:
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
         True
+
+        With a communicator, every rank scores its share and the counts are summed.
         """
+        n = 0
+        if self._dp is not None:
+            X, y = placement.host(X), placement.host(y)
+            n = int(X.shape[0])
+            lo, hi = self._dp.comm.shard(n)
+            X, y = X[lo:hi, ...], y[lo:hi, ...]
         yhat = self.predict(X)
         xp = namespace(yhat)
         if len(yhat.shape) != 2:
@@ -199,6 +277,9 @@ class Optim:
                 f"Optim.score: expected labels of shape {pred.shape} or one-hot "
                 f"({pred.shape[0]}, K), got shape {target.shape}"
             )
+        if self._dp is not None:
+            (right,) = self._dp.sum(int(np.count_nonzero(pred == target)))
+            return right / n
         return float(np.mean(pred == target))
 
     # -- loops ------------------------------------------------------------------------
@@ -216,14 +297,44 @@ class Optim:
         self, owner: str, train: placement.Data, batch_size: int, shuffle: bool, seed: int | None
     ) -> Callable[[int, Progress], tuple[float, float]]:
         """Trains one epoch per call, drawing each epoch's order from ``seed``."""
-        rng = np.random.default_rng(seed)
+        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
+        dp = self._dp
+        shard = None if dp is None else dp.shard
+        reduce = None if dp is None else dp.reduce
 
         def run(epoch: int, bars: Progress) -> tuple[float, float]:
             order = rng.permutation(train.n) if shuffle else None
-            batches = self._placement.batches(train, batch_size, order)
-            return train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars)
+            batches = self._placement.batches(train, batch_size, order, shard)
+            return train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars, reduce)
 
         return run
+
+    # -- data-parallel hooks ------------------------------------------------------------
+    def _sync(self, owner: str, loop: str) -> None:
+        """Same network and loop arguments on every rank; rank 0's parameters (once)."""
+        if self._dp is not None:
+            self._dp.sync(owner, self.network, loop)
+
+    def _common_seed(self, seed: int | None) -> int | None:
+        """The same seed on every rank (rank 0's draw for ``seed=None``)."""
+        return seed if self._dp is None else self._dp.common_seed(seed)
+
+    def _shows(self, progress: bool | None) -> bool | None:
+        """Bars (and plots) only on rank 0."""
+        return progress if self._dp is None or self._dp.root else False
+
+    def _run_epochs(self, *args: Any) -> bool:
+        """:func:`run_epochs`; on several ranks an error on this rank is told to the
+        others, and Ctrl-C propagates (the ranks may be at different batches: there is
+        no common state to roll back to)."""
+        dp = self._dp
+        if dp is None:
+            return run_epochs(*args)
+        try:
+            return run_epochs(*args, rollback=dp.comm.size == 1)
+        except BaseException as exc:
+            dp.failed(exc)
+            raise
 
     def SGD(
         self,
@@ -249,8 +360,9 @@ class Optim:
             Train this network instead (it becomes ``self.network``).
         shuffle : bool, default True
             Draw a new order every epoch from ``default_rng(seed)``.
-        seed : int, default 42
-            Seed of the shuffles.
+        seed : int or None, default 42
+            Seed of the shuffles; ``None``: drawn from NumPy's global random state (or
+            from nnx's generator after :func:`nnx.manual_seed`).
         progress : bool, optional
             Progress bars: ``None`` shows them in a terminal or notebook only.
 
@@ -264,16 +376,23 @@ class Optim:
         check_positive_int("Optim.SGD", "epochs", epochs)
         self._use_network(network)
         train = self._place().prepare("Optim.SGD", X, y)
+        seed = self._common_seed(seed)
+        self._sync(
+            "Optim.SGD",
+            f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
+        )
         run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, seed)
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
-        bars = Progress(progress, int(epochs))
+        bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss, score = run(epoch, bars)
             return {"epoch": epoch, "loss_train": loss, "score_train": score}
 
         self.interrupted = False
-        self.interrupted = run_epochs(self.network, int(epochs), epoch_record, self.history, bars)
+        self.interrupted = self._run_epochs(
+            self.network, int(epochs), epoch_record, self.history, bars
+        )
         return np.asarray(self.history["loss_train"], dtype=np.float64)
 
     def SGD_eval(
@@ -291,29 +410,40 @@ class Optim:
         return_dataframe: bool = False,
         online_plot: bool | str | os.PathLike[str] = False,
         progress: bool | None = None,
-        restore_best: bool = True,
-        monitor: str = "score",
+        restore_best: bool = False,
+        monitor: str | None = None,
         callback: Callable[[dict[str, float]], Any] | None = None,
     ) -> Any:
         """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
 
-        The last ``test_size`` part of the data (a fraction in (0, 1) or a count) is the
-        test set; with ``shuffle_test`` the split is drawn at random from
-        ``default_rng(seed)`` instead. The split is kept on the Optim as
-        :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`.
+        Words: the arguments and columns keep the original library's names
+        (NeuralNetworksDIY), in which "test" is the part held out of ``(X, y)``: what
+        the rest of nnx (bars, command line, ``history.csv``) calls the *validation
+        split*, ``val_loss`` and ``val_acc``; a data set's own test set is not involved.
+
+        A random part of ``test_size`` samples (a fraction in (0, 1), rounded up, or a
+        count) is the validation split, drawn from ``numpy.random.default_rng(seed)``:
+        the same seed gives the same split (``seed=None``: fresh randomness from NumPy's
+        global state, or nnx's generator after :func:`nnx.manual_seed`). Both parts keep
+        the data's order (with ``shuffle_test``, the held-out part comes in random order,
+        as scikit-learn's ``train_test_split`` gives it). The split is kept on the Optim
+        as :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`, as given
+        (NumPy stays NumPy, float64 stays float64).
 
         Every epoch trains on the training part (a new shuffle per epoch when
-        ``shuffle_train``), then records ``loss_train``/``score_train`` (mean loss and
-        accuracy over the epoch's batches, measured during the epoch, as Keras does)
-        and ``loss_test``/``score_test`` (a full pass over the test set).
+        ``shuffle_train``, reproducible from ``seed``), then records
+        ``loss_train``/``score_train`` (mean loss and accuracy over the epoch's batches,
+        measured during the epoch, as Keras does) and ``loss_test``/``score_test`` (a
+        full pass over the validation split).
 
-        Early stopping: when the monitored test quantity (``monitor="score"``: highest
-        ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for
-        ``patience`` epochs, training stops (``patience=None``: never). Without an
-        accuracy (outputs that are not ``(n, K)``), the test loss is monitored. With
-        ``restore_best`` (default) the network ends with the parameters of the best
-        epoch (:attr:`best_epoch`), also after Ctrl-C; otherwise with the last
-        finished epoch's.
+        Early stopping: when the monitored test quantity has not improved for
+        ``patience`` epochs, training stops (``patience`` None or 0: never). The
+        monitored quantity (``monitor=None``) is the test accuracy for class targets
+        (integer labels or one-hot rows) and the test loss otherwise (an autoencoder's
+        targets); ``monitor="score"`` (highest ``score_test``) or ``"loss"`` (lowest
+        ``loss_test``) chooses. The network ends with the last finished epoch's
+        parameters, or, with ``restore_best=True`` (Keras's ``restore_best_weights``),
+        with those of the best epoch (:attr:`best_epoch`), also after Ctrl-C.
 
         Parameters
         ----------
@@ -329,20 +459,22 @@ class Optim:
         Returns
         -------
         pandas.DataFrame or tuple of numpy.ndarray
-            With ``return_dataframe``, a DataFrame with columns ``epoch, loss_train,
-            loss_test, score_train, score_test``; otherwise the four arrays
-            ``(loss_train, loss_test, score_train, score_test)``, one value per epoch.
+            With ``return_dataframe``, a DataFrame with columns ``epoch`` (counted from
+            0, as the seed and Keras's ``History.epoch`` do), ``loss_train``,
+            ``loss_test``, ``score_train``, ``score_test``; otherwise the four arrays in
+            the seed's order ``(loss_train, score_train, loss_test, score_test)``, one
+            value per epoch. Also kept as :attr:`train_df`.
         """
         owner = "Optim.SGD_eval"
         check_positive_int(owner, "batch_size", batch_size)
         check_positive_int(owner, "epochs", epochs)
-        if patience is not None:
+        if patience is not None and patience != 0:
             check_positive_int(owner, "patience", patience)
-        if monitor not in ("score", "loss"):
-            raise ValueError(f"{owner}: monitor must be 'score' or 'loss', got {monitor!r}")
+        if monitor not in (None, "score", "loss"):
+            raise ValueError(f"{owner}: monitor must be None, 'score' or 'loss', got {monitor!r}")
         if return_dataframe:
             history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
-        plot = LivePlot(online_plot) if online_plot else None
+        plot = LivePlot(online_plot) if online_plot and self._shows(True) else None
         self._use_network(network)
         X, y = placement.host(X), placement.host(y)
         if int(y.shape[0]) != int(X.shape[0]):
@@ -351,6 +483,10 @@ class Optim:
                 f"and y {tuple(y.shape)}"
             )
         n = int(X.shape[0]) if len(X.shape) else 0
+        for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
+            if n:
+                placement.check_finite(owner, name, A)
+        seed = self._common_seed(seed)
         train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
         train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
         self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
@@ -358,9 +494,14 @@ class Optim:
         place = self._place()
         train = place.prepare(owner, self.X_train, self.y_train)
         test = place.prepare(owner, self.X_test, self.y_test)
+        self._sync(
+            owner,
+            f"n={train.n}+{test.n} batch_size={batch_size} epochs={epochs} "
+            f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
+        )
         run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, seed)
         self.history = {c: [] for c in HISTORY_COLUMNS}
-        bars = Progress(progress, int(epochs))
+        bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss_train, score_train = run(epoch, bars)
@@ -373,7 +514,9 @@ class Optim:
                 "score_test": score_test,
             }
 
-        stopping = EarlyStopping(monitor, patience)
+        if monitor is None:
+            monitor = "score" if placement.is_class_target(y) else "loss"
+        stopping = EarlyStopping(monitor, patience or None)
         observers: list[Callable[[int, dict[str, float], Any], Any]] = []
         if plot is not None:
             observers.append(lambda epoch, record, state: plot.update(self.history))
@@ -382,7 +525,7 @@ class Optim:
         observers.append(stopping.on_epoch_end)
         self.interrupted = False
         self.best_epoch = None
-        self.interrupted = run_epochs(
+        self.interrupted = self._run_epochs(
             self.network, int(epochs), epoch_record, self.history, bars, observers
         )
         self.best_epoch = stopping.best_epoch
@@ -391,8 +534,12 @@ class Optim:
         elif not restore_best:
             self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
         if return_dataframe:
-            return history_frame(self.history)
-        return tuple(
-            np.asarray(self.history[c], dtype=np.float64)
-            for c in ("loss_train", "loss_test", "score_train", "score_test")
-        )
+            frame = history_frame(self.history)
+            frame["epoch"] -= 1  # counted from 0, as the seed and Keras's History do
+            self.train_df = frame
+        else:
+            self.train_df = tuple(
+                np.asarray(self.history[c], dtype=np.float64)
+                for c in ("loss_train", "score_train", "loss_test", "score_test")
+            )
+        return self.train_df
