@@ -29,9 +29,9 @@ def _tap(k: int, stride: int, out_length: int) -> slice:
     return slice(k, k + stride * (out_length - 1) + 1, stride)
 
 
-def _taps(k: int, stride: int, out_length: int) -> tuple[slice, slice]:
+def _taps(k: int, stride: int, out_length: int) -> tuple[Any, ...]:
     """Index of tap ``k`` of every window in a ``(batch, length, chan)`` array."""
-    return (slice(None), _tap(k, stride, out_length))
+    return (slice(None), _tap(k, stride, out_length), ...)
 
 
 Padding = int | str | Sequence[int]
@@ -340,7 +340,7 @@ class Conv1D(_Windowed):
             if out_length * K == padded[1]:
                 return unpad(taps, tuple(input.shape), self.pads)
             dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
-            dX = backends.set_at(dX, (slice(None), slice(0, out_length * K)), taps)
+            dX = backends.set_at(dX, (slice(None), slice(0, out_length * K), ...), taps)
             return unpad(dX, tuple(input.shape), self.pads)
         # Overlapping (or gapped) windows: one GEMM per tap added into its positions.
         # Measured faster than one (B*O, K*C) GEMM followed by K strided adds, which

@@ -113,7 +113,7 @@ class _Windowed2D(Module):
         if (oh * kh, ow * kw) == shape[1:3]:
             return grid
         dX = xp.zeros(shape, dtype=input.dtype, device=_device(input))
-        return backends.set_at(dX, (slice(None), slice(0, oh * kh), slice(0, ow * kw)), grid)
+        return backends.set_at(dX, (slice(None), slice(0, oh * kh), slice(0, ow * kw), ...), grid)
 
 
 class Conv2D(_Windowed2D):
