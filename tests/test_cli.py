@@ -172,7 +172,7 @@ def test_run_files_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert code == 0
-    for name in ("history.csv", "learning_curve.png", "metrics.json"):
+    for name in ("history.csv", "learning_curve.png", "metrics.json", "model.npz"):
         assert (out / name).stat().st_mode & 0o777 == 0o640, name
 
 
