@@ -72,22 +72,28 @@ needs_mpi_job = pytest.mark.skipif(
 )
 
 
-def run_job(script: str, tmp_path: Path, n: int = 2, limit: float = 120.0, env=None):
-    """Run ``script`` on ``n`` ranks; returns (CompletedProcess, seconds)."""
+def job_command(script: str, tmp_path: Path, n: int = 2, rank_dirs: bool = False):
+    """The ``mpiexec`` command line and environment running ``script`` on ``n`` ranks
+    (with ``rank_dirs``, rank r works in ``tmp_path/rank<r>``)."""
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(script))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARIABLES)}
-    clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
-    clean.update(env or {})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARIABLES)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    if not rank_dirs:
+        return [mpiexec(), "-n", str(n), sys.executable, str(path)], env
+    cmd = [mpiexec()]
+    for r in range(n):
+        (tmp_path / f"rank{r}").mkdir()
+        cmd += [*([":"] if r else []), "-n", "1", "-wdir", str(tmp_path / f"rank{r}")]
+        cmd += [sys.executable, str(path)]
+    return cmd, env
+
+
+def run_job(script: str, tmp_path: Path, n: int = 2, limit: float = 120.0, rank_dirs=False):
+    """Run ``script`` on ``n`` ranks; returns (CompletedProcess, seconds)."""
+    cmd, env = job_command(script, tmp_path, n, rank_dirs)
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [mpiexec(), "-n", str(n), sys.executable, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=limit,
-        env=clean,
-        cwd=tmp_path,
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=env, cwd=tmp_path)
     return proc, time.monotonic() - t0
 
 

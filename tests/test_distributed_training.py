@@ -12,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
-from test_distributed import needs_mpi_job, run_job  # noqa: I001
+from test_distributed import job_command, needs_mpi_job, run_job  # noqa: I001
 
 import nnx
+from nnx.cli import main
 from nnx.distributed import SingleProcess
 
 TOL = 1e-10
@@ -250,51 +254,67 @@ def test_job_a_rank_killed_or_failing_mid_epoch_ends_the_job(tmp_path, how):
 
 @needs_mpi_job
 def test_job_cli_prints_one_result_and_writes_files_once(tmp_path):
-    out_dir = tmp_path / "run"
-    script = f"""
+    # each rank runs in its own folder (mpiexec -wdir) with the same relative --out:
+    # rank 0's folder gets the run, rank 1's stays empty
+    script = """
 import sys
 from nnx.cli import main
 sys.exit(main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2",
-               "--dtype", "float64", "--no-progress", "--out", {str(out_dir)!r}]))
+               "--dtype", "float64", "--no-progress", "--data-cache", "off", "--out", "run"]))
 """
-    proc, _ = run_job(script, tmp_path, limit=300)
+    proc, _ = run_job(script, tmp_path, limit=300, rank_dirs=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = [line for line in proc.stdout.splitlines() if line.startswith("test accuracy")]
     assert len(results) == 1, proc.stdout
     assert "2 ranks" in proc.stdout
-    assert sorted(p.name for p in out_dir.iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "rank0" / "run").iterdir()) == [
         "history.csv",
         "learning_curve.png",
         "metrics.json",
         "model.npz",
     ]
+    assert list((tmp_path / "rank1").iterdir()) == []
     one = tmp_path / "one"
-    from nnx.cli import main
-
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "digits",
-                "--model",
-                "mlp",
-                "--epochs",
-                "2",
-                "--dtype",
-                "float64",
-                "--no-progress",
-                "--quiet",
-                "--out",
-                str(one),
-            ]
-        )
-        == 0
-    )
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2"]
+    args += ["--dtype", "float64", "--no-progress", "--quiet", "--data-cache", "off"]
+    assert main([*args, "--out", str(one)]) == 0
     m1 = json.loads((one / "metrics.json").read_text())
-    m2 = json.loads((out_dir / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "rank0" / "run" / "metrics.json").read_text())
     assert m2["test_accuracy"] == m1["test_accuracy"]
     assert m2["ranks"] == 2 and m1["ranks"] == 1
+
+
+@needs_mpi_job
+def test_job_ctrl_c_on_the_launcher_stops_every_rank(tmp_path):
+    script = """
+import numpy as np, nnx
+comm = nnx.distributed.init()
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(4000, 6)), rng.integers(0, 3, 4000)
+net = nnx.Sequential(nnx.Linear(6, 8), nnx.TanH(), nnx.Linear(8, 3))
+print(f"rank {comm.rank} training", flush=True)
+nnx.Optim(net, nnx.CELogSoftmax(), eps=1e-4, comm=comm).SGD(X, y, 4, 10_000, progress=False)
+"""
+    cmd, env = job_command(script, tmp_path)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        started = 0
+        while started < 2:
+            line = proc.stdout.readline()
+            assert line, "the job ended before training"
+            started += "training" in line
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.returncode != 0
+        assert time.monotonic() - t0 < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.mpi
