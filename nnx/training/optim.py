@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from ..module import Array, Loss, Module, check_positive_int, namespace
+from ..module import Array, Loss, Module, check_positive_int, mode, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
@@ -43,10 +43,13 @@ class Optim:
     - check the loss of every batch before the update: a non-finite loss raises
       ``FloatingPointError`` naming the epoch and the batch (both 1-based), with the
       parameters as they were before that step;
+    - train in training mode and evaluate in evaluation mode (:meth:`nnx.Module.train`,
+      :meth:`~nnx.Module.eval`: what :class:`~nnx.Dropout` and :class:`~nnx.BatchNorm`
+      look at), giving every module back the mode it had when the call returns;
     - stop cleanly on Ctrl-C (``KeyboardInterrupt``): bars closed, the parameters
-      put back as they were at the end of the last finished epoch (or the best epoch,
-      see ``restore_best``), and the history of the finished epochs returned;
-      :attr:`interrupted` is then ``True``.
+      (and buffers, such as BatchNorm's running statistics) put back as they were at
+      the end of the last finished epoch (or the best epoch, see ``restore_best``), and
+      the history of the finished epochs returned; :attr:`interrupted` is then ``True``.
 
     Parameters
     ----------
@@ -137,7 +140,9 @@ class Optim:
     def step(self, batch_x: Any, batch_y: Any) -> Array:
         """One training step on a batch; returns the per-sample losses (backend array).
 
-        Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        Runs in the network's current mode, as a PyTorch step does (modules start in
+        training mode; :meth:`SGD`, :meth:`SGD_eval`, :meth:`score`, :meth:`evaluate`
+        and :meth:`predict` switch it and give it back). Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
         """
         place = self._placement
         like = place.like()
@@ -150,25 +155,29 @@ class Optim:
     # -- evaluation -------------------------------------------------------------------
     def predict(self, X: Any) -> Array:
         """Network output for ``X`` (moved to the network's backend), in batches of
-        :attr:`eval_batch_size`."""
+        :attr:`eval_batch_size`, in evaluation mode (:meth:`nnx.Module.eval`; every
+        module's own mode is given back afterwards)."""
         X = placement.host(X)
         n = int(X.shape[0]) if len(X.shape) else 0
         place = self._placement
-        if n <= self.eval_batch_size:
-            return self.network.forward(place.to_network(X))
-        parts = [
-            self.network.forward(place.to_network(X[i : i + self.eval_batch_size, ...]))
-            for i in range(0, n, self.eval_batch_size)
-        ]
+        with mode(self.network, False):
+            if n <= self.eval_batch_size:
+                return self.network.forward(place.to_network(X))
+            parts = [
+                self.network.forward(place.to_network(X[i : i + self.eval_batch_size, ...]))
+                for i in range(0, n, self.eval_batch_size)
+            ]
         return namespace(parts[0]).concat(parts, axis=0)
 
     def _evaluate(self, data: placement.Data) -> tuple[float, float]:
         batches = self._placement.batches(data, self.eval_batch_size, None)
-        return evaluate(self.network, self.loss, batches, data.n)
+        with mode(self.network, False):
+            return evaluate(self.network, self.loss, batches, data.n)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
-        outputs are ``(n, K)`` and ``y`` holds labels or one-hot rows); no update.
+        outputs are ``(n, K)`` and ``y`` holds labels or one-hot rows); no update; in
+        evaluation mode, as :meth:`score` and :meth:`predict`.
 
         >>> import nnx, numpy as np
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
@@ -221,7 +230,8 @@ class Optim:
         def run(epoch: int, bars: Progress) -> tuple[float, float]:
             order = rng.permutation(train.n) if shuffle else None
             batches = self._placement.batches(train, batch_size, order)
-            return train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars)
+            with mode(self.network, True):
+                return train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars)
 
         return run
 
