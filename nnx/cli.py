@@ -16,6 +16,7 @@ Example (the README's main job, about a minute on a 2-core CPU)::
     nnx train                      # MNIST-1D, deeper CNN, Adam, NumPy backend
     nnx train --model mlp
     nnx train --dataset digits --model mlp --backend torch --dtype float64
+    nnx train --dataset digits --model cnn2d   # 8x8 images, Conv2D + BatchNorm + Dropout
     nnx evaluate runs/mnist1d-cnn/model.npz --backend array_api_strict
 """
 
@@ -36,6 +37,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "simple_cnn": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32, "patience": 10},
     # the MNIST-1D paper's MLP recipe (Adam 1e-2); it overfits fast: early stopping
     "mlp": {"optimizer": "adam", "lr": 1e-2, "epochs": 200, "batch_size": 64, "patience": 20},
+    # images (--dataset digits): 99% test accuracy in about 12 epochs
+    "cnn2d": {"optimizer": "adam", "lr": 2e-3, "epochs": 12, "batch_size": 32, "patience": 5},
 }
 
 
@@ -323,7 +326,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         say(f"nnx train: {note}")
 
     t0 = time.perf_counter()
-    X, y, X_test, y_test = nnx.datasets.load(args.dataset, cache=args.data_cache)
+    images = args.model in nnx.models.IMAGE_MODELS
+    if images and args.dataset not in nnx.datasets.IMAGE_DATASETS:
+        raise ValueError(
+            f"--model {args.model} takes images; --dataset {args.dataset} holds 1-D signals "
+            f"(image data sets: {', '.join(nnx.datasets.IMAGE_DATASETS)})"
+        )
+    X, y, X_test, y_test = nnx.datasets.load(args.dataset, cache=args.data_cache, images=images)
     t_data = time.perf_counter() - t0
     classes = int(max(y.max(), y_test.max())) + 1
     patience = recipe["patience"] or None
@@ -332,7 +341,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         nnx.set_default_dtype(args.dtype)
         try:
             nnx.manual_seed(args.seed)
-            net = nnx.models.build(args.model, X.shape[1], X.shape[2], classes)
+            net = nnx.models.for_input(args.model, X.shape[1:], classes)
             name = recipe["optimizer"]
             opt = None if name == "sgd" else nnx.optimizers.get(name, recipe["lr"])
             optim = nnx.Optim(net, nnx.CELogSoftmax(), eps=recipe["lr"], optimizer=opt)
@@ -449,7 +458,8 @@ def evaluate(args: argparse.Namespace) -> float:
     dataset = args.dataset or header.get("metadata", {}).get("dataset")
     if dataset is None:
         raise ValueError("the model file records no data set; pass --dataset")
-    _, _, X_test, y_test = nnx.datasets.load(dataset, cache=args.data_cache)
+    images = header.get("metadata", {}).get("model") in nnx.models.IMAGE_MODELS
+    _, _, X_test, y_test = nnx.datasets.load(dataset, cache=args.data_cache, images=images)
     with nnx.use_backend(args.backend, args.device):
         net = nnx.load(args.model_path, dtype=args.dtype)
         acc = nnx.Optim(net, nnx.CELogSoftmax()).score(X_test, y_test)

@@ -244,6 +244,31 @@ def test_console_script_entry_point():
     assert callable(cli.main)
 
 
+def test_train_and_evaluate_cnn2d_on_digit_images(tmp_path, capsys):
+    out = tmp_path / "cnn2d"
+    argv = ["train", "--dataset", "digits", "--model", "cnn2d", "--epochs", "1", "--out"]
+    assert cli.main([*argv, str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "shape (8, 8, 1)" in stdout and "model cnn2d" in stdout
+    net = nnx.load(out / "model.npz")
+    assert isinstance(net[0], nnx.Conv2D)
+    assert cli.main(["evaluate", str(out / "model.npz")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"test accuracy: {metrics['test_accuracy']:.4f}" in capsys.readouterr().out
+    wrong = ["train", "--dataset", "mnist1d", "--model", "cnn2d", "--out", str(tmp_path / "x")]
+    assert cli.main(wrong) == 2
+    assert "takes images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.once
+def test_digits_cnn2d_recipe_reaches_98_percent(tmp_path):
+    out = tmp_path / "digits2d"
+    argv = ["train", "--dataset", "digits", "--model", "cnn2d", "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] >= 0.98
+
+
 @pytest.mark.slow
 @pytest.mark.once
 def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
