@@ -384,13 +384,13 @@ class Probe(nnx.Module):
 def test_train_eval_propagate_through_containers(backend):
     inner = nnx.Sequential(nnx.Dropout(0.5), nnx.BatchNorm(3))
     net = nnx.Sequential(nnx.Linear(3, 3), inner, nnx.ReLU())
-    assert all(m.training for m in net.modules())
+    assert all(m.training for m in net.all_modules())
     assert net.eval() is net
-    assert not any(m.training for m in net.modules())
+    assert not any(m.training for m in net.all_modules())
     assert inner.train() is inner
-    assert [m.training for m in net.modules()] == [False, False, True, True, True, False]
+    assert [m.training for m in net.all_modules()] == [False, False, True, True, True, False]
     net.train()
-    assert all(m.training for m in net.modules())
+    assert all(m.training for m in net.all_modules())
     with pytest.raises(TypeError, match=r"mode must be a bool"):
         net.train("eval")
     # the mode survives save / load of the architecture? No: a loaded network trains.
@@ -400,14 +400,14 @@ def test_train_eval_propagate_through_containers(backend):
 def test_mode_context_restores_mixed_modes(backend):
     net = nnx.Sequential(nnx.Dropout(0.5), nnx.Sequential(nnx.BatchNorm(2)), nnx.ReLU())
     net[1].eval()
-    before = [m.training for m in net.modules()]
+    before = [m.training for m in net.all_modules()]
     with mode(net, True):
-        assert all(m.training for m in net.modules())
-    assert [m.training for m in net.modules()] == before
+        assert all(m.training for m in net.all_modules())
+    assert [m.training for m in net.all_modules()] == before
     with pytest.raises(RuntimeError), mode(net, False):
-        assert not any(m.training for m in net.modules())
+        assert not any(m.training for m in net.all_modules())
         raise RuntimeError("restored on errors too")
-    assert [m.training for m in net.modules()] == before
+    assert [m.training for m in net.all_modules()] == before
 
 
 @pytest.mark.parametrize("start", ["train", "eval"])
@@ -430,7 +430,7 @@ def test_optim_trains_in_train_mode_and_evaluates_in_eval_mode(backend, rng, sta
     opt.evaluate(X, y)
     opt.predict(X)
     assert probe.seen == [False, False, False]
-    assert all(m.training is (start == "train") for m in net.modules())
+    assert all(m.training is (start == "train") for m in net.all_modules())
 
 
 def test_optim_restores_mode_after_an_error(backend, rng):
@@ -446,7 +446,7 @@ def test_optim_restores_mode_after_an_error(backend, rng):
     with pytest.raises(RuntimeError, match="boom"):
         opt.SGD(X, y, batch_size=4, epochs=3, progress=False)
     assert net[2].seen == [True, True, True]
-    assert not any(m.training for m in net.modules())
+    assert not any(m.training for m in net.all_modules())
 
 
 def test_dropout_and_batchnorm_change_outputs_only_in_train_mode(backend, rng):

@@ -71,7 +71,8 @@ class _State:
     backend: Backend
     device: Any = None
     dtype: str = "float32"
-    rng: np.random.Generator = np.random.default_rng()
+    #: nnx's own generator after ``manual_seed(n)``; ``None``: NumPy's global state
+    rng: np.random.Generator | None = None
 
 
 _state = _State()
@@ -160,20 +161,44 @@ def dtype_name(x: Any) -> str:
     return _dtype_name(x.dtype)
 
 
-def manual_seed(seed: int) -> None:
-    """Seed nnx's random generator (initialisation, shuffles without explicit seed)."""
+def manual_seed(seed: int | None) -> None:
+    """Seed nnx's own random generator (initial weights, and any later random draw).
+
+    Until this is called, nnx draws from NumPy's global random state, so
+    ``np.random.seed(42)`` at the top of a notebook makes its networks reproducible, as
+    in the original library. After ``manual_seed(n)`` nnx uses its own generator
+    (``numpy.random.default_rng(n)``), which nothing else touches: the same ``n`` gives
+    the same weights on every backend, whatever else the program draws.
+    ``manual_seed(None)`` goes back to NumPy's global state.
+
+    >>> import nnx, numpy as np
+    >>> np.random.seed(42); a = nnx.Linear(3, 2).state_dict()["weight"]
+    >>> np.random.seed(42); b = nnx.Linear(3, 2).state_dict()["weight"]
+    >>> bool((a == b).all())
+    True
+    """
+    if seed is None:
+        _state.rng = None
+        return
     if isinstance(seed, bool) or not hasattr(seed, "__index__"):
         raise TypeError(
-            f"nnx.manual_seed: seed must be a non-negative int, got {type(seed).__name__} {seed!r}"
+            f"nnx.manual_seed: seed must be a non-negative int or None, got "
+            f"{type(seed).__name__} {seed!r}"
         )
     if int(seed) < 0:
         raise ValueError(f"nnx.manual_seed: seed must be a non-negative int, got {seed!r}")
     _state.rng = np.random.default_rng(seed)
 
 
-def get_rng() -> np.random.Generator:
-    """The NumPy ``Generator`` nnx draws initial weights from."""
-    return _state.rng
+def get_rng() -> Any:
+    """What nnx draws random numbers from: its own ``numpy.random.Generator`` after
+    :func:`manual_seed`, else the ``numpy.random`` module (NumPy's global state).
+
+    Both offer ``standard_normal``, ``random``, ``normal``, ``uniform`` and
+    ``permutation`` with the same signatures.
+    """
+    rng = _state.rng
+    return np.random if rng is None else rng
 
 
 @contextlib.contextmanager

@@ -129,8 +129,12 @@ class Optim:
         self.history: dict[str, list[float]] = {}
         #: Whether the last loop was stopped by Ctrl-C.
         self.interrupted = False
-        #: Epoch (1-based) whose parameters the last :meth:`SGD_eval` kept.
+        #: Epoch (1-based, as the bars count) whose parameters the last :meth:`SGD_eval`
+        #: kept: the last one, or the best one with ``restore_best=True``.
         self.best_epoch: int | None = None
+        #: What the last :meth:`SGD_eval` returned (the seed's attribute): its DataFrame
+        #: with ``return_dataframe=True``, else its four arrays.
+        self.train_df: Any = None
 
     @property
     def network(self) -> Module:
@@ -250,7 +254,7 @@ class Optim:
         self, owner: str, train: placement.Data, batch_size: int, shuffle: bool, seed: int | None
     ) -> Callable[[int, Progress], tuple[float, float]]:
         """Trains one epoch per call, drawing each epoch's order from ``seed``."""
-        rng = np.random.default_rng(seed)
+        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
 
         def run(epoch: int, bars: Progress) -> tuple[float, float]:
             order = rng.permutation(train.n) if shuffle else None
@@ -284,8 +288,9 @@ class Optim:
             Train this network instead (it becomes ``self.network``).
         shuffle : bool, default True
             Draw a new order every epoch from ``default_rng(seed)``.
-        seed : int, default 42
-            Seed of the shuffles.
+        seed : int or None, default 42
+            Seed of the shuffles; ``None``: drawn from NumPy's global random state (or
+            from nnx's generator after :func:`nnx.manual_seed`).
         progress : bool, optional
             Progress bars: ``None`` shows them in a terminal or notebook only.
 
@@ -326,8 +331,8 @@ class Optim:
         return_dataframe: bool = False,
         online_plot: bool | str | os.PathLike[str] = False,
         progress: bool | None = None,
-        restore_best: bool = True,
-        monitor: str = "score",
+        restore_best: bool = False,
+        monitor: str | None = None,
         callback: Callable[[dict[str, float]], Any] | None = None,
     ) -> Any:
         """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
@@ -337,23 +342,29 @@ class Optim:
         the rest of nnx (bars, command line, ``history.csv``) calls the *validation
         split*, ``val_loss`` and ``val_acc``; a data set's own test set is not involved.
 
-        The last ``test_size`` part of the data (a fraction in (0, 1) or a count) is the
-        validation split; with ``shuffle_test`` the split is drawn at random from
-        ``default_rng(seed)`` instead. The split is kept on the Optim as
-        :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`.
+        A random part of ``test_size`` samples (a fraction in (0, 1), rounded up, or a
+        count) is the validation split, drawn from ``numpy.random.default_rng(seed)``:
+        the same seed gives the same split (``seed=None``: fresh randomness from NumPy's
+        global state, or nnx's generator after :func:`nnx.manual_seed`). Both parts keep
+        the data's order (with ``shuffle_test``, the held-out part comes in random order,
+        as scikit-learn's ``train_test_split`` gives it). The split is kept on the Optim
+        as :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`, as given
+        (NumPy stays NumPy, float64 stays float64).
 
         Every epoch trains on the training part (a new shuffle per epoch when
-        ``shuffle_train``), then records ``loss_train``/``score_train`` (mean loss and
-        accuracy over the epoch's batches, measured during the epoch, as Keras does)
-        and ``loss_test``/``score_test`` (a full pass over the validation split).
+        ``shuffle_train``, reproducible from ``seed``), then records
+        ``loss_train``/``score_train`` (mean loss and accuracy over the epoch's batches,
+        measured during the epoch, as Keras does) and ``loss_test``/``score_test`` (a
+        full pass over the validation split).
 
-        Early stopping: when the monitored test quantity (``monitor="score"``: highest
-        ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for
-        ``patience`` epochs, training stops (``patience=None``: never). Without an
-        accuracy (outputs that are not ``(n, K)``), the test loss is monitored. With
-        ``restore_best`` (default) the network ends with the parameters of the best
-        epoch (:attr:`best_epoch`), also after Ctrl-C; otherwise with the last
-        finished epoch's.
+        Early stopping: when the monitored test quantity has not improved for
+        ``patience`` epochs, training stops (``patience`` None or 0: never). The
+        monitored quantity (``monitor=None``) is the test accuracy for class targets
+        (integer labels or one-hot rows) and the test loss otherwise (an autoencoder's
+        targets); ``monitor="score"`` (highest ``score_test``) or ``"loss"`` (lowest
+        ``loss_test``) chooses. The network ends with the last finished epoch's
+        parameters, or, with ``restore_best=True`` (Keras's ``restore_best_weights``),
+        with those of the best epoch (:attr:`best_epoch`), also after Ctrl-C.
 
         Parameters
         ----------
@@ -369,17 +380,19 @@ class Optim:
         Returns
         -------
         pandas.DataFrame or tuple of numpy.ndarray
-            With ``return_dataframe``, a DataFrame with columns ``epoch, loss_train,
-            loss_test, score_train, score_test``; otherwise the four arrays
-            ``(loss_train, loss_test, score_train, score_test)``, one value per epoch.
+            With ``return_dataframe``, a DataFrame with columns ``epoch`` (counted from
+            0, as the seed and Keras's ``History.epoch`` do), ``loss_train``,
+            ``loss_test``, ``score_train``, ``score_test``; otherwise the four arrays in
+            the seed's order ``(loss_train, score_train, loss_test, score_test)``, one
+            value per epoch. Also kept as :attr:`train_df`.
         """
         owner = "Optim.SGD_eval"
         check_positive_int(owner, "batch_size", batch_size)
         check_positive_int(owner, "epochs", epochs)
-        if patience is not None:
+        if patience is not None and patience != 0:
             check_positive_int(owner, "patience", patience)
-        if monitor not in ("score", "loss"):
-            raise ValueError(f"{owner}: monitor must be 'score' or 'loss', got {monitor!r}")
+        if monitor not in (None, "score", "loss"):
+            raise ValueError(f"{owner}: monitor must be None, 'score' or 'loss', got {monitor!r}")
         if return_dataframe:
             history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
         plot = LivePlot(online_plot) if online_plot else None
@@ -391,6 +404,9 @@ class Optim:
                 f"and y {tuple(y.shape)}"
             )
         n = int(X.shape[0]) if len(X.shape) else 0
+        for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
+            if n:
+                placement.check_finite(owner, name, A)
         train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
         train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
         self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
@@ -413,7 +429,9 @@ class Optim:
                 "score_test": score_test,
             }
 
-        stopping = EarlyStopping(monitor, patience)
+        if monitor is None:
+            monitor = "score" if placement.is_class_target(y) else "loss"
+        stopping = EarlyStopping(monitor, patience or None)
         observers: list[Callable[[int, dict[str, float], Any], Any]] = []
         if plot is not None:
             observers.append(lambda epoch, record, state: plot.update(self.history))
@@ -431,8 +449,12 @@ class Optim:
         elif not restore_best:
             self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
         if return_dataframe:
-            return history_frame(self.history)
-        return tuple(
-            np.asarray(self.history[c], dtype=np.float64)
-            for c in ("loss_train", "loss_test", "score_train", "score_test")
-        )
+            frame = history_frame(self.history)
+            frame["epoch"] -= 1  # counted from 0, as the seed and Keras's History do
+            self.train_df = frame
+        else:
+            self.train_df = tuple(
+                np.asarray(self.history[c], dtype=np.float64)
+                for c in ("loss_train", "score_train", "loss_test", "score_test")
+            )
+        return self.train_df
