@@ -94,7 +94,14 @@ def simple_cnn(
     )
 
 
-def cnn(length: int, channels: int, classes: int, width: int = 32) -> Sequential:
+def cnn(
+    length: int,
+    channels: int,
+    classes: int,
+    width: int = 32,
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+) -> Sequential:
     r"""A deeper, translation-invariant CNN (global average pooling).
 
     Lengths: :math:`L \to L-4 \to L-8 \to P = \lfloor (L-8)/2 \rfloor \to P-2 \to
@@ -102,28 +109,36 @@ def cnn(length: int, channels: int, classes: int, width: int = 32) -> Sequential
     ``2 width`` channels feeds ``Linear(2 width, classes)``. Convolutions have biases
     and He-normal weights. Needs :math:`L \ge 18`.
 
+    With ``batchnorm``, a :class:`~nnx.BatchNorm` follows every convolution (which then
+    has no bias: BatchNorm's :math:`\beta` is one); with ``dropout`` > 0, a
+    :class:`~nnx.Dropout` precedes the classifier.
+
     >>> import nnx
     >>> nnx.models.cnn(40, 1, 10)[9]
     AvgPool1D(k_size=12, stride=12)
+    >>> len(nnx.models.cnn(40, 1, 10, batchnorm=True, dropout=0.2))
+    17
     """
     _check("nnx.models.cnn", length, channels, classes)
     pooled = (length - 8 - 2) // 2 + 1
     final = pooled - 4
     if final < 1:
         raise ValueError(f"nnx.models.cnn: length must be at least 18, got {length}")
-    conv = {"bias": True, "init_type": "he_normal"}
+    conv = {"bias": not batchnorm, "init_type": "he_normal"}
+
+    def block(k: int, c_in: int, c_out: int) -> list:
+        layers = [Conv1D(k, c_in, c_out, **conv)]
+        return layers + [BatchNorm(c_out), ReLU()] if batchnorm else layers + [ReLU()]
+
     return Sequential(
-        Conv1D(5, channels, width, **conv),
-        ReLU(),
-        Conv1D(5, width, width, **conv),
-        ReLU(),
+        *block(5, channels, width),
+        *block(5, width, width),
         MaxPool1D(2, 2),
-        Conv1D(3, width, 2 * width, **conv),
-        ReLU(),
-        Conv1D(3, 2 * width, 2 * width, **conv),
-        ReLU(),
+        *block(3, width, 2 * width),
+        *block(3, 2 * width, 2 * width),
         AvgPool1D(final, final),
         Flatten(),
+        *([Dropout(dropout)] if dropout > 0 else []),
         Linear(2 * width, classes),
     )
 
@@ -152,21 +167,19 @@ def cnn2d(
     height: int, width: int, channels: int, classes: int, filters: int = 16, p: float = 0.3
 ) -> Sequential:
     r"""A small image CNN with BatchNorm and Dropout, for ``(batch, height, width,
-        channels)`` inputs.
+    channels)`` inputs.
 
-        ``Conv2D(3, C, f, "same") - BatchNorm - ReLU - Conv2D(3, f, f, "same") - BatchNorm -
-        ReLU - MaxPool2D(2) - Conv2D(3, f, 2f, "same") - BatchNorm - ReLU - MaxPool2D(2) -
-        Flatten - Dropout(p) - Linear(2f H' W', 128) - ReLU - Dropout(p) - Linear(128, K)``
-        with :math:`H' = \lfloor \lfloor H/2
-    floor / 2
-    floor` (likewise :math:`W'`);
-        convolutions without bias (BatchNorm's :math:`eta` is one), He-normal weights.
-        Needs :math:`H, W \ge 4`.
+    ``Conv2D(3, C, f, "same") - BatchNorm - ReLU - Conv2D(3, f, f, "same") - BatchNorm -
+    ReLU - MaxPool2D(2) - Conv2D(3, f, 2f, "same") - BatchNorm - ReLU - MaxPool2D(2) -
+    Flatten - Dropout(p) - Linear(2f H' W', 128) - ReLU - Dropout(p) - Linear(128, K)``
+    with :math:`H' = \lfloor \lfloor H/2 \rfloor / 2 \rfloor` (likewise :math:`W'`);
+    convolutions without bias (BatchNorm's :math:`\beta` is one), He-normal weights.
+    Needs :math:`H, W \ge 4`.
 
-        >>> import nnx
-        >>> net = nnx.models.cnn2d(8, 8, 1, 10)
-        >>> net(nnx.asarray(__import__("numpy").zeros((2, 8, 8, 1)))).shape
-        (2, 10)
+    >>> import nnx
+    >>> net = nnx.models.cnn2d(8, 8, 1, 10)
+    >>> net(nnx.asarray(__import__("numpy").zeros((2, 8, 8, 1)))).shape
+    (2, 10)
     """
     owner = "nnx.models.cnn2d"
     for arg, value in (("height", height), ("width", width), ("filters", filters)):

@@ -312,6 +312,23 @@ def test_dropout_reproducible_from_the_seed(backend):
     assert not np.array_equal(a, b)  # each call draws a new mask
 
 
+def test_dropout_reproducible_from_numpy_global_seed(backend):
+    """Before nnx.manual_seed, masks follow np.random.seed (as the weights do)."""
+    x = nnx.asarray(np.ones((4, 25)))
+    nnx.manual_seed(None)
+    try:
+        np.random.seed(42)  # noqa: NPY002 - the legacy global state is the point
+        a = host(nnx.Dropout(0.5)(x))
+        np.random.seed(42)  # noqa: NPY002 - the legacy global state is the point
+        b = host(nnx.Dropout(0.5)(x))
+        np.random.seed(43)  # noqa: NPY002 - the legacy global state is the point
+        c = host(nnx.Dropout(0.5)(x))
+    finally:
+        nnx.manual_seed(0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
 def test_dropout_exact_backward_for_its_mask(backend, float64, rng):
     drop = nnx.Dropout(0.3)
     x = rng.uniform(0.5, 2.0, (6, 4, 3))  # no zeros: the mask is out / x
