@@ -37,8 +37,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "simple_cnn": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32, "patience": 10},
     # the MNIST-1D paper's MLP recipe (Adam 1e-2); it overfits fast: early stopping
     "mlp": {"optimizer": "adam", "lr": 1e-2, "epochs": 200, "batch_size": 64, "patience": 20},
-    # images (--dataset digits): 99% test accuracy in about 12 epochs
-    "cnn2d": {"optimizer": "adam", "lr": 2e-3, "epochs": 12, "batch_size": 32, "patience": 5},
+    # images (--dataset digits): 98.3-99.2% test accuracy (seeds 0-2), about 20 s
+    "cnn2d": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 32, "patience": 8},
 }
 
 
