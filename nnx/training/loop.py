@@ -8,7 +8,7 @@ from typing import Any
 
 from ..module import Array, Module
 from .progress import Progress
-from .step import Tally
+from .step import Reduce, Tally
 
 #: Called after every epoch with ``(epoch, record, parameters)``; ``True`` stops.
 Observer = Callable[[int, dict[str, float], Any], Any]
@@ -22,10 +22,12 @@ def train_epoch(
     n: int,
     batch_size: int,
     bars: Progress,
+    reduce: Reduce | None = None,
 ) -> tuple[float, float]:
     """Run ``step`` on every batch; returns (mean per-sample loss, running accuracy).
 
-    A non-finite loss raises ``FloatingPointError`` naming the epoch and the batch."""
+    A non-finite loss raises ``FloatingPointError`` naming the epoch and the batch.
+    With ``reduce`` (data-parallel), the sums of every rank's shares."""
     count = -(-n // batch_size)
     bars.start_epoch(epoch, count)
     tally = Tally()
@@ -38,7 +40,7 @@ def train_epoch(
             ) from None
         tally.add(total, yhat, by)
         bars.batch_bar.update(1)
-    return tally.means(n)
+    return tally.means(n, reduce)
 
 
 def run_epochs(
@@ -48,13 +50,15 @@ def run_epochs(
     history: dict[str, list[float]],
     bars: Progress,
     observers: Iterable[Observer] = (),
+    rollback: bool = True,
 ) -> bool:
     """Epochs ``1..epochs`` of ``run_epoch`` (which returns the epoch's record),
     appended to ``history``; after each, every observer sees the record and the
     parameters, and any of them may stop the loop.
 
     Ctrl-C (``KeyboardInterrupt``) puts back the parameters of the last finished epoch
-    and returns ``True``; the bars are closed in every case.
+    and returns ``True`` (with ``rollback=False``, as on several ranks, it propagates);
+    the bars are closed in every case.
     """
     observers = list(observers)
     last = network.state_dict()
@@ -71,6 +75,8 @@ def run_epochs(
             if stop:
                 break
     except KeyboardInterrupt:
+        if not rollback:
+            raise
         network.load_state_dict(last)
         return True
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends
+from .. import backends, distributed
 from ..module import Array, Loss, Module, check_positive_int, mode, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
@@ -62,6 +62,20 @@ class Optim:
         Step size of the plain update (unused with an ``optimizer``).
     optimizer : nnx.optimizers.Optimizer, optional
         Update rule used after each backward pass.
+    comm : nnx.distributed.Communicator, optional
+        Train data-parallel on the ranks of ``comm`` (:func:`nnx.distributed.init`,
+        :doc:`/scaling`): ``step``, ``SGD`` and ``SGD_eval`` first check that every
+        rank built the same network and runs the loop with the same arguments, and
+        give every rank rank 0's parameters (once per network); each rank then takes
+        its contiguous share of every global batch (``batch_size`` is the global batch,
+        every rank draws the same shuffle), the gradients are summed with one allreduce
+        per step and every rank applies the same update: the parameters are those of
+        one process training on the global batches, up to float rounding. The
+        non-finite check and the label checks see every rank's share (every rank stops
+        at the same batch with the same error); ``evaluate``, ``score`` and the test
+        passes of ``SGD_eval`` are computed on shares and summed; only rank 0 shows
+        progress bars and draws ``online_plot``. Ctrl-C, or an error on one rank only,
+        stops every rank (see :class:`nnx.distributed.MPICommunicator`).
     cuda_graph : bool, default False
         Replay each step as CUDA graphs (:mod:`nnx.training.graph`): the first batch of
         each shape runs eagerly and is recorded, later ones cost a few launches instead
@@ -93,6 +107,7 @@ class Optim:
         loss: Loss,
         eps: float = 1e-3,
         optimizer: Any = None,
+        comm: Any = None,
         cuda_graph: bool = False,
     ) -> None:
         if not isinstance(network, Module):
@@ -116,8 +131,16 @@ class Optim:
                 f"{type(optimizer).__name__}'s step changes its scalars every step (use "
                 f"SGD or Momentum, or cuda_graph=False)"
             )
+        if cuda_graph and comm is not None:
+            raise ValueError(
+                "Optim: cuda_graph=True with comm= is not supported: a data-parallel step "
+                "sums the gradients over the ranks between the backward pass and the update"
+            )
         self.loss, self.eps = loss, float(eps)
         self.optimizer = optimizer
+        #: The communicator of data-parallel training (``None``: this process alone).
+        self.comm = comm
+        self._dp = None if comm is None else distributed.DataParallel(comm)
         self.cuda_graph = bool(cuda_graph)
         self.network = network
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
@@ -132,7 +155,7 @@ class Optim:
         #: Epoch (1-based, as the bars count) whose parameters the last :meth:`SGD_eval`
         #: kept: the last one, or the best one with ``restore_best=True``.
         self.best_epoch: int | None = None
-        #: What the last :meth:`SGD_eval` returned (the seed's attribute): its DataFrame
+        #: What the last :meth:`SGD_eval` returned (the original library's attribute): its DataFrame
         #: with ``return_dataframe=True``, else its four arrays.
         self.train_df: Any = None
 
@@ -159,6 +182,8 @@ class Optim:
             self.network.update_parameters(self.eps)
 
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        if self._dp is not None:
+            return self._dp.train_step(self.network, self.loss, self._update, X, y)
         if self._graphed is not None:
             return self._graphed(X, y)
         return train_step(self.network, self.loss, self._update, X, y)
@@ -168,8 +193,17 @@ class Optim:
 
         Runs in the network's current mode, as a PyTorch step does (modules start in
         training mode; :meth:`SGD`, :meth:`SGD_eval`, :meth:`score`, :meth:`evaluate`
-        and :meth:`predict` switch it and give it back). Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        and :meth:`predict` switch it and give it back). Raises ``FloatingPointError``
+        (parameters untouched) if the loss is not finite. With a communicator,
+        ``batch_x`` is the global batch: this rank trains on its share and returns that
+        share's losses.
         """
+        dp = self._dp
+        if dp is not None:
+            dp.sync("Optim.step", self.network)
+            batch_x, batch_y = placement.host(batch_x), placement.host(batch_y)
+            lo, hi = dp.shard(0, int(batch_x.shape[0]) if len(batch_x.shape) else 0)
+            batch_x, batch_y = batch_x[lo:hi, ...], batch_y[lo:hi, ...]
         place = self._placement
         like = place.like()
         X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
@@ -177,6 +211,10 @@ class Optim:
             losses = self._step(X, y)[0]
         except FloatingPointError as exc:
             raise FloatingPointError(f"Optim.step: {exc}") from None
+        except BaseException as exc:
+            if dp is not None:
+                dp.failed(exc)
+            raise
         if self._graphed is not None:  # a graph's buffer: the next replay overwrites it
             return namespace(losses).asarray(losses, copy=True)
         return losses
@@ -199,9 +237,13 @@ class Optim:
         return namespace(parts[0]).concat(parts, axis=0)
 
     def _evaluate(self, data: placement.Data) -> tuple[float, float]:
-        batches = self._placement.batches(data, self.eval_batch_size, None)
+        dp = self._dp
         with mode(self.network, False):
-            return evaluate(self.network, self.loss, batches, data.n)
+            if dp is None:
+                batches = self._placement.batches(data, self.eval_batch_size, None)
+                return evaluate(self.network, self.loss, batches, data.n)
+            batches = self._placement.batches(dp.part(data), self.eval_batch_size, None)
+            return evaluate(self.network, self.loss, batches, data.n, dp.reduce)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -221,7 +263,15 @@ class Optim:
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
         True
+
+        With a communicator, every rank scores its share and the counts are summed.
         """
+        n = 0
+        if self._dp is not None:
+            X, y = placement.host(X), placement.host(y)
+            n = int(X.shape[0])
+            lo, hi = self._dp.comm.shard(n)
+            X, y = X[lo:hi, ...], y[lo:hi, ...]
         yhat = self.predict(X)
         xp = namespace(yhat)
         if len(yhat.shape) != 2:
@@ -237,6 +287,9 @@ class Optim:
                 f"Optim.score: expected labels of shape {pred.shape} or one-hot "
                 f"({pred.shape[0]}, K), got shape {target.shape}"
             )
+        if self._dp is not None:
+            (right,) = self._dp.sum(int(np.count_nonzero(pred == target)))
+            return right / n
         return float(np.mean(pred == target))
 
     # -- loops ------------------------------------------------------------------------
@@ -255,14 +308,46 @@ class Optim:
     ) -> Callable[[int, Progress], tuple[float, float]]:
         """Trains one epoch per call, drawing each epoch's order from ``seed``."""
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
+        dp = self._dp
+        shard = None if dp is None else dp.shard
+        reduce = None if dp is None else dp.reduce
 
         def run(epoch: int, bars: Progress) -> tuple[float, float]:
             order = rng.permutation(train.n) if shuffle else None
-            batches = self._placement.batches(train, batch_size, order)
+            batches = self._placement.batches(train, batch_size, order, shard)
             with mode(self.network, True):
-                return train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars)
+                return train_epoch(
+                    owner, epoch, self._step, batches, train.n, batch_size, bars, reduce
+                )
 
         return run
+
+    # -- data-parallel hooks ------------------------------------------------------------
+    def _sync(self, owner: str, loop: str) -> None:
+        """Same network and loop arguments on every rank; rank 0's parameters (once)."""
+        if self._dp is not None:
+            self._dp.sync(owner, self.network, loop)
+
+    def _common_seed(self, seed: int | None) -> int | None:
+        """The same seed on every rank (rank 0's draw for ``seed=None``)."""
+        return seed if self._dp is None else self._dp.common_seed(seed)
+
+    def _shows(self, progress: bool | None) -> bool | None:
+        """Bars (and plots) only on rank 0."""
+        return progress if self._dp is None or self._dp.root else False
+
+    def _run_epochs(self, *args: Any) -> bool:
+        """:func:`run_epochs`; on several ranks an error on this rank is told to the
+        others, and Ctrl-C propagates (the ranks may be at different batches: there is
+        no common state to roll back to)."""
+        dp = self._dp
+        if dp is None:
+            return run_epochs(*args)
+        try:
+            return run_epochs(*args, rollback=dp.comm.size == 1)
+        except BaseException as exc:
+            dp.failed(exc)
+            raise
 
     def SGD(
         self,
@@ -304,16 +389,23 @@ class Optim:
         check_positive_int("Optim.SGD", "epochs", epochs)
         self._use_network(network)
         train = self._place().prepare("Optim.SGD", X, y)
+        seed = self._common_seed(seed)
+        self._sync(
+            "Optim.SGD",
+            f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
+        )
         run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, seed)
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
-        bars = Progress(progress, int(epochs))
+        bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss, score = run(epoch, bars)
             return {"epoch": epoch, "loss_train": loss, "score_train": score}
 
         self.interrupted = False
-        self.interrupted = run_epochs(self.network, int(epochs), epoch_record, self.history, bars)
+        self.interrupted = self._run_epochs(
+            self.network, int(epochs), epoch_record, self.history, bars
+        )
         return np.asarray(self.history["loss_train"], dtype=np.float64)
 
     def SGD_eval(
@@ -381,9 +473,9 @@ class Optim:
         -------
         pandas.DataFrame or tuple of numpy.ndarray
             With ``return_dataframe``, a DataFrame with columns ``epoch`` (counted from
-            0, as the seed and Keras's ``History.epoch`` do), ``loss_train``,
+            0, as the original library and Keras's ``History.epoch`` do), ``loss_train``,
             ``loss_test``, ``score_train``, ``score_test``; otherwise the four arrays in
-            the seed's order ``(loss_train, score_train, loss_test, score_test)``, one
+            the original library's order ``(loss_train, score_train, loss_test, score_test)``, one
             value per epoch. Also kept as :attr:`train_df`.
         """
         owner = "Optim.SGD_eval"
@@ -395,7 +487,7 @@ class Optim:
             raise ValueError(f"{owner}: monitor must be None, 'score' or 'loss', got {monitor!r}")
         if return_dataframe:
             history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
-        plot = LivePlot(online_plot) if online_plot else None
+        plot = LivePlot(online_plot) if online_plot and self._shows(True) else None
         self._use_network(network)
         X, y = placement.host(X), placement.host(y)
         if int(y.shape[0]) != int(X.shape[0]):
@@ -407,6 +499,7 @@ class Optim:
         for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
             if n:
                 placement.check_finite(owner, name, A)
+        seed = self._common_seed(seed)
         train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
         train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
         self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
@@ -414,9 +507,14 @@ class Optim:
         place = self._place()
         train = place.prepare(owner, self.X_train, self.y_train)
         test = place.prepare(owner, self.X_test, self.y_test)
+        self._sync(
+            owner,
+            f"n={train.n}+{test.n} batch_size={batch_size} epochs={epochs} "
+            f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
+        )
         run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, seed)
         self.history = {c: [] for c in HISTORY_COLUMNS}
-        bars = Progress(progress, int(epochs))
+        bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss_train, score_train = run(epoch, bars)
@@ -440,7 +538,7 @@ class Optim:
         observers.append(stopping.on_epoch_end)
         self.interrupted = False
         self.best_epoch = None
-        self.interrupted = run_epochs(
+        self.interrupted = self._run_epochs(
             self.network, int(epochs), epoch_record, self.history, bars, observers
         )
         self.best_epoch = stopping.best_epoch
@@ -450,7 +548,7 @@ class Optim:
             self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
         if return_dataframe:
             frame = history_frame(self.history)
-            frame["epoch"] -= 1  # counted from 0, as the seed and Keras's History do
+            frame["epoch"] -= 1  # counted from 0, as the original library and Keras's History do
             self.train_df = frame
         else:
             self.train_df = tuple(
