@@ -268,8 +268,17 @@ class Module:
 
     def _register_buffer(self, name: str, value: Array) -> None:
         """Register (or rebind) a buffer: an array saved with the parameters but not
-        learned (rebinding, never writing in place, works on immutable arrays too)."""
+        learned."""
         self._buffers[name] = value
+
+    def _update_buffer(self, name: str, value: Array) -> None:
+        """Give buffer ``name`` a new value: written in place where the array allows it
+        (its memory stays the one a recorded CUDA graph reads), bound anew where not."""
+        old = self._buffers[name]
+        if backends.is_mutable(old):
+            old[...] = value
+        else:
+            self._buffers[name] = value
 
     def named_gradients(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """``(dotted name, gradient)`` pairs in the order of :meth:`named_parameters`."""

@@ -246,8 +246,8 @@ class BatchNorm(Module):
         if self.training:
             n, m = _count(X), self.momentum
             running = self._buffers
-            self._register_buffer("running_mean", (1.0 - m) * running["running_mean"] + m * mean)
-            self._register_buffer(
+            self._update_buffer("running_mean", (1.0 - m) * running["running_mean"] + m * mean)
+            self._update_buffer(
                 "running_var", (1.0 - m) * running["running_var"] + (m * n / (n - 1)) * var
             )
         self._cache_key, self._cache = X, (self.training, x_hat, inv_std)

@@ -129,10 +129,10 @@ def test_batchnorm_finite_differences(backend, float64, rng, shape, training):
     bn.backward_update_gradient(xb, delta)
     dx = host(bn.backward_delta(xb, delta))
     grads = {k: host(g) for k, g in bn._gradient.items()}
-    running = dict(bn._buffers)
+    running = {k: host(b) for k, b in bn._buffers.items()}
 
     def loss_of_x(xv: np.ndarray) -> float:
-        bn._buffers.update(running)  # each forward in training mode moves them
+        bn.load_state_dict(running, strict=False)  # each forward in training mode moves them
         return float(np.sum(host(bn(nnx.asarray(xv))) * R))
 
     np.testing.assert_allclose(dx.ravel(), numerical_gradient(loss_of_x, x), 1e-6, 1e-8)
@@ -476,3 +476,13 @@ def test_dropout_and_batchnorm_change_outputs_only_in_train_mode(backend, rng):
     with mode(net, True):
         c = host(net(nnx.asarray(X)))
     assert not np.allclose(a, c)
+
+
+def test_batchnorm_updates_running_statistics_in_place(backend, rng):
+    """Same arrays before and after a training forward (what a recorded CUDA graph reads
+    and writes), new values in them."""
+    bn = nnx.BatchNorm(3)
+    mean, var = bn._buffers["running_mean"], bn._buffers["running_var"]
+    bn(nnx.asarray(rng.standard_normal((5, 3)) + 2.0))
+    assert bn._buffers["running_mean"] is mean and bn._buffers["running_var"] is var
+    assert np.all(host(mean) > 0.1)
