@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from . import backends, training
-from .loss import check_labels
 from .module import Array, Loss, Module, check_positive_int, is_floating, namespace
 
 
@@ -210,7 +209,7 @@ def _forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, A
     if type(X) is np.ndarray:
         losses = loss.forward(y, yhat)
         return yhat, losses, float(namespace(losses).sum(losses))
-    pending: list[tuple[Array, Array, int]] = []
+    pending: list[tuple[Array, int, Callable[[], None]]] = []
     loss._pending_checks = pending
     try:
         losses = loss.forward(y, yhat)
@@ -222,10 +221,10 @@ def _forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, A
         return yhat, losses, float(total)
     counts = [xp.astype(xp.asarray(c), total.dtype) for c, _, _ in pending]
     read = backends.to_numpy(xp.stack([total, *counts]))
-    for (_, labels, classes), count in zip(pending, read[1:], strict=True):
-        if count != labels.shape[0]:
+    for (_, expected, fail), count in zip(pending, read[1:], strict=True):
+        if count != expected:
             loss._forget()
-            check_labels(type(loss).__name__, labels, classes)
+            fail()
     return yhat, losses, float(read[0])
 
 
@@ -295,13 +294,15 @@ class Optim:
             raise TypeError(
                 f"Optim: eps must be a non-negative number, got {type(eps).__name__} {eps!r}"
             )
-        if not eps >= 0:
-            raise ValueError(f"Optim: eps must be a non-negative number, got {eps!r}")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"Optim: eps must be a non-negative number (finite), got {eps!r}")
         if optimizer is not None and not callable(getattr(optimizer, "step", None)):
             raise TypeError(
                 f"Optim: optimizer must have a step(network) method (see nnx.optimizers), "
                 f"got {type(optimizer).__name__}"
             )
+        if optimizer is not None and callable(getattr(optimizer, "bind", None)):
+            optimizer.bind(network)  # one optimiser, one network: its state is per parameter
         self.network, self.loss, self.eps = network, loss, float(eps)
         self.optimizer = optimizer
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
@@ -383,6 +384,11 @@ class Optim:
         if n == 0:
             raise ValueError(f"{owner}: no samples (X has shape {tuple(X.shape)})")
         for name, A in (("X", X), ("y", y)):
+            if isinstance(A, np.ndarray) and A.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"{owner}: {name} must hold numbers (bool, int or float), got dtype "
+                    f"{A.dtype}"
+                )
             _check_finite(owner, name, A)
         if self._on_network(X) and self._on_network(y):
             return self._device_data(X), self._device_data(y), n, True
@@ -529,27 +535,23 @@ class Optim:
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of ``argmax(network(X))`` against integer labels or one-hot ``y``.
 
+        ``X`` and ``y`` are checked exactly as :meth:`evaluate` checks them (sample
+        counts, finiteness, label shape, dtype and range, through the loss); no samples
+        is a ``ValueError``, and so are outputs that are not ``(n, K)`` scores.
+
         >>> import nnx, numpy as np
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
         True
         """
-        yhat = self.predict(X)
-        xp = namespace(yhat)
-        if len(yhat.shape) != 2:
+        X, y, n, _ = self._prepare("Optim.score", X, y)
+        _, accuracy = self._evaluate(X, y, n)
+        if math.isnan(accuracy):
             raise ValueError(
-                f"Optim.score: accuracy needs (batch, classes) outputs, got shape {tuple(yhat.shape)}"
+                f"Optim.score: accuracy needs (n, K) outputs (K >= 2) and integer labels "
+                f"(n,) or one-hot targets (n, K); got y of shape {tuple(y.shape)}"
             )
-        pred = backends.to_numpy(xp.argmax(yhat, axis=-1))
-        target = backends.to_numpy(y) if backends.is_array(y) else np.asarray(y)
-        if target.ndim == 2:
-            target = target.argmax(axis=1)
-        if target.shape != pred.shape:
-            raise ValueError(
-                f"Optim.score: expected labels of shape {pred.shape} or one-hot "
-                f"({pred.shape[0]}, K), got shape {target.shape}"
-            )
-        return float(np.mean(pred == target))
+        return accuracy
 
     # -- loops ------------------------------------------------------------------------
     def _epoch(
@@ -589,9 +591,11 @@ class Optim:
                 raise TypeError(
                     f"Optim: network must be a nnx Module, got {type(network).__name__}"
                 )
-            self.network = network
             if self.optimizer is not None and hasattr(self.optimizer, "reset"):
                 self.optimizer.reset()
+            if self.optimizer is not None and callable(getattr(self.optimizer, "bind", None)):
+                self.optimizer.bind(network)
+            self.network = network
 
     def SGD(
         self,

@@ -8,7 +8,10 @@ Targets ``y`` have the shape of ``yhat`` (one-hot or real targets), or, for a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from . import backends
 from .activation import log_softmax
@@ -110,17 +113,22 @@ class _TargetLoss(Loss):
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
             # count instead of a min and a max (check_labels then builds the message)
             count = _count_true(xp, hits)
-            if self._pending_checks is not None:
-                # inside Optim's step: the count is read together with the loss (one
-                # device-to-host read per step instead of two), and checked there
-                self._pending_checks.append((count, y, yhat_shape[1]))
-            elif int(count) != y_shape[0]:
-                check_labels(name, y, yhat_shape[1])
+            self._defer(count, y_shape[0], lambda: check_labels(name, y, yhat_shape[1]))
             return xp.astype(hits, yhat.dtype)
         raise ValueError(
             f"{name}: expected y of shape {tuple(yhat_shape)} (like yhat) or integer labels "
             f"of shape ({yhat_shape[0]},), got shape {tuple(y_shape)}"
         )
+
+    def _defer(self, count: Array, expected: int, fail: Callable[[], None]) -> None:
+        """Check ``count == expected`` (a 0-d device array), calling ``fail`` otherwise.
+
+        Inside Optim's step the count is read together with the loss (one
+        device-to-host read per step instead of two), and checked there."""
+        if self._pending_checks is not None:
+            self._pending_checks.append((count, expected, fail))
+        elif int(count) != expected:
+            fail()
 
     def _yhat_shape(self, yhat: Any) -> tuple[Any, ...]:
         """The shape ``yhat`` must have, for the messages of :func:`check_array`."""
@@ -140,6 +148,20 @@ def check_labels(owner: str, labels: Array, num_classes: int) -> None:
             f"{owner}: labels must lie in [0, {num_classes}) for {num_classes} classes, "
             f"got values in [{lo}, {hi}]"
         )
+
+
+def _check_probabilities(y: Array, yhat: Array) -> None:
+    """Raise ``ValueError`` naming the first prediction or target outside ``[0, 1]``."""
+    for what, a in (("predictions yhat", yhat), ("targets y", y)):
+        host = backends.to_numpy(a)
+        bad = (host < 0) | (host > 1)
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise ValueError(
+                f"BCELoss: {what} must lie in [0, 1] (probabilities; apply Sigmoid to "
+                f"the outputs), got {host[i]!r} at index {i} (values in "
+                f"[{host.min()}, {host.max()}])"
+            )
 
 
 def _per_sample(xp: Any, values: Array) -> Array:
@@ -188,6 +210,13 @@ class BCELoss(_TargetLoss):
     >>> nnx.BCELoss()(nnx.asarray([[1.0, 0.0]]), nnx.asarray([[1.0, 0.0]]))
     array([0.], dtype=float32)
     """
+
+    def _checked_targets(self, y: Array, yhat: Array) -> Array:
+        target = super()._checked_targets(y, yhat)
+        xp = namespace(yhat)
+        outside = (yhat < 0.0) | (yhat > 1.0) | (target < 0.0) | (target > 1.0)
+        self._defer(_count_true(xp, outside), 0, lambda: _check_probabilities(target, yhat))
+        return target
 
     def forward(self, y: Array, yhat: Array) -> Array:
         y = self._targets(y, yhat)

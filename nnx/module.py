@@ -14,7 +14,7 @@ needs, for each module, the two vector-Jacobian products of the incoming
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -401,10 +401,11 @@ class Loss:
     """
 
     #: Set by :class:`~nnx.Optim` during a training step: a list to which a loss may add
-    #: ``(count, labels, num_classes)`` instead of reading ``count`` from the device; the
-    #: step reads the counts together with the loss and raises if one is not
-    #: ``len(labels)`` (one device-to-host read per step). ``None`` outside a step.
-    _pending_checks: list[tuple[Array, Array, int]] | None = None
+    #: ``(count, expected, fail)`` instead of reading ``count`` from the device; the step
+    #: reads the counts together with the loss and calls ``fail()`` (which raises) when
+    #: one differs from ``expected`` (one device-to-host read per step). ``None``
+    #: outside a step.
+    _pending_checks: list[tuple[Array, int, Callable[[], None]]] | None = None
 
     def forward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError

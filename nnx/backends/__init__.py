@@ -224,6 +224,8 @@ def _dtype_name(dtype: Any) -> str:
         return dtype
     if isinstance(dtype, type):  # a scalar type such as numpy.float64
         return dtype.__name__
+    if isinstance(dtype, np.dtype):  # ">f8" (big-endian) is float64 too
+        return dtype.newbyteorder("=").name
     # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
     return str(dtype).rsplit(".", 1)[-1]
 
