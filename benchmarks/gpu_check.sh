@@ -174,19 +174,14 @@ fi
     2>&1 | tee -a "$OUT_DIR/gpu_check.log"
 
 # Stages run in order of importance, so that a slow machine loses the least useful ones
-# to the time budget: parity, the CuPy test suite, the benchmark, GPU training, then the
-# PyTorch CUDA parity, the PyTorch test suite and the CPU training run for comparison.
+# to the time budget: parity, the CuPy test suite, the benchmark, the profile, GPU
+# training, then the PyTorch CUDA parity, the PyTorch test suite and the CPU training run.
 
 # -- parity: every module on the GPU against NumPy ------------------------------------
 if [ "$DRY" = 1 ]; then
     stage parity 60 "$PY" benchmarks/gpu_parity.py --backend torch
 else
     stage parity 90 "$PY" benchmarks/gpu_parity.py --backend cupy
-fi
-
-# -- where a step's time goes on the GPU (phases, launches, fused kernels) -------------
-if [ "$DRY" = 0 ]; then
-    stage profile 90 "$PY" benchmarks/gpu_profile.py --json "$OUT_DIR/profile.json"
 fi
 
 # -- the test suite on CuPy (pytest exits 5 when it selects no test: any non-zero exit
@@ -203,6 +198,11 @@ fi
 stage bench 150 "$PY" benchmarks/run.py "${BENCH_ARGS[@]}" \
     --save "$OUT_DIR/bench-$BACKEND.json" --markdown "$OUT_DIR/bench-$BACKEND.md" \
     --rst "$OUT_DIR/bench-$BACKEND.rst"
+
+# -- where a step's time goes on the GPU (phases, CUDA graphs, launches, fused kernels) -------------
+if [ "$DRY" = 0 ]; then
+    stage profile 120 "$PY" benchmarks/gpu_profile.py --json "$OUT_DIR/profile.json"
+fi
 
 # -- training -----------------------------------------------------------------------------
 EXAMPLE=examples/train_mnist1d_gpu.py

@@ -155,6 +155,100 @@ def profile_case(
     return rows
 
 
+def graph_case(
+    model: str, batch: int, csync: Callable[[], None], tsync: Callable[[], None]
+) -> dict[str, Any]:
+    """Whole-step CUDA graph probe: nnx's step body captured by CuPy stream capture
+    (private memory pool, no host read inside), replayed and followed by the loss read;
+    against the eager nnx step and PyTorch's eager and ``torch.cuda.graph`` steps."""
+    import cupy
+    import run as bench  # benchmarks/run.py
+    import torch
+
+    import nnx
+
+    layers, in_shape, classes = bench.model_spec(model)
+    nnx.manual_seed(0)
+    rng = np.random.default_rng(1)
+    Xh = rng.standard_normal((batch, *in_shape)).astype(np.float32)
+    yh = rng.integers(0, classes, batch).astype(np.int64)
+    net = bench.build_nnx(nnx, layers)
+    loss = nnx.CELogSoftmax()
+    X, y = nnx.asarray(Xh), nnx.asarray(yh)
+    rows: dict[str, Any] = {}
+    key = f"{model}/b{batch}"
+    print(f"\ngraph {key}")
+
+    def body() -> Any:
+        net._start_step()
+        yhat = net.forward(X)
+        loss._pending_checks = []  # label checks ride with the read, outside the graph
+        losses = loss.forward(y, yhat)
+        loss._pending_checks = None
+        total = cupy.sum(losses)
+        delta = loss.backward(y, yhat)
+        net.backward(X, delta, input_grad=False)
+        net._end_step()
+        net.update_parameters(1e-3)
+        return total
+
+    try:
+        pool = cupy.cuda.MemoryPool()
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with cupy.cuda.using_allocator(pool.malloc), stream:
+            for _ in range(3):
+                body()
+            stream.synchronize()
+            stream.begin_capture()
+            total = body()
+            graph = stream.end_capture()
+        graph.upload(stream)
+
+        def replay() -> float:
+            graph.launch(stream)
+            return float(total)
+
+        with stream:
+            rows["nnx graph replay + read"] = timed(replay, stream.synchronize, reps=200)
+        print(fmt("nnx cupy graph replay + read", rows["nnx graph replay + read"]))
+    except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
+        print(f"  nnx cupy graph: failed: {type(exc).__name__}: {exc}")
+    opt = nnx.Optim(net, loss, eps=1e-3)
+    rows["nnx eager Optim.step"] = timed(lambda: opt.step(X, y), csync, reps=100)
+    print(fmt("nnx eager Optim.step", rows["nnx eager Optim.step"]))
+
+    tm = bench.build_torch(torch, layers).cuda()
+    Xt = Xh.transpose(0, 2, 1).copy() if len(in_shape) == 2 else Xh
+    tX, ty = torch.from_numpy(Xt).cuda(), torch.from_numpy(yh).cuda()
+    topt = torch.optim.SGD(tm.parameters(), lr=1e-3)
+    crit = torch.nn.CrossEntropyLoss(reduction="sum")
+
+    def tstep() -> Any:
+        topt.zero_grad(set_to_none=False)
+        out = crit(tm(tX), ty)
+        out.backward()
+        topt.step()
+        return out
+
+    rows["torch eager + item"] = timed(lambda: tstep().item(), tsync, reps=200)
+    print(fmt("torch eager step + item", rows["torch eager + item"]))
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                tstep()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            tout = tstep()
+        rows["torch graph + item"] = timed(lambda: (g.replay(), tout.item()), tsync, reps=200)
+        print(fmt("torch graph replay + item", rows["torch graph + item"]))
+    except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
+        print(f"  torch graph: failed: {type(exc).__name__}: {exc}")
+    return rows
+
+
 def _lsm(z: Any, lse: Any) -> Any:
     """log-softmax with a fused log-sum-exp reduction (max, one reduction, subtract)."""
     import cupy
@@ -193,6 +287,14 @@ def main() -> int:
                 results[f"{model}/b{batch}"] = profile_case(model, batch, csync, tsync)
             except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
                 print(f"{model}/b{batch}: failed: {type(exc).__name__}: {exc}")
+
+    # ---------------------------------------------------------------- CUDA graph probe
+    for model in ("mlp", "seed_cnn"):
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            try:
+                results[f"graph/{model}/b{batch}"] = graph_case(model, batch, csync, tsync)
+            except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
+                print(f"graph {model}/b{batch}: failed: {type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------------- micro-benchmarks
     import array_api_compat.cupy as cxp

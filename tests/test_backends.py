@@ -475,3 +475,13 @@ def test_quiet_float_errors(monkeypatch, version):
     assert np.geterr() == before
     with pytest.warns(RuntimeWarning):
         _ = np.float32(1e30) * np.float32(1e30)
+
+
+def test_which_backends_flush_subnormals():
+    """CuPy compiles its kernels with -ftz=true (seen on an H200: ReLU's mask and BCE's
+    log of a float32 subnormal read it as 0); the denormal tests compare against a
+    reference with the same flush. The other libraries keep subnormals."""
+    assert backends.BACKENDS["cupy"].flushes_subnormals("float32")
+    assert not backends.BACKENDS["cupy"].flushes_subnormals("float64")
+    for name in ("numpy", "torch", "array_api_strict"):
+        assert not backends.BACKENDS[name].flushes_subnormals("float32")

@@ -19,6 +19,12 @@ pytest.importorskip("sklearn")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _pythonpath() -> str:
+    """This checkout first, then whatever PYTHONPATH already holds (packages installed
+    with ``pip --target``, as on the GPU check machine)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _train(tmp_path, backend, *extra):
     out = tmp_path / "run"
     argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "3", "--backend", backend]
@@ -114,7 +120,7 @@ def test_bad_choice_is_an_argparse_error(capsys):
 
 
 def test_python_dash_m_nnx(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     help_ = subprocess.run(
         [sys.executable, "-m", "nnx", "train", "--help"],
         capture_output=True,
@@ -196,7 +202,7 @@ def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
     """The GPU scripts pick the best backend ("auto"): NumPy on this machine."""
     pytest.importorskip("mnist1d")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     run = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script), *args, "--out", str(out)],
         capture_output=True,

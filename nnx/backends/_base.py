@@ -59,5 +59,10 @@ class Backend:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
 
+    def flushes_subnormals(self, dtype: str) -> bool:
+        """Whether this library computes in ``dtype`` with subnormal numbers flushed to
+        zero (inputs and results below the smallest normal number read as 0)."""
+        return False
+
     def __repr__(self) -> str:
         return f"<nnx backend {self.name!r}>"
