@@ -86,11 +86,10 @@ def test_interleaved_blocks_restore_what_each_saw():
 def test_set_backend_inside_a_block_lasts_until_the_block_ends():
     with nnx.use_backend("torch"):
         nnx.set_backend("array_api_strict")
+        nnx.set_default_dtype("float64")
         assert nnx.get_backend() == "array_api_strict"
-    try:
-        assert nnx.get_backend() == "array_api_strict"  # the process default changed
-    finally:
-        nnx.set_backend("numpy")
+        assert run_threads(nnx.get_backend, nnx.get_default_dtype) == ["numpy", "float32"]
+    assert (nnx.get_backend(), nnx.get_default_dtype()) == ("numpy", "float32")
 
 
 def seeded_weights(seed: int, n: int, pause: Callable[[], None] = lambda: None) -> list:

@@ -89,12 +89,14 @@ def _current() -> _Selection:
 
 
 def _select(**changes: Any) -> None:
-    """Change the process default and, inside a ``use_backend`` block, the block's."""
+    """Change the selection of the innermost ``use_backend`` block of this context, or
+    the process default outside any block."""
     global _default
-    _default = _default._replace(**changes)
     sel = _selection.get()
     if sel is not None:
         _selection.set(sel._replace(**changes))
+    else:
+        _default = _default._replace(**changes)
 
 
 def _get(name: str, owner: str = "nnx.set_backend") -> Backend:
@@ -117,9 +119,9 @@ def set_backend(name: str, device: Any = None) -> None:
     ``device`` is library-specific: ``"cuda:1"``/``1`` for CuPy, any ``torch.device``
     string for PyTorch, ``None`` (or ``"cpu"``) for the CPU libraries.
 
-    This sets the process default, seen by every thread and task that is not inside
-    a :func:`use_backend` block (and, called inside such a block, that block's
-    selection too, until the block ends).
+    Outside any :func:`use_backend` block this sets the process default, seen by
+    every thread and task that is not inside such a block; inside a block it changes
+    that block's selection only (in this thread or task), until the block ends.
 
     Raises ``ValueError`` for an unknown name or device, ``ImportError`` when the
     library is not installed and ``RuntimeError`` when CuPy finds no GPU.
@@ -208,8 +210,8 @@ def _check_dtype(dtype: Any, owner: str) -> str:
 def set_default_dtype(dtype: Any) -> None:
     """Set the float dtype of new parameters and of :func:`asarray` (float32/float64).
 
-    Like :func:`set_backend`, this sets the process default (and, inside a
-    :func:`use_backend` block, that block's dtype too).
+    Like :func:`set_backend`: the process default outside any :func:`use_backend`
+    block, that block's dtype (in this thread or task) inside one.
     """
     _select(dtype=_check_dtype(dtype, "nnx.set_default_dtype"))
 
