@@ -160,9 +160,7 @@ class Checkpoint:
         }
         serialization._save(network, self.path, meta, extra, owner=self.owner)
 
-    def restore(
-        self, network: Module, optimizer: Any, rng: np.random.Generator
-    ) -> dict[str, Any]:
+    def restore(self, network: Module, optimizer: Any, rng: np.random.Generator) -> dict[str, Any]:
         """Load the checkpoint into ``network``, ``optimizer`` and ``rng``.
 
         Returns ``{"epoch", "history", "early", "best_state"}``. Raises ``ValueError``

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import backends, training
+from . import checkpoint as checkpointing
 from .module import Array, Loss, Module, check_positive_int, is_floating, namespace
 
 
@@ -196,6 +197,40 @@ def _check_finite(owner: str, name: str, A: Any) -> None:
         )
 
 
+def _non_finite_parameter(network: Module) -> str | None:
+    """Name of the first parameter holding a NaN or an infinity (``None``: all finite).
+
+    One read: the per-parameter finiteness flags are stacked on the device."""
+    named = list(network.named_parameters())
+    if not named:
+        return None
+    xp = namespace(named[0][1])
+    flags = xp.stack([xp.all(xp.isfinite(p)) for _, p in named])
+    ok = backends.to_numpy(flags)
+    if ok.all():
+        return None
+    return named[int(np.argmin(ok))][0]
+
+
+class _EpochStart:
+    """Parameters and optimiser state at the start of an epoch (host copies), to
+    replay the epoch when a parameter turns non-finite."""
+
+    def __init__(self, optim: Optim) -> None:
+        self.parameters = optim.network.state_dict()
+        opt = optim.optimizer
+        self.optimizer = opt.state_dict() if callable(getattr(opt, "state_dict", None)) else None
+        rng = backends.get_rng()
+        self.rng = copy.deepcopy(rng.bit_generator.state) if hasattr(rng, "bit_generator") else None
+
+    def restore(self, optim: Optim) -> None:
+        optim.network.load_state_dict(self.parameters)
+        if self.optimizer is not None:
+            optim.optimizer.load_state_dict(self.optimizer)
+        if self.rng is not None:
+            backends.get_rng().bit_generator.state = self.rng
+
+
 @backends.quiet_float_errors  # a non-finite loss is reported as FloatingPointError
 def _forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, Array, float]:
     """Output, per-sample losses and their sum (a Python float).
@@ -312,8 +347,10 @@ class Optim:
         self.y_test: Any = None
         #: History of the last loop (dict of lists), kept up to date epoch by epoch.
         self.history: dict[str, list[float]] = {}
-        #: Whether the last loop was stopped by Ctrl-C.
+        #: Whether the last loop was stopped by Ctrl-C or SIGTERM.
         self.interrupted = False
+        #: Whether the last loop was stopped by SIGTERM (:mod:`nnx.checkpoint`).
+        self.terminated = False
         #: Epoch (1-based) whose parameters the last :meth:`SGD_eval` kept.
         self.best_epoch: int | None = None
 
@@ -386,8 +423,7 @@ class Optim:
         for name, A in (("X", X), ("y", y)):
             if isinstance(A, np.ndarray) and A.dtype.kind not in "biuf":
                 raise TypeError(
-                    f"{owner}: {name} must hold numbers (bool, int or float), got dtype "
-                    f"{A.dtype}"
+                    f"{owner}: {name} must hold numbers (bool, int or float), got dtype {A.dtype}"
                 )
             _check_finite(owner, name, A)
         if self._on_network(X) and self._on_network(y):
@@ -464,6 +500,12 @@ class Optim:
         try:
             return self._step(X, y)[0]
         except FloatingPointError as exc:
+            bad = _non_finite_parameter(self.network)
+            if bad is not None:
+                raise FloatingPointError(
+                    f"Optim.step: {exc}; parameter {bad!r} was already non-finite before "
+                    f"this step (an earlier update overflowed: lower the learning rate)"
+                ) from None
             raise FloatingPointError(f"Optim.step: {exc}") from None
 
     # -- evaluation -------------------------------------------------------------------
@@ -563,9 +605,16 @@ class Optim:
         order: np.ndarray | None,
         bars: training.Progress,
     ) -> tuple[float, float]:
-        """Train one epoch; returns (mean per-sample loss, running accuracy)."""
+        """Train one epoch; returns (mean per-sample loss, running accuracy).
+
+        A non-finite loss, or non-finite parameters after an update, raises
+        ``FloatingPointError`` naming the epoch and the batch, with the network back
+        at the parameters it had before that step. The parameters are checked once per
+        epoch, and when a loss is not finite; finding the step whose update overflowed
+        replays the epoch from its start (the same operations in the same order)."""
         X, y, n, on_device = data
         batches = -(-n // batch_size)
+        start = _EpochStart(self)
         bars.start_epoch(epoch, batches)
         total, counted = 0.0, True
         correct: Any = 0  # a device array after the first batch: read once, at the end
@@ -573,6 +622,8 @@ class Optim:
             try:
                 _, yhat, s = self._step(bx, by)
             except FloatingPointError as exc:
+                if _non_finite_parameter(self.network) is not None:
+                    self._replay(owner, epoch, start, data, batch_size, order, batches)
                 raise FloatingPointError(
                     f"{owner}: non-finite loss at epoch {epoch}, batch {b} of {batches}: {exc}"
                 ) from None
@@ -583,7 +634,45 @@ class Optim:
             elif counted:
                 correct = correct + c
             bars.batch_bar.update(1)
+        if _non_finite_parameter(self.network) is not None:
+            self._replay(owner, epoch, start, data, batch_size, order, batches)
         return total / n, (int(correct) / n if counted else math.nan)
+
+    def _replay(
+        self,
+        owner: str,
+        epoch: int,
+        start: _EpochStart,
+        data: tuple[Any, Any, int, bool],
+        batch_size: int,
+        order: np.ndarray | None,
+        batches: int,
+    ) -> None:
+        """Find the step of this epoch whose update made a parameter non-finite: replay
+        the epoch from its start, checking after every update; leave the parameters
+        of before that step and raise ``FloatingPointError`` naming it."""
+        X, y, n, on_device = data
+        start.restore(self)
+        for b, (bx, by) in enumerate(self._batches(X, y, n, batch_size, order, on_device), 1):
+            before = self.network.state_dict()
+            try:
+                self._step(bx, by)
+            except FloatingPointError:
+                break
+            bad = _non_finite_parameter(self.network)
+            if bad is not None:
+                self.network.load_state_dict(before)
+                raise FloatingPointError(
+                    f"{owner}: non-finite parameter {bad!r} after the update at epoch "
+                    f"{epoch}, batch {b} of {batches} (lower the learning rate); the "
+                    f"parameters are those before that step"
+                )
+        start.restore(self)  # not reproduced (a non-deterministic device): epoch start
+        raise FloatingPointError(
+            f"{owner}: non-finite parameters during epoch {epoch} (the batch could not be "
+            f"found again: the replay differed); the parameters are those of the start of "
+            f"epoch {epoch}"
+        )
 
     def _use_network(self, network: Module | None) -> None:
         if network is not None:
@@ -607,6 +696,7 @@ class Optim:
         shuffle: bool = True,
         seed: int | None = 42,
         progress: bool | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
     ) -> np.ndarray:
         """Mini-batch training; returns the mean per-sample loss of each epoch.
 
@@ -625,6 +715,9 @@ class Optim:
             Seed of the shuffles.
         progress : bool, optional
             Progress bars: ``None`` shows them in a terminal or notebook only.
+        checkpoint : path, optional
+            Write the training state there after every epoch and resume from it when
+            it exists; removed when training ends normally (:mod:`nnx.checkpoint`).
 
         Returns
         -------
@@ -638,23 +731,41 @@ class Optim:
         data = self._prepare("Optim.SGD", X, y)
         n = data[2]
         rng = np.random.default_rng(seed)
-        self.interrupted = False
+        self.interrupted = self.terminated = False
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
+        saver = None
+        first = 1
+        if checkpoint is not None:
+            call = checkpointing.call_signature(
+                self, loop="SGD", n=n, batch_size=int(batch_size), shuffle=bool(shuffle), seed=seed
+            )
+            saver = checkpointing.Checkpoint(checkpoint, "Optim.SGD", call)
+            if saver.exists():
+                resumed = saver.restore(self.network, self.optimizer, rng)
+                self.history, first = resumed["history"], resumed["epoch"] + 1
         last = self.network.state_dict()
         bars = training.Progress(progress, int(epochs))
         try:
-            for epoch in range(1, int(epochs) + 1):
-                order = rng.permutation(n) if shuffle else None
-                loss, score = self._epoch("Optim.SGD", epoch, data, int(batch_size), order, bars)
-                last = self.network.state_dict()
-                for k, v in (("epoch", epoch), ("loss_train", loss), ("score_train", score)):
-                    self.history[k].append(v)
-                bars.end_epoch(loss=loss)
-        except KeyboardInterrupt:
+            with checkpointing.sigterm_as_interrupt():
+                for epoch in range(first, int(epochs) + 1):
+                    order = rng.permutation(n) if shuffle else None
+                    loss, score = self._epoch(
+                        "Optim.SGD", epoch, data, int(batch_size), order, bars
+                    )
+                    last = self.network.state_dict()
+                    for k, v in (("epoch", epoch), ("loss_train", loss), ("score_train", score)):
+                        self.history[k].append(v)
+                    bars.end_epoch(loss=loss)
+                    if saver is not None:
+                        saver.save(self.network, self.optimizer, epoch, rng, self.history)
+        except KeyboardInterrupt as exc:
             self.interrupted = True
+            self.terminated = isinstance(exc, checkpointing.Terminated)
             self.network.load_state_dict(last)
         finally:
             bars.close()
+        if saver is not None and not self.interrupted:
+            saver.remove()
         return np.asarray(self.history["loss_train"], dtype=np.float64)
 
     def _split(
@@ -708,6 +819,7 @@ class Optim:
         restore_best: bool = True,
         monitor: str = "score",
         callback: Callable[[dict[str, float]], Any] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
     ) -> Any:
         """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
 
@@ -739,6 +851,10 @@ class Optim:
             file (``"learning_curve.png"`` for ``True``, or the given path).
         callback : callable, optional
             Called after every epoch with that epoch's record (a dict).
+        checkpoint : path, optional
+            Write the training state there after every epoch (network, optimiser,
+            epoch, random state, history, early-stopping state) and resume from it
+            when it exists; removed when training ends normally (:mod:`nnx.checkpoint`).
 
         Returns
         -------
@@ -773,48 +889,97 @@ class Optim:
         train = self._prepare(owner, self.X_train, self.y_train)
         test = self._prepare(owner, self.X_test, self.y_test)
         rng = np.random.default_rng(seed)
-        self.interrupted = False
+        self.interrupted = self.terminated = False
         self.history = {c: [] for c in training.HISTORY_COLUMNS}
         best_value, best_state, wait = None, None, 0
-        last = self.network.state_dict()
         self.best_epoch = None
-        bars = training.Progress(progress, int(epochs))
-        try:
-            for epoch in range(1, int(epochs) + 1):
-                order = rng.permutation(train[2]) if shuffle_train else None
-                loss_train, score_train = self._epoch(
-                    owner, epoch, train, int(batch_size), order, bars
-                )
-                loss_test, score_test = self._evaluate(test[0], test[1], test[2])
-                last = self.network.state_dict()
-                record = {
-                    "epoch": epoch,
-                    "loss_train": loss_train,
-                    "loss_test": loss_test,
-                    "score_train": score_train,
-                    "score_test": score_test,
-                }
-                for k, v in record.items():
-                    self.history[k].append(v)
-                bars.end_epoch(loss=loss_train, test_loss=loss_test, test_score=score_test)
+        saver = None
+        first = 1
+        if checkpoint is not None:
+            call = checkpointing.call_signature(
+                self,
+                loop="SGD_eval",
+                n=int(X.shape[0]),
+                batch_size=int(batch_size),
+                test_size=test_size,
+                shuffle_train=bool(shuffle_train),
+                shuffle_test=bool(shuffle_test),
+                seed=seed,
+                patience=patience,
+                monitor=monitor,
+            )
+            saver = checkpointing.Checkpoint(checkpoint, owner, call)
+            if saver.exists():
+                resumed = saver.restore(self.network, self.optimizer, rng)
+                self.history, first = resumed["history"], resumed["epoch"] + 1
+                early = resumed["early"] or {}
+                best_value, wait = early.get("best_value"), early.get("wait", 0)
+                self.best_epoch, best_state = early.get("best_epoch"), resumed["best_state"]
                 if plot is not None:
                     plot.update(self.history)
-                if callback is not None:
-                    callback(dict(record))
-                use_score = monitor == "score" and math.isfinite(score_test)
-                value = score_test if use_score else -loss_test
-                if best_value is None or (math.isfinite(value) and value > best_value):
-                    best_value, best_state, wait = value, last, 0
-                    self.best_epoch = epoch
-                else:
-                    wait += 1
-                    if patience is not None and wait >= patience:
+        last = self.network.state_dict()
+        bars = training.Progress(progress, int(epochs))
+        stopped_early = False
+        try:
+            with checkpointing.sigterm_as_interrupt():
+                for epoch in range(first, int(epochs) + 1):
+                    if stopped_early:
                         break
-        except KeyboardInterrupt:
+                    order = rng.permutation(train[2]) if shuffle_train else None
+                    loss_train, score_train = self._epoch(
+                        owner, epoch, train, int(batch_size), order, bars
+                    )
+                    loss_test, score_test = self._evaluate(test[0], test[1], test[2])
+                    last = self.network.state_dict()
+                    record = {
+                        "epoch": epoch,
+                        "loss_train": loss_train,
+                        "loss_test": loss_test,
+                        "score_train": score_train,
+                        "score_test": score_test,
+                    }
+                    for k, v in record.items():
+                        self.history[k].append(v)
+                    bars.end_epoch(loss=loss_train, test_loss=loss_test, test_score=score_test)
+                    if plot is not None:
+                        plot.update(self.history)
+                    if callback is not None:
+                        callback(dict(record))
+                    use_score = monitor == "score" and math.isfinite(score_test)
+                    value = score_test if use_score else -loss_test
+                    if best_value is None or (math.isfinite(value) and value > best_value):
+                        best_value, best_state, wait = value, last, 0
+                        self.best_epoch = epoch
+                    else:
+                        wait += 1
+                        stopped_early = patience is not None and wait >= patience
+                    if saver is not None:
+                        early = {
+                            "best_value": best_value,
+                            "wait": wait,
+                            "best_epoch": self.best_epoch,
+                        }
+                        saver.save(
+                            self.network,
+                            self.optimizer,
+                            epoch,
+                            rng,
+                            self.history,
+                            early,
+                            best_state,
+                        )
+        except KeyboardInterrupt as exc:
             self.interrupted = True
+            self.terminated = isinstance(exc, checkpointing.Terminated)
             self.network.load_state_dict(last)
+        except FloatingPointError:
+            if restore_best and best_state is not None:
+                self.network.load_state_dict(best_state)
+            raise
         finally:
             bars.close()
+        if saver is not None and not self.interrupted:
+            saver.remove()
         if restore_best and best_state is not None:
             self.network.load_state_dict(best_state)
         elif not restore_best:
