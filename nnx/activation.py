@@ -49,9 +49,6 @@ class Activation(Module):
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         """No parameters: nothing to accumulate."""
 
-    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
-        return self.backward_delta(input, delta) if input_grad else None
-
     def _forward(self, xp: Any, X: Array) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -11,7 +11,7 @@ held-out test set, and writes to the output folder:
 - ``model.npz``: the trained network (:func:`nnx.save`), loadable with :func:`nnx.load`;
 - ``metrics.json``: the run's settings, test accuracy, times;
 - ``args.json``: the run's arguments, and, while the run is going,
-  ``checkpoint.npz`` (:mod:`nnx.checkpoint`), written after every epoch:
+  ``checkpoint.npz`` (:mod:`nnx.training.checkpoint`), written after every epoch:
   ``nnx train --resume --out FOLDER`` continues a run killed in any way (even
   ``kill -9``) with its arguments and ends as the uninterrupted run would have.
 
@@ -44,7 +44,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
+from .atomic import atomic_open
+from .training import signals
 
 #: Default hyper-parameters per model (used when the option is not given).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -285,9 +286,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         _check_writable(out, net.num_parameters() * itemsize * 6 + (1 << 20))
         if not args.resume:
             run_args = {k: getattr(args, k) for k in _RUN_ARGS}
-            nnx.serialization.atomic_write(
-                out / ARGS, lambda f: f.write(json.dumps(run_args, indent=2).encode() + b"\n")
-            )
+            with atomic_open(out / ARGS, "w") as f:
+                f.write(json.dumps(run_args, indent=2) + "\n")
         say(
             f"nnx train: {args.dataset} ({X.shape[0]} train / {X_test.shape[0]} test, "
             f"shape {X.shape[1:]}), model {args.model} ({net.num_parameters():,} "
@@ -363,9 +363,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         except ImportError as exc:
             say(f"nnx train: no learning-curve PNG: {exc}")
     nnx.save(net, out / "model.npz", metadata=metrics)
-    nnx.serialization.atomic_write(
-        out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n")
-    )
+    with atomic_open(out / "metrics.json", "w") as f:
+        f.write(json.dumps(metrics, indent=2) + "\n")
     if failure is not None:
         raise TrainingFailed(
             f"{failure} (try a smaller --lr); the history and the model of the last good "
@@ -408,13 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with (
-            checkpoint.sigterm_as_interrupt(),
+            signals.sigterm_as_interrupt(),
             limit_threads(args.threads, torch=args.backend == "torch"),
         ):
             if args.command == "train":
                 metrics = train(args)
                 if metrics["terminated"]:
-                    return 128 + int(checkpoint.Terminated.signum)
+                    return 128 + int(signals.Terminated.signum)
             else:
                 evaluate(args)
     except (ValueError, ImportError, RuntimeError, FileNotFoundError) as exc:
@@ -426,8 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # writing the outputs
         return _fail(f"{exc}")
-    except checkpoint.Terminated:
-        return 128 + int(checkpoint.Terminated.signum)
+    except signals.Terminated:
+        return 128 + int(signals.Terminated.signum)
     except KeyboardInterrupt:
         return 130
     return 0

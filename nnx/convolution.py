@@ -103,7 +103,7 @@ class Conv1D(_Windowed):
     (8, 254, 32)
     """
 
-    _fresh_gradients = True  # backward_update_gradient adds through _accumulate
+    _fresh_gradients = True  # every gradient write goes through accumulate_gradient
 
     def __init__(
         self,
@@ -191,9 +191,11 @@ class Conv1D(_Windowed):
         cols = self._cache if cached else self._cols(xp, input, out_length)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
         grad = mT(cols) @ d2
-        self._accumulate("weight", xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out)))
+        self.accumulate_gradient(
+            "weight", xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out))
+        )
         if self.bias:
-            self._accumulate("bias", xp.sum(d2, axis=0))
+            self.accumulate_gradient("bias", xp.sum(d2, axis=0))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         out_length = self._check_backward(input, delta)

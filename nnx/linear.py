@@ -50,7 +50,7 @@ class Linear(Module):
     (1, 3)
     """
 
-    _fresh_gradients = True  # backward_update_gradient adds through _accumulate
+    _fresh_gradients = True  # every gradient write goes through accumulate_gradient
 
     def __init__(
         self,
@@ -66,6 +66,8 @@ class Linear(Module):
         init.check_init_type(owner, init_type)
         self.input_size, self.output_size = int(input_size), int(output_size)
         self.bias, self.init_type = bool(bias), init_type
+        #: ``(input, delta)`` last checked (identity), so that each is checked once
+        self._checked: tuple[Any, Any] = (None, None)
         shape = (self.input_size, self.output_size)
         self._register("weight", init.parameter(shape, init_type, *shape))
         if self.bias:
@@ -102,15 +104,20 @@ class Linear(Module):
         out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
-        self._cache_key = X  # checked: the backward pass on this input skips the check
+        self._checked = (X, None)  # the backward pass on this input skips its check
         return out
 
     def _check_backward(self, input: Array, delta: Array) -> None:
+        """Check ``input`` and ``delta`` unless this very pair (or input) was checked."""
+        checked_input, checked_delta = self._checked
+        if input is checked_input and delta is checked_delta:
+            return  # the second backward method of a pair: checked by the first
         W = self._parameters["weight"]
-        if input is not self._cache_key:
+        if input is not checked_input:
             self._check_input(input, ("batch", self.input_size), like=W)
         if not (_rows_like(delta, W, self.output_size) and delta.shape[0] == input.shape[0]):
             self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+        self._checked = (input, delta)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         self._check_backward(input, delta)
@@ -118,14 +125,6 @@ class Linear(Module):
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_backward(input, delta)
-        return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
-
-    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
-        # the two methods above with one check (what Sequential.backward calls)
-        self._check_backward(input, delta)
-        self._add_gradients(input, delta)
-        if not input_grad:
-            return None
         return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
 
     def _add_gradients(self, input: Array, delta: Array) -> None:
@@ -137,9 +136,9 @@ class Linear(Module):
             input = xp.concat([input, xp.zeros_like(input)])
             delta = xp.concat([delta, xp.zeros_like(delta)])
         xp = namespace(delta)
-        self._accumulate("weight", xp.matmul(mT(input), delta))
+        self.accumulate_gradient("weight", xp.matmul(mT(input), delta))
         if self.bias:
-            self._accumulate("bias", xp.matmul(ones_row(delta), delta))  # 1ᵀ δ
+            self.accumulate_gradient("bias", xp.matmul(ones_row(delta), delta))  # 1ᵀ δ
 
 
 def _rows_like(X: Any, W: Array, width: int) -> bool:

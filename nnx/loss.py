@@ -8,7 +8,6 @@ Targets ``y`` have the shape of ``yhat`` (one-hot or real targets), or, for a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,10 +65,11 @@ class _TargetLoss(Loss):
         self._targets_key, self._targets_value = (y, yhat), target
         return target
 
-    def _forget(self) -> None:
-        """Drop what the last calls cached (their targets failed a deferred check)."""
+    def _bad_labels(self, y: Array, num_classes: int) -> None:
+        """Raise the label error; nothing computed from these targets is reused."""
         self._targets_key = self._targets_value = None
         self._cache_key = self._cache = None
+        check_labels(type(self).__name__, y, num_classes)
 
     def _checked_targets(self, y: Array, yhat: Array) -> Array:
         name = type(self).__name__
@@ -112,23 +112,14 @@ class _TargetLoss(Loss):
             hits = _hits(y, yhat_shape[1])
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
             # count instead of a min and a max (check_labels then builds the message)
-            count = _count_true(xp, hits)
-            self._defer(count, y_shape[0], lambda: check_labels(name, y, yhat_shape[1]))
+            self.require_count(
+                _count_true(xp, hits), y_shape[0], lambda: self._bad_labels(y, yhat_shape[1])
+            )
             return xp.astype(hits, yhat.dtype)
         raise ValueError(
             f"{name}: expected y of shape {tuple(yhat_shape)} (like yhat) or integer labels "
             f"of shape ({yhat_shape[0]},), got shape {tuple(y_shape)}"
         )
-
-    def _defer(self, count: Array, expected: int, fail: Callable[[], None]) -> None:
-        """Check ``count == expected`` (a 0-d device array), calling ``fail`` otherwise.
-
-        Inside Optim's step the count is read together with the loss (one
-        device-to-host read per step instead of two), and checked there."""
-        if self._pending_checks is not None:
-            self._pending_checks.append((count, expected, fail))
-        elif int(count) != expected:
-            fail()
 
     def _yhat_shape(self, yhat: Any) -> tuple[Any, ...]:
         """The shape ``yhat`` must have, for the messages of :func:`check_array`."""
@@ -215,8 +206,14 @@ class BCELoss(_TargetLoss):
         target = super()._checked_targets(y, yhat)
         xp = namespace(yhat)
         outside = (yhat < 0.0) | (yhat > 1.0) | (target < 0.0) | (target > 1.0)
-        self._defer(_count_true(xp, outside), 0, lambda: _check_probabilities(target, yhat))
+        self.require_count(_count_true(xp, outside), 0, lambda: self._outside(target, yhat))
         return target
+
+    def _outside(self, y: Array, yhat: Array) -> None:
+        """Raise the range error; nothing computed from these arrays is reused."""
+        self._targets_key = self._targets_value = None
+        self._cache_key = self._cache = None
+        _check_probabilities(y, yhat)
 
     def forward(self, y: Array, yhat: Array) -> Array:
         y = self._targets(y, yhat)

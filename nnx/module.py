@@ -14,8 +14,9 @@ needs, for each module, the two vector-Jacobian products of the incoming
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,21 +37,17 @@ class Module:
         shapes, backend and dtype).
     """
 
-    #: Whether ``backward_update_gradient`` adds through :meth:`_accumulate`, so that
-    #: an :class:`~nnx.Optim` step may overwrite stale gradients instead of zeroing
-    #: them first. A subclass that overrides ``backward_update_gradient`` gets
-    #: ``False`` unless it sets the flag itself (see ``__init_subclass__``).
+    #: Whether every gradient write of ``backward_update_gradient`` goes through
+    #: :meth:`accumulate_gradient`, so that inside :meth:`fresh_gradients` a step may
+    #: overwrite stale gradients instead of zeroing them first. A subclass that
+    #: overrides ``backward_update_gradient`` gets ``False`` unless it sets the flag
+    #: itself (it may write ``_gradient`` directly).
     _fresh_gradients: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "backward_update_gradient" in cls.__dict__ and "_fresh_gradients" not in cls.__dict__:
             cls._fresh_gradients = False
-        # a subclass that overrides a backward method gets the unfused _backprop, which
-        # calls the overrides
-        overrides = {"backward_update_gradient", "backward_delta"} & cls.__dict__.keys()
-        if overrides and "_backprop" not in cls.__dict__:
-            cls._backprop = Module._backprop
 
     def __init__(self) -> None:
         self._fresh: set[str] | None = None
@@ -69,76 +66,158 @@ class Module:
         return self.forward(X)
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
-        """Add :math:`\\partial L / \\partial w` to ``_gradient`` (no-op without parameters)."""
+        """Add :math:`\\partial L / \\partial w` to the gradients (no-op without parameters)."""
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         """Return :math:`\\partial L / \\partial \\text{input}` (same shape as ``input``)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward_delta")
 
-    def _backprop(self, input: Array, delta: Array, input_grad: bool) -> Array | None:
-        """``backward_update_gradient``, then ``backward_delta`` (``None`` without
-        ``input_grad``): one module's part of :meth:`Sequential.backward`.
-
-        A module may fuse the two (e.g. check ``delta`` once); the result must be the
-        same as the two calls.
-        """
+    def backward(self, input: Array, delta: Array, input_grad: bool = True) -> Array | None:
+        """``backward_update_gradient`` then ``backward_delta``; returns
+        :math:`\\partial L / \\partial \\text{input}`, or ``None`` without ``input_grad``
+        (a training step needs no gradient of the data)."""
         self.backward_update_gradient(input, delta)
         return self.backward_delta(input, delta) if input_grad else None
 
     def update_parameters(self, gradient_step: float = 1e-3) -> None:
         """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L`."""
-        for name, p in self._parameters.items():
-            step = gradient_step * self._gradient[name]
-            if self._owned.get(name) is p:
-                p -= step
-            else:  # an array the user assigned: never modify it in place
-                self._set_parameter(name, p - step)
+        for name, p in self._parameters.items():  # _subtract rebinds values, never keys
+            self._subtract(name, p, gradient_step * self._gradient[name])
 
     def zero_grad(self) -> None:
-        """Reset the accumulated gradients to zero (in place, no reallocation)."""
-        for g in self._gradient.values():
-            g[...] = 0
+        """Reset the accumulated gradients to zero (in place where the arrays allow it)."""
+        for name in self._gradient:
+            self._zero(name)
 
-    def _accumulate(self, name: str, value: Array) -> None:
-        """``_gradient[name] += value``, or ``= value`` on the first call of an Optim step.
+    # -- the parameter API: what optimisers, loops and serialization use ----------------
+    def parameters_and_gradients(self, prefix: str = "") -> Iterator[tuple[str, Array, Array]]:
+        """``(dotted name, parameter, gradient)`` for this module and its descendants.
 
-        ``value`` must be a new array (the result of the gradient computation). Between
-        :meth:`_start_step` and :meth:`_end_step` the first contribution to each
-        gradient replaces the previous step's buffer: the same result as ``zero_grad``
-        followed by ``+=``, without writing zeros and adding them (measured 11 % of an
-        MLP training step).
+        The one walk over the parameters: names as in :meth:`named_parameters`
+        (``"0.weight"``), in a stable order.
+        """
+        for name, p in self._parameters.items():
+            yield prefix + name, p, self._gradient[name]
+        for i, child in enumerate(self.children()):
+            yield from child.parameters_and_gradients(f"{prefix}{i}.")
+
+    def accumulate_gradient(self, name: str, value: Array) -> None:
+        """Add a contribution to the gradient of this module's parameter ``name``.
+
+        ``value`` must be a new array (the result of the gradient computation; it may
+        become the buffer). Inside :meth:`fresh_gradients` the first contribution
+        replaces the previous step's gradient, the same result as :meth:`zero_grad`
+        then adding, without writing zeros (measured: see ``benchmarks/results``).
+        Immutable arrays (JAX) are rebound instead of updated in place.
         """
         fresh = self._fresh
         if fresh is not None and name in fresh:
             fresh.discard(name)
             self._gradient[name] = value
+            return
+        g = self._gradient[name]
+        if backends.is_mutable(g):
+            g += value
         else:
-            self._gradient[name] += value
+            self._gradient[name] = g + value
 
-    def _start_step(self) -> None:
-        """What :class:`~nnx.Optim` calls instead of :meth:`zero_grad` before a step."""
-        if self._fresh_gradients:
-            self._fresh = set(self._gradient)
+    def get_parameter(self, name: str) -> Array:
+        """Parameter ``name`` (dotted for a descendant's: ``"0.weight"``)."""
+        module, local = self.locate_parameter(name)
+        return module._parameters[local]
+
+    def set_parameter(self, name: str, value: Array) -> None:
+        """Bind parameter ``name`` (dotted for a descendant's) to the array ``value``.
+
+        Same as assigning ``_parameters[name]``, as the seed documents: ``value`` must
+        keep the shape, it is used from the next call on, and it is never modified in
+        place (the next update binds a new array).
+        """
+        module, local = self.locate_parameter(name)
+        old = module._parameters[local]
+        if tuple(value.shape) != tuple(old.shape):
+            raise ValueError(
+                f"{module.name}.set_parameter: parameter {name!r} has shape "
+                f"{tuple(old.shape)}, got {tuple(value.shape)}"
+            )
+        module._parameters[local] = value
+
+    def set_gradient(self, name: str, value: Array) -> None:
+        """Bind the gradient of parameter ``name`` (dotted for a descendant's) to ``value``
+        (e.g. gradients summed over processes). Same shape as the parameter."""
+        module, local = self.locate_parameter(name)
+        old = module._gradient[local]
+        if tuple(value.shape) != tuple(old.shape):
+            raise ValueError(
+                f"{module.name}.set_gradient: gradient {name!r} has shape "
+                f"{tuple(old.shape)}, got {tuple(value.shape)}"
+            )
+        module._gradient[local] = value
+
+    def apply_update(self, rule: Callable[[str, Array, Array], Array]) -> None:
+        """:math:`w \\leftarrow w - d` with ``d = rule(dotted name, w, gradient)`` for every
+        parameter of this module and its descendants.
+
+        The update is written in place where the parameter is nnx's own writeable
+        array, and binds a new array where it is not (an array the user assigned, which
+        is never modified; or an immutable JAX array).
+        """
+        for module, prefix in _modules_with_prefix(self):
+            for name, p in list(module._parameters.items()):
+                module._subtract(name, p, rule(prefix + name, p, module._gradient[name]))
+
+    def fresh_gradients(self) -> contextlib.AbstractContextManager[None]:
+        """Inside the ``with`` block, the first gradient contribution of each parameter
+        replaces the old value; on exit, gradients nobody wrote are zero. The same
+        gradients as :meth:`zero_grad` before the block (what a training step needs).
+
+        Modules whose class writes ``_gradient`` itself (``_fresh_gradients`` false)
+        are zeroed on entry instead.
+        """
+        return _FreshGradients(self)
+
+    def _subtract(self, name: str, p: Array, step: Array) -> None:
+        if self._owned.get(name) is p:  # nnx's own array, and a mutable one
+            p -= step
+        else:  # an array the user assigned, or an immutable one: bind a new array
+            self._bind(name, p - step)
+
+    def _zero(self, name: str) -> None:
+        g = self._gradient[name]
+        if backends.is_mutable(g):
+            g[...] = 0
         else:
-            self.zero_grad()
+            self._gradient[name] = namespace(g).zeros_like(g)
 
-    def _end_step(self) -> None:
-        """After the step's backward pass: gradients nobody wrote become zeros."""
-        fresh = self._fresh
-        if fresh:
-            for name in fresh:
-                self._gradient[name][...] = 0
-        self._fresh = None
+    def locate_parameter(self, name: str) -> tuple[Module, str]:
+        """The module holding parameter ``name`` (dotted) and its name there.
+
+        ``KeyError`` if there is no such parameter."""
+        module, local = self, name
+        while local not in module._parameters and "." in local:
+            head, local = local.split(".", 1)
+            children = module.children()
+            if not head.isdigit() or int(head) >= len(children):
+                break
+            module = children[int(head)]
+        if local not in module._parameters:
+            raise KeyError(f"{self.name}: no parameter named {name!r}")
+        return module, local
 
     # -- parameters -----------------------------------------------------------------
     def _register(self, name: str, value: Array) -> None:
         """Register a parameter and its zero gradient buffer."""
-        self._set_parameter(name, value)
+        self._bind(name, value)
         self._gradient[name] = namespace(value).zeros_like(value)
 
-    def _set_parameter(self, name: str, value: Array) -> None:
+    def _bind(self, name: str, value: Array) -> None:
+        """Bind a parameter to a new array nnx owns: updated in place later if the
+        library allows it (``_owned`` lists exactly those)."""
         self._parameters[name] = value
-        self._owned[name] = value
+        if backends.is_mutable(value):
+            self._owned[name] = value
+        else:
+            self._owned.pop(name, None)
 
     def children(self) -> list[Module]:
         """Direct sub-modules (none for a plain layer)."""
@@ -146,17 +225,13 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """``(dotted name, parameter)`` pairs, this module's then its children's."""
-        for name, p in self._parameters.items():
-            yield prefix + name, p
-        for i, child in enumerate(self.children()):
-            yield from child.named_parameters(f"{prefix}{i}.")
+        for name, p, _ in self.parameters_and_gradients(prefix):
+            yield name, p
 
     def named_gradients(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """``(dotted name, gradient)`` pairs in the order of :meth:`named_parameters`."""
-        for name, g in self._gradient.items():
-            yield prefix + name, g
-        for i, child in enumerate(self.children()):
-            yield from child.named_gradients(f"{prefix}{i}.")
+        for name, _, g in self.parameters_and_gradients(prefix):
+            yield name, g
 
     def parameters(self) -> list[Array]:
         """All parameters (recursively), in a stable order."""
@@ -204,7 +279,7 @@ class Module:
                         f"shape {tuple(p.shape)}, got {tuple(value.shape)}"
                     )
                 value = value.astype(backends.dtype_name(p), copy=True)
-                module._set_parameter(name, backends.from_numpy(value, p))
+                module._bind(name, backends.from_numpy(value, p))
         self.zero_grad()
 
     def to(self, backend: str | None = None, dtype: Any = None, device: Any = None) -> Module:
@@ -234,7 +309,7 @@ class Module:
                     host = backends.to_numpy(value)
                     host = host.astype(dt or host.dtype, copy=False)
                     table[name] = target.from_numpy(host, dev)
-            module._owned = dict(module._parameters)
+            module._owned = {k: p for k, p in module._parameters.items() if backends.is_mutable(p)}
             module._cache_key = module._cache = None
             module._moved()
         return self
@@ -392,20 +467,75 @@ def _modules_with_prefix(module: Module, prefix: str = "") -> Iterator[tuple[Mod
         yield from _modules_with_prefix(child, f"{prefix}{i}.")
 
 
+class _FreshGradients:
+    """The context manager of :meth:`Module.fresh_gradients` (a class: it runs once per
+    training step, and a generator-based one costs several times more)."""
+
+    __slots__ = ("fresh", "zeroed")
+
+    def __init__(self, root: Module) -> None:
+        fresh, zeroed, todo = [], [], [root]
+        while todo:
+            m = todo.pop()
+            if m._gradient:
+                (fresh if m._fresh_gradients else zeroed).append(m)
+            todo += m.children()
+        self.fresh, self.zeroed = fresh, zeroed
+
+    def __enter__(self) -> None:
+        for m in self.fresh:
+            m._fresh = set(m._gradient)
+        for m in self.zeroed:  # its own gradients only: children decide for themselves
+            for name in m._gradient:
+                m._zero(name)
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.fresh:
+            for name in m._fresh or ():
+                m._zero(name)
+            m._fresh = None
+
+
+class DeferredCheck(NamedTuple):
+    """A check of a loss's input that needs one number read from the device.
+
+    ``count`` is a 0-d array on the device; the check passes when it equals
+    ``expected``; otherwise ``fail()`` raises the full error (it may read more).
+    """
+
+    count: Array
+    expected: int
+    fail: Callable[[], None]
+
+
 class Loss:
     """Base class of the losses.
 
     ``forward(y, yhat)`` returns the per-sample losses, shape ``(batch,)``;
     ``backward(y, yhat)`` returns :math:`\\partial L / \\partial \\hat y` for
     :math:`L = \\sum_i \\ell_i`, the same shape as ``yhat``.
+
+    **Deferred checks.** Some checks of the targets need a value from the device
+    (e.g. "every label lies in ``[0, K)``"), and on a GPU each read waits for every
+    queued kernel. A training step therefore calls ``forward`` inside
+    :meth:`deferred_checks`: a loss hands such a check to :meth:`require_count`, which
+    inside the block records a :class:`DeferredCheck` instead of reading; the step
+    reads the counts together with the loss sum (one read per step) and calls
+    ``fail()`` for any count that differs, before the backward pass. Outside the
+    block, :meth:`require_count` checks at once. A loss must not let ``backward`` reuse
+    anything computed from targets whose deferred check failed.
+
+    >>> import nnx, numpy as np
+    >>> loss = nnx.CELogSoftmax()
+    >>> y, yhat = nnx.asarray(np.array([0, 4])), nnx.asarray(np.zeros((2, 3)))
+    >>> with loss.deferred_checks() as pending:
+    ...     _ = loss.forward(y, yhat)
+    >>> [(int(c.count), c.expected) for c in pending]
+    [(1, 2)]
     """
 
-    #: Set by :class:`~nnx.Optim` during a training step: a list to which a loss may add
-    #: ``(count, expected, fail)`` instead of reading ``count`` from the device; the step
-    #: reads the counts together with the loss and calls ``fail()`` (which raises) when
-    #: one differs from ``expected`` (one device-to-host read per step). ``None``
-    #: outside a step.
-    _pending_checks: list[tuple[Array, int, Callable[[], None]]] | None = None
+    #: Where :meth:`require_count` records checks (``None``: check at once).
+    _deferred: list[DeferredCheck] | None = None
 
     def forward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError
@@ -413,8 +543,24 @@ class Loss:
     def backward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError
 
-    def _forget(self) -> None:
-        """Drop anything cached from the last calls (a deferred check failed)."""
+    @contextlib.contextmanager
+    def deferred_checks(self) -> Iterator[list[DeferredCheck]]:
+        """Collect the checks that :meth:`require_count` would read, in the yielded
+        list, for the caller to read (with the loss) and verify."""
+        saved, pending = self._deferred, []
+        self._deferred = pending
+        try:
+            yield pending
+        finally:
+            self._deferred = saved
+
+    def require_count(self, count: Array, expected: int, fail: Callable[[], None]) -> None:
+        """Check that the 0-d array ``count`` equals ``expected`` (``fail()`` raises
+        otherwise): at once, or deferred inside :meth:`deferred_checks`."""
+        if self._deferred is not None:
+            self._deferred.append(DeferredCheck(count, expected, fail))
+        elif int(count) != expected:
+            fail()
 
     def __call__(self, y: Array, yhat: Array) -> Array:
         return self.forward(y, yhat)

@@ -28,7 +28,6 @@ or directly, after a backward pass: ``optimizer.step(net)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -48,18 +47,6 @@ def _check_number(owner: str, arg: str, value: Any, low: float, high: float | No
         bound = f"[{low}, {high})" if high is not None else f">= {low}"
         raise ValueError(f"{owner}: {arg} must be {bound}, got {value!r}")
     return v
-
-
-def _leaf_parameters(network: Module) -> Iterator[tuple[str, Module, str]]:
-    """``(dotted name, owning module, local name)`` for every parameter of ``network``."""
-
-    def walk(module: Module, prefix: str) -> Iterator[tuple[str, Module, str]]:
-        for name in list(module._parameters):
-            yield prefix + name, module, name
-        for i, child in enumerate(module.children()):
-            yield from walk(child, f"{prefix}{i}.")
-
-    yield from walk(network, "")
 
 
 class Optimizer:
@@ -150,15 +137,13 @@ class Optimizer:
             )
         self.bind(network)
         self.steps += 1
-        for key, module, name in _leaf_parameters(network):
-            p, g = module._parameters[name], module._gradient[name]
-            state = self.state.setdefault(key, {})
-            self._follow(state, p)
-            d = self._direction(namespace(p), state, g)
-            if module._owned.get(name) is p:
-                p -= d
-            else:  # an array the user assigned: never modify it in place
-                module._set_parameter(name, p - d)
+        network.apply_update(self._update)
+
+    def _update(self, name: str, p: Array, g: Array) -> Array:
+        """The direction :math:`d` of parameter ``name`` (``w <- w - d``)."""
+        state = self.state.setdefault(name, {})
+        self._follow(state, p)
+        return self._direction(namespace(p), state, g)
 
     @staticmethod
     def _follow(state: dict[str, Array], p: Array) -> None:

@@ -30,13 +30,14 @@ shape and dtype, the total parameter bytes against ``max_bytes`` (default
 into memory of exactly its declared size. A hostile file is refused with
 :class:`ModelFileError` in milliseconds, whatever it declares.
 
-**Writing** goes to a temporary file next to the target (``.nnx-<tag>-<pid>-<random>.tmp``,
-short enough for any legal file name) moved into place with ``os.replace``: a crash
-never leaves a half-written model under the target name, and temporary files left by
-killed writers of the same target are removed by the next save. Like ``np.savez`` and
-``open()``, a symbolic link is written through to its target, an existing file keeps
-its permission bits, and a new file gets the umask's mode; a file with several hard
-links is rewritten in place (all links see the new model; that case is not atomic).
+**Writing** goes through :func:`nnx.atomic.atomic_open`: a temporary file next to the
+target (``.nnx-<tag>-<pid>-<random>.tmp``, short enough for any legal file name) moved
+into place with ``os.replace``, so a crash never leaves a half-written model under the
+target name, and temporary files left by killed writers of the same target are removed
+by the next save. Like ``np.savez`` and ``open()``, a symbolic link is written through
+to its target, an existing file keeps its permission bits, and a new file gets the
+umask's mode; a file with several hard links is rewritten in place (all links see the
+new model; that case is not atomic).
 
 >>> import nnx, tempfile, os
 >>> net = nnx.Sequential(nnx.Linear(4, 8), nnx.ReLU(), nnx.Linear(8, 3))
@@ -52,15 +53,10 @@ Sequential(
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
-import secrets
-import shutil
 import stat
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +65,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import backends
+from .atomic import atomic_open
 from .module import Module
 
 __all__ = [
@@ -208,108 +205,12 @@ def _save(
             if v.dtype.kind not in "fiub":
                 raise TypeError(f"{owner}: array {k!r} has non-numeric dtype {v.dtype}")
             payload[prefix + k] = v
-    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **payload))
+    with atomic_open(path, "wb", fsync=True) as f:
+        np.savez(f, allow_pickle=False, **payload)
 
 
 def _declare(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     return {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
-
-
-# -- writing files ------------------------------------------------------------------
-def _tag(name: str) -> str:
-    return hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
-
-
-def _alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would terminate the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _remove_stale(target: Path) -> None:
-    """Remove temporary files of killed writers of ``target`` (dead pid, or a day old)."""
-    prefix = f".nnx-{_tag(target.name)}-"
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(target.parent):
-            name = entry.name
-            if not (name.startswith(prefix) and name.endswith(".tmp")):
-                continue
-            pid_text = name[len(prefix) :].split("-", 1)[0]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                old = time.time() - entry.stat(follow_symlinks=False).st_mtime > 86_400
-                if old or not _alive(int(pid_text)):
-                    os.unlink(entry.path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write a file through ``write(binary file)``, atomically; returns the path written.
-
-    The data go to a temporary file in the target's folder, are flushed to disk and
-    moved into place: an interruption (error, Ctrl-C, ``kill -9``) leaves the previous
-    file intact. Symbolic links are followed to their target; an existing file keeps
-    its mode (and, where permitted, owner); a new one is created with the umask's
-    mode; a file with several hard links is rewritten in place so that every link
-    sees the new content.
-    """
-    target = Path(path)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        st: os.stat_result | None = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        error = IsADirectoryError if stat.S_ISDIR(st.st_mode) else OSError
-        raise error(f"cannot write {str(path)!r}: it exists and is not a regular file")
-    _remove_stale(target)
-    tmp = target.parent / f".nnx-{_tag(target.name)}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666 if st is None else 0o600)  # umask applies to 0o666
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            if st is not None:
-                with contextlib.suppress(OSError, AttributeError):
-                    os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
-                with contextlib.suppress(OSError, AttributeError):
-                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            if st is not None and st.st_nlink > 1:
-                f.seek(0)
-                with open(target, "r+b") as out:
-                    shutil.copyfileobj(f, out, _CHUNK)
-                    out.truncate()
-                    out.flush()
-                    os.fsync(out.fileno())
-        if st is not None and st.st_nlink > 1:
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
 
 
 def _nnx_version() -> str:

@@ -1,4 +1,4 @@
-"""Checkpoints and exact resume, SIGTERM, non-finite updates (nnx.checkpoint).
+"""Checkpoints and exact resume, SIGTERM, non-finite updates (nnx.training.checkpoint).
 
 - A run with ``checkpoint=PATH`` interrupted (Ctrl-C in process; ``kill -9`` of a
   subprocess at a random moment) and started again with the same call ends with the
@@ -250,7 +250,7 @@ def test_sigterm_handler_of_the_program_is_kept():
 
     previous = signal.signal(signal.SIGTERM, mine)
     try:
-        with nnx.checkpoint.sigterm_as_interrupt():
+        with nnx.training.signals.sigterm_as_interrupt():
             assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)

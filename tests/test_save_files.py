@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx import serialization
+from nnx import atomic, serialization
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX links, modes and signals")
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +99,10 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     nnx.save(net(0), path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    tag = serialization._tag(path.name)
+    tag = atomic._tag(path.name)
     stale = tmp_path / f".nnx-{tag}-{dead.pid}-0badc0de.tmp"
     stale.write_bytes(b"PK half a file")
-    other_target = tmp_path / f".nnx-{serialization._tag('other.npz')}-{dead.pid}-0badc0de.tmp"
+    other_target = tmp_path / f".nnx-{atomic._tag('other.npz')}-{dead.pid}-0badc0de.tmp"
     other_target.write_bytes(b"x")
     alive = tmp_path / f".nnx-{tag}-{os.getppid()}-0badc0de.tmp"  # a live writer's
     alive.write_bytes(b"x")

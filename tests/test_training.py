@@ -460,7 +460,7 @@ def test_online_plot_in_a_notebook_redraws_one_display(backend, rng, tmp_path, m
         calls.append(("display", fig))
         return Handle()
 
-    monkeypatch.setattr(nnx.training, "in_notebook", lambda: True)
+    monkeypatch.setattr(nnx.training.progress, "in_notebook", lambda: True)
     monkeypatch.setattr(IPython.display, "display", display)
     monkeypatch.chdir(tmp_path)
     X, y = _data(rng, n=30)

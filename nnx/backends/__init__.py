@@ -266,6 +266,17 @@ def get_rng() -> np.random.Generator:
     return _default_rng if rng is None else rng
 
 
+@contextlib.contextmanager
+def scoped_rng(generator: np.random.Generator) -> Iterator[None]:
+    """Draw from ``generator`` inside the block (this thread or task only), then
+    restore the generator this context had."""
+    token = _rng.set(generator)
+    try:
+        yield
+    finally:
+        _restore(_rng, token, generator)
+
+
 # -- arrays ---------------------------------------------------------------------------
 _TYPE_CACHE: dict[type, Backend | None] = {}
 
@@ -315,6 +326,23 @@ def namespace_of(x: Any) -> Any:
         xp = array_api_compat.array_namespace(x)
     _NS_CACHE[type(x)] = xp
     return xp
+
+
+def is_mutable(x: Any) -> bool:
+    """Whether ``x`` can be updated in place (``False`` for JAX arrays)."""
+    backend = backend_of(x)
+    if backend is not None:
+        return backend.mutable_arrays
+    import array_api_compat
+
+    return bool(array_api_compat.is_writeable_array(x))
+
+
+def free_reads(x: Any) -> bool:
+    """Whether reading ``x``'s values back to Python needs no wait (NumPy: host memory,
+    computed eagerly), so that a check may read at once rather than be deferred."""
+    backend = backend_of(x)
+    return backend is not None and backend.free_reads
 
 
 def backend_name(x: Any) -> str:

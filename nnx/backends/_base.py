@@ -17,6 +17,11 @@ class Backend:
     name: str = ""
     module_name: str = ""
     install_hint: str = ""
+    #: Whether arrays can be written in place (``p -= d``, ``g[...] = 0``); JAX's cannot.
+    mutable_arrays: bool = True
+    #: Whether reading a value back to Python costs nothing to wait for (host memory,
+    #: eager): checks may then read at once instead of joining the step's one read.
+    free_reads: bool = False
 
     def __init__(self) -> None:
         self.xp: Any = None

@@ -17,6 +17,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     module_name = "numpy"
     install_hint = "pip install numpy"
+    free_reads = True
 
     def _load(self) -> None:
         import array_api_compat.numpy as xp

@@ -2,7 +2,7 @@ r"""Checkpoints of the training loops, and SIGTERM handled like Ctrl-C.
 
 ``Optim.SGD(..., checkpoint=PATH)`` and ``Optim.SGD_eval(..., checkpoint=PATH)`` follow
 Keras' ``BackupAndRestore``: after every finished epoch they write ``PATH``
-atomically (:func:`nnx.serialization.atomic_write`); a run that starts with ``PATH``
+atomically (:func:`nnx.atomic.atomic_open`); a run that starts with ``PATH``
 present resumes from it; a run that ends normally (all epochs, or early stopping)
 removes it. A run killed with ``kill -9`` at any moment and started again with the
 same call therefore ends with the same parameters and history as an uninterrupted
@@ -18,67 +18,24 @@ history, and the early-stopping state; its ``extra/`` arrays hold the optimiser'
 per-parameter state (``opt/<parameter>/<name>``) and the best epoch's parameters
 (``best/<parameter>``). Resuming with different arguments, another optimiser or
 another architecture raises ``ValueError`` naming the difference.
-
-Signals: inside the loops (on the main thread) SIGTERM -- what ``docker stop``,
-Kubernetes and SLURM send before ``SIGKILL`` -- raises :class:`Terminated`, a
-``KeyboardInterrupt``: the loop stops as on Ctrl-C (finished epochs kept, the
-parameters of the last finished epoch restored, :attr:`nnx.Optim.interrupted` set,
-and :attr:`nnx.Optim.terminated` too). ``nnx train`` then writes its model and
-history and exits with status 143 (128 + SIGTERM), as ``kill`` expects. A handler the
-program installed itself is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import backends, serialization
-from .module import Module
+from .. import backends, serialization
+from ..module import Module
 
-__all__ = ["Terminated", "sigterm_as_interrupt"]
+__all__ = ["Checkpoint", "call_signature"]
 
 _OPT = "opt/"
 _BEST = "best/"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received during a training loop (handled like Ctrl-C)."""
-
-    signum = getattr(signal, "SIGTERM", 15)
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(f"received signal {signum} (SIGTERM)")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``).
-
-    Only on the main thread (where Python delivers signals), and only when SIGTERM
-    still has its default action: a handler the program installed is kept.
-    """
-    sigterm = getattr(signal, "SIGTERM", None)
-    if sigterm is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(sigterm)
-    if previous is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(sigterm, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(sigterm, previous)
 
 
 def _rng_state(rng: Any) -> Any:

@@ -1,0 +1,176 @@
+"""Data placement: the one place where the training side converts data.
+
+Host data (NumPy arrays, lists) and arrays of another backend are moved to the
+network's backend and device; floating data takes the parameters' dtype, integer labels
+keep theirs. Whether a data set moves at once or batch by batch is decided once per
+loop (:meth:`Placement.prepare`); batches are then cut by :func:`batches`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import backends
+from ..module import Array, Module, is_floating, namespace
+
+
+class Data(NamedTuple):
+    """A checked data set: ``X``, ``y``, the sample count, and whether the arrays are
+    already on the network's backend (else host arrays moved batch by batch)."""
+
+    X: Any
+    y: Any
+    n: int
+    on_device: bool
+
+
+def host(A: Any) -> Any:
+    """``A`` itself if it is an array of a known library, else a NumPy array of it."""
+    return A if backends.is_array(A) else np.asarray(A)
+
+
+class Placement:
+    """Moves data to ``network``'s backend, device and float dtype."""
+
+    #: Largest ``X.nbytes + y.nbytes`` (on the network's dtype) moved at once.
+    max_device_bytes: int = 1 << 30
+
+    def __init__(self, network: Module) -> None:
+        self.network = network
+        self._where: tuple[Module, str] | None = None  # the parameter found last
+
+    def like(self) -> Array | None:
+        """A parameter of the network: its backend, device and dtype are the target.
+
+        Read from its module on every call (a step converts twice): a parameter that
+        was reassigned or moved (``Module.to``) is seen at once.
+        """
+        where = self._where
+        if where is not None:
+            try:
+                return where[0].get_parameter(where[1])
+            except KeyError:
+                pass
+        for name, p, _ in self.network.parameters_and_gradients():
+            self._where = self.network.locate_parameter(name)
+            return p
+        return None
+
+    def to_network(self, X: Any, like: Array | None = None) -> Array:
+        """``X`` on the network's backend; floating data in the network's dtype.
+
+        Arrays already right are returned as they are (never copied or modified).
+        """
+        if like is None:
+            like = self.like()
+        if like is None:
+            return backends.asarray(X) if backends.backend_of(X) is not backends.current() else X
+        if type(X) is type(like) and (X.dtype == like.dtype or not is_floating(X)):
+            return X
+        values = backends.to_numpy(X) if backends.is_array(X) else np.asarray(X)
+        if values.dtype.kind == "f":
+            values = values.astype(backends.dtype_name(like), copy=False)
+        elif values.dtype.kind not in "iub":
+            raise TypeError(f"Optim: cannot use data of dtype {values.dtype} ({type(X).__name__})")
+        return backends.from_numpy(values, like)
+
+    def prepare(self, owner: str, X: Any, y: Any) -> Data:
+        """Check ``X``/``y`` (sample axis, same count, finite) and move them at once when
+        they fit in :attr:`max_device_bytes`; otherwise keep host copies for
+        :func:`batches` to move batch by batch."""
+        X, y = host(X), host(y)
+        if len(X.shape) == 0 or len(y.shape) == 0:
+            raise ValueError(
+                f"{owner}: X and y need a sample axis, got shapes {X.shape}, {y.shape}"
+            )
+        n = int(X.shape[0])
+        if int(y.shape[0]) != n:
+            raise ValueError(
+                f"{owner}: X and y must have the same number of samples, got X {tuple(X.shape)} "
+                f"and y {tuple(y.shape)}"
+            )
+        if n == 0:
+            raise ValueError(f"{owner}: no samples (X has shape {tuple(X.shape)})")
+        for name, A in (("X", X), ("y", y)):
+            if isinstance(A, np.ndarray) and A.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"{owner}: {name} must hold numbers (bool, int or float), got dtype {A.dtype}"
+                )
+            check_finite(owner, name, A)
+        like = self.like()
+        on_network = like is None or (type(X) is type(like) and type(y) is type(like))
+        if on_network:
+            return Data(self.to_network(X, like), self.to_network(y, like), n, True)
+        itemsize = np.dtype(backends.dtype_name(like)).itemsize if like is not None else 8
+        size = math.prod(X.shape) * itemsize + math.prod(y.shape) * 8
+        if size <= self.max_device_bytes:
+            return Data(self.to_network(X, like), self.to_network(y, like), n, True)
+        return Data(backends.to_numpy(X), backends.to_numpy(y), n, False)
+
+    def batches(
+        self, data: Data, batch_size: int, order: np.ndarray | None
+    ) -> Iterator[tuple[Array, Array]]:
+        """Consecutive batches of ``batch_size`` in ``order`` (``None``: as stored), on
+        the network's backend."""
+        X, y, n, on_device = data
+        idx = None if order is None else to_index(order, X)
+        like = self.like()
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if idx is None:
+                bx, by = X[start:stop, ...], y[start:stop, ...]
+            else:
+                bx, by = take(X, idx[start:stop]), take(y, idx[start:stop])
+            if not on_device:
+                bx, by = self.to_network(bx, like), self.to_network(by, like)
+            yield bx, by
+
+
+def to_index(order: np.ndarray, like: Any) -> Any:
+    """Integer indices ``order`` on ``like``'s backend and device (for :func:`take`)."""
+    return backends.from_numpy(np.asarray(order, dtype=np.int64), like)
+
+
+def take(A: Any, idx: Any) -> Any:
+    """Rows ``idx`` of ``A`` (``idx``: indices on ``A``'s backend, see :func:`to_index`)."""
+    return namespace(A).take(A, idx, axis=0)
+
+
+def split(
+    owner: str, n: int, test_size: float | int, shuffle: bool, seed: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and test parts of ``n`` samples: the last ``test_size``
+    (a fraction in (0, 1) or a count), or a random part drawn from ``seed``."""
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+        raise TypeError(f"{owner}: test_size must be a float or an int, got {test_size!r}")
+    if isinstance(test_size, float):
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"{owner}: a float test_size must lie in (0, 1), got {test_size}")
+        n_test = math.ceil(test_size * n)
+    else:
+        n_test = int(test_size)
+    if not 0 < n_test < n:
+        raise ValueError(
+            f"{owner}: test_size={test_size!r} leaves {n_test} test and "
+            f"{n - n_test} training samples out of {n}; both must be at least 1"
+        )
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    return order[: n - n_test], order[n - n_test :]
+
+
+def check_finite(owner: str, name: str, A: Any) -> None:
+    """Raise ``ValueError`` naming the first sample of floating ``A`` with a NaN or inf."""
+    if not is_floating(A):
+        return
+    xp = namespace(A)
+    ok = backends.to_numpy(xp.all(xp.isfinite(xp.reshape(A, (A.shape[0], -1))), axis=1))
+    if not ok.all():
+        bad = int(np.argmin(ok))
+        raise ValueError(
+            f"{owner}: {name} contains non-finite values (NaN or inf), first at sample {bad} "
+            f"of {A.shape[0]}; clean the data before training"
+        )

@@ -1,0 +1,509 @@
+"""The :class:`Optim` facade: the seed's training API, assembled from the parts of
+:mod:`nnx.training` (data placement, step, epoch loop, early stopping, bars, history)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..module import Array, Loss, Module, check_positive_int, namespace
+from . import data as placement
+from .callbacks import EarlyStopping
+from .checkpoint import Checkpoint, call_signature
+from .guard import EpochStart, non_finite_parameter, replay
+from .history import HISTORY_COLUMNS, LivePlot, history_frame
+from .loop import run_epochs, train_epoch
+from .progress import Progress
+from .signals import Terminated
+from .step import evaluate, train_step
+
+__all__ = ["Optim"]
+
+
+class Optim:
+    r"""Ties a network, a loss and an update rule together, and runs training loops.
+
+    ``step(batch_x, batch_y)`` does forward, loss, backward and update, and returns
+    the per-sample losses. The gradient is that of the *sum* of the per-sample losses
+    :math:`L = \sum_i \ell_i` (the :class:`~nnx.Loss` contract), so the plain update
+    :math:`w \leftarrow w - \epsilon \nabla_w L` scales with the batch size, as in the
+    seed library. With an ``optimizer`` (:mod:`nnx.optimizers`), ``optimizer.step``
+    replaces ``network.update_parameters(eps)``.
+
+    The loops :meth:`SGD` and :meth:`SGD_eval`:
+
+    - draw a new shuffle every epoch from ``numpy.random.default_rng(seed)``: the same
+      seed gives the same sequence of batches; batches are consecutive slices of
+      ``batch_size`` samples of the shuffled order, the last one smaller;
+    - move host data (NumPy arrays, lists) to the network's backend and dtype once
+      when ``X`` and ``y`` together take at most :attr:`max_device_bytes`, otherwise
+      batch by batch; integer labels ``(n,)`` and one-hot targets ``(n, K)`` both work;
+    - check the loss of every batch before the update: a non-finite loss raises
+      ``FloatingPointError`` naming the epoch and the batch (both 1-based), with the
+      parameters as they were before that step;
+    - stop cleanly on Ctrl-C (``KeyboardInterrupt``): bars closed, the parameters
+      put back as they were at the end of the last finished epoch (or the best epoch,
+      see ``restore_best``), and the history of the finished epochs returned;
+      :attr:`interrupted` is then ``True``.
+
+    Parameters
+    ----------
+    network : Module
+        The model (usually a :class:`Sequential`).
+    loss : Loss
+        Per-sample loss, e.g. :class:`~nnx.CELogSoftmax`.
+    eps : float, default 1e-3
+        Step size of the plain update (unused with an ``optimizer``).
+    optimizer : nnx.optimizers.Optimizer, optional
+        Update rule used after each backward pass.
+
+    Examples
+    --------
+    >>> import nnx, numpy as np
+    >>> net = nnx.Sequential(nnx.Linear(2, 2))
+    >>> opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.1)
+    >>> opt.step(nnx.asarray([[1.0, 0.0]]), nnx.asarray(np.array([1]))).shape
+    (1,)
+    >>> X, y = np.random.default_rng(0).normal(size=(64, 2)), np.arange(64) % 2
+    >>> opt.SGD(X, y, batch_size=16, epochs=3).shape
+    (3,)
+    """
+
+    #: Largest ``X.nbytes + y.nbytes`` (on the network's dtype) moved to the backend at
+    #: once; larger data is moved batch by batch.
+    max_device_bytes: int = placement.Placement.max_device_bytes
+    #: Batch size of the evaluation passes (:meth:`score`, test losses).
+    eval_batch_size: int = 1024
+
+    def __init__(
+        self, network: Module, loss: Loss, eps: float = 1e-3, optimizer: Any = None
+    ) -> None:
+        if not isinstance(network, Module):
+            raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Optim: loss must be a nnx Loss, got {type(loss).__name__}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(
+                f"Optim: eps must be a non-negative number, got {type(eps).__name__} {eps!r}"
+            )
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"Optim: eps must be a non-negative number (finite), got {eps!r}")
+        if optimizer is not None and not callable(getattr(optimizer, "step", None)):
+            raise TypeError(
+                f"Optim: optimizer must have a step(network) method (see nnx.optimizers), "
+                f"got {type(optimizer).__name__}"
+            )
+        if optimizer is not None and callable(getattr(optimizer, "bind", None)):
+            optimizer.bind(network)  # one optimiser, one network: its state is per parameter
+        self.loss, self.eps = loss, float(eps)
+        self.optimizer = optimizer
+        self.network = network
+        #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
+        self.X_train: Any = None
+        self.y_train: Any = None
+        self.X_test: Any = None
+        self.y_test: Any = None
+        #: History of the last loop (dict of lists), kept up to date epoch by epoch.
+        self.history: dict[str, list[float]] = {}
+        #: Whether the last loop was stopped by Ctrl-C or SIGTERM.
+        self.interrupted = False
+        #: Whether the last loop was stopped by SIGTERM (:mod:`nnx.training.signals`).
+        self.terminated = False
+        #: Epoch (1-based) whose parameters the last :meth:`SGD_eval` kept.
+        self.best_epoch: int | None = None
+
+    @property
+    def network(self) -> Module:
+        """The model being trained."""
+        return self._network
+
+    @network.setter
+    def network(self, network: Module) -> None:
+        self._network = network
+        self._placement = placement.Placement(network)
+
+    def _place(self) -> placement.Placement:
+        self._placement.max_device_bytes = self.max_device_bytes
+        return self._placement
+
+    # -- one step ---------------------------------------------------------------------
+    def _update(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step(self.network)
+        else:
+            self.network.update_parameters(self.eps)
+
+    def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        return train_step(self.network, self.loss, self._update, X, y)
+
+    def step(self, batch_x: Any, batch_y: Any) -> Array:
+        """One training step on a batch; returns the per-sample losses (backend array).
+
+        Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        """
+        place = self._placement
+        like = place.like()
+        X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
+        try:
+            return self._step(X, y)[0]
+        except FloatingPointError as exc:
+            bad = non_finite_parameter(self.network)
+            if bad is not None:
+                raise FloatingPointError(
+                    f"Optim.step: {exc}; parameter {bad!r} was already non-finite before "
+                    f"this step (an earlier update overflowed: lower the learning rate)"
+                ) from None
+            raise FloatingPointError(f"Optim.step: {exc}") from None
+
+    # -- evaluation -------------------------------------------------------------------
+    def predict(self, X: Any) -> Array:
+        """Network output for ``X`` (moved to the network's backend), in batches of
+        :attr:`eval_batch_size`."""
+        X = placement.host(X)
+        n = int(X.shape[0]) if len(X.shape) else 0
+        place = self._placement
+        if n <= self.eval_batch_size:
+            return self.network.forward(place.to_network(X))
+        parts = [
+            self.network.forward(place.to_network(X[i : i + self.eval_batch_size, ...]))
+            for i in range(0, n, self.eval_batch_size)
+        ]
+        return namespace(parts[0]).concat(parts, axis=0)
+
+    def _evaluate(self, data: placement.Data) -> tuple[float, float]:
+        batches = self._placement.batches(data, self.eval_batch_size, None)
+        return evaluate(self.network, self.loss, batches, data.n)
+
+    def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
+        """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
+        outputs are ``(n, K)`` and ``y`` holds labels or one-hot rows); no update.
+
+        >>> import nnx, numpy as np
+        >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
+        >>> loss, acc = opt.evaluate(np.eye(2), np.array([0, 1]))
+        """
+        return self._evaluate(self._place().prepare("Optim.evaluate", X, y))
+
+    def score(self, X: Any, y: Any) -> float:
+        """Accuracy of ``argmax(network(X))`` against integer labels or one-hot ``y``.
+
+        ``X`` and ``y`` are checked exactly as :meth:`evaluate` checks them (sample
+        counts, finiteness, label shape, dtype and range, through the loss); no samples
+        is a ``ValueError``, and so are outputs that are not ``(n, K)`` scores.
+
+        >>> import nnx, numpy as np
+        >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
+        >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
+        True
+        """
+        data = self._place().prepare("Optim.score", X, y)
+        _, accuracy = self._evaluate(data)
+        if math.isnan(accuracy):
+            raise ValueError(
+                f"Optim.score: accuracy needs (n, K) outputs (K >= 2) and integer labels "
+                f"(n,) or one-hot targets (n, K); got y of shape {tuple(data.y.shape)}"
+            )
+        return accuracy
+
+    # -- loops ------------------------------------------------------------------------
+    def _use_network(self, network: Module | None) -> None:
+        if network is not None:
+            if not isinstance(network, Module):
+                raise TypeError(
+                    f"Optim: network must be a nnx Module, got {type(network).__name__}"
+                )
+            if self.optimizer is not None and hasattr(self.optimizer, "reset"):
+                self.optimizer.reset()
+            if self.optimizer is not None and callable(getattr(self.optimizer, "bind", None)):
+                self.optimizer.bind(network)
+            self.network = network
+
+    def _epoch_runner(
+        self,
+        owner: str,
+        train: placement.Data,
+        batch_size: int,
+        shuffle: bool,
+        rng: np.random.Generator,
+    ) -> Callable[[int, Progress], tuple[float, float]]:
+        """Trains one epoch per call, drawing each epoch's order from ``rng``.
+
+        Non-finite parameters (checked when a loss is not finite and after the epoch)
+        are traced to their step by replaying the epoch (:mod:`nnx.training.guard`)."""
+
+        def run(epoch: int, bars: Progress) -> tuple[float, float]:
+            order = rng.permutation(train.n) if shuffle else None
+            start = EpochStart(self.network, self.optimizer)
+            count = -(-train.n // batch_size)
+
+            def again() -> None:
+                batches = self._placement.batches(train, batch_size, order)
+                replay(owner, epoch, start, self._step, batches, count)
+
+            batches = self._placement.batches(train, batch_size, order)
+            try:
+                result = train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars)
+            except FloatingPointError:
+                if non_finite_parameter(self.network) is not None:
+                    again()
+                raise
+            if non_finite_parameter(self.network) is not None:
+                again()
+            return result
+
+        return run
+
+    def _interrupted(self, stop: KeyboardInterrupt | None) -> None:
+        self.interrupted = stop is not None
+        self.terminated = isinstance(stop, Terminated)
+
+    def SGD(
+        self,
+        X: Any,
+        y: Any,
+        batch_size: int,
+        epochs: int,
+        network: Module | None = None,
+        shuffle: bool = True,
+        seed: int | None = 42,
+        progress: bool | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> np.ndarray:
+        """Mini-batch training; returns the mean per-sample loss of each epoch.
+
+        Parameters
+        ----------
+        X, y : array
+            Inputs ``(n, ...)`` and targets: integer labels ``(n,)`` or ``(n, ...)``
+            targets such as one-hot rows. NumPy or backend arrays.
+        batch_size, epochs : int
+            Batches are consecutive slices of ``batch_size`` samples, the last smaller.
+        network : Module, optional
+            Train this network instead (it becomes ``self.network``).
+        shuffle : bool, default True
+            Draw a new order every epoch from ``default_rng(seed)``.
+        seed : int, default 42
+            Seed of the shuffles.
+        progress : bool, optional
+            Progress bars: ``None`` shows them in a terminal or notebook only.
+        checkpoint : path, optional
+            Write the training state there after every epoch and resume from it when
+            it exists; removed when training ends normally
+            (:mod:`nnx.training.checkpoint`).
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(epochs_done,)``: :math:`\\frac{1}{n}\\sum_i \\ell_i` of each epoch
+            (fewer than ``epochs`` after Ctrl-C).
+        """
+        check_positive_int("Optim.SGD", "batch_size", batch_size)
+        check_positive_int("Optim.SGD", "epochs", epochs)
+        self._use_network(network)
+        train = self._place().prepare("Optim.SGD", X, y)
+        rng = np.random.default_rng(seed)
+        run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, rng)
+        self.history = {"epoch": [], "loss_train": [], "score_train": []}
+        observers: list[Callable[[int, dict[str, float], Any], Any]] = []
+        saver, first = None, 1
+        if checkpoint is not None:
+            call = call_signature(
+                self, loop="SGD", n=train.n, batch_size=int(batch_size), shuffle=bool(shuffle),
+                seed=seed,
+            )  # fmt: skip
+            saver = Checkpoint(checkpoint, "Optim.SGD", call)
+            if saver.exists():
+                resumed = saver.restore(self.network, self.optimizer, rng)
+                self.history, first = resumed["history"], resumed["epoch"] + 1
+            observers.append(
+                lambda epoch, record, state: saver.save(
+                    self.network, self.optimizer, epoch, rng, self.history
+                )
+            )
+        bars = Progress(progress, int(epochs))
+
+        def epoch_record(epoch: int) -> dict[str, float]:
+            loss, score = run(epoch, bars)
+            return {"epoch": epoch, "loss_train": loss, "score_train": score}
+
+        self._interrupted(None)
+        stop = run_epochs(
+            self.network, int(epochs), epoch_record, self.history, bars, observers, first
+        )
+        self._interrupted(stop)
+        if saver is not None and stop is None:
+            saver.remove()
+        return np.asarray(self.history["loss_train"], dtype=np.float64)
+
+    def SGD_eval(
+        self,
+        X: Any,
+        y: Any,
+        batch_size: int,
+        epochs: int,
+        test_size: float | int,
+        patience: int | None = 10,
+        network: Module | None = None,
+        shuffle_train: bool = True,
+        shuffle_test: bool = False,
+        seed: int | None = 42,
+        return_dataframe: bool = False,
+        online_plot: bool | str | os.PathLike[str] = False,
+        progress: bool | None = None,
+        restore_best: bool = True,
+        monitor: str = "score",
+        callback: Callable[[dict[str, float]], Any] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Any:
+        """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
+
+        The last ``test_size`` part of the data (a fraction in (0, 1) or a count) is the
+        test set; with ``shuffle_test`` the split is drawn at random from
+        ``default_rng(seed)`` instead. The split is kept on the Optim as
+        :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`.
+
+        Every epoch trains on the training part (a new shuffle per epoch when
+        ``shuffle_train``), then records ``loss_train``/``score_train`` (mean loss and
+        accuracy over the epoch's batches, measured during the epoch, as Keras does)
+        and ``loss_test``/``score_test`` (a full pass over the test set).
+
+        Early stopping: when the monitored test quantity (``monitor="score"``: highest
+        ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for
+        ``patience`` epochs, training stops (``patience=None``: never). Without an
+        accuracy (outputs that are not ``(n, K)``), the test loss is monitored. With
+        ``restore_best`` (default) the network ends with the parameters of the best
+        epoch (:attr:`best_epoch`), also after Ctrl-C; otherwise with the last
+        finished epoch's.
+
+        Parameters
+        ----------
+        progress : bool, optional
+            Nested bars (epochs, batches). ``None``: only in a terminal or notebook;
+            ``False``: silent.
+        online_plot : bool or path
+            Redraw the learning curves after every epoch: live in a notebook, else a PNG
+            file (``"learning_curve.png"`` for ``True``, or the given path).
+        callback : callable, optional
+            Called after every epoch with that epoch's record (a dict).
+        checkpoint : path, optional
+            Write the training state there after every epoch (network, optimiser,
+            epoch, random state, history, early-stopping state) and resume from it
+            when it exists; removed when training ends normally
+            (:mod:`nnx.training.checkpoint`). A non-finite loss or parameter keeps the
+            parameters of before that step, or the best epoch's with ``restore_best``.
+
+        Returns
+        -------
+        pandas.DataFrame or tuple of numpy.ndarray
+            With ``return_dataframe``, a DataFrame with columns ``epoch, loss_train,
+            loss_test, score_train, score_test``; otherwise the four arrays
+            ``(loss_train, loss_test, score_train, score_test)``, one value per epoch.
+        """
+        owner = "Optim.SGD_eval"
+        check_positive_int(owner, "batch_size", batch_size)
+        check_positive_int(owner, "epochs", epochs)
+        if patience is not None:
+            check_positive_int(owner, "patience", patience)
+        if monitor not in ("score", "loss"):
+            raise ValueError(f"{owner}: monitor must be 'score' or 'loss', got {monitor!r}")
+        if return_dataframe:
+            history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
+        plot = LivePlot(online_plot) if online_plot else None
+        self._use_network(network)
+        X, y = placement.host(X), placement.host(y)
+        if int(y.shape[0]) != int(X.shape[0]):
+            raise ValueError(
+                f"{owner}: X and y must have the same number of samples, got X {tuple(X.shape)} "
+                f"and y {tuple(y.shape)}"
+            )
+        n = int(X.shape[0]) if len(X.shape) else 0
+        train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
+        train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
+        self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
+        self.X_test, self.y_test = placement.take(X, test_idx), placement.take(y, test_idx)
+        place = self._place()
+        train = place.prepare(owner, self.X_train, self.y_train)
+        test = place.prepare(owner, self.X_test, self.y_test)
+        rng = np.random.default_rng(seed)
+        run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, rng)
+        self.history = {c: [] for c in HISTORY_COLUMNS}
+        stopping = EarlyStopping(monitor, patience)
+        saver, first = None, 1
+        if checkpoint is not None:
+            call = call_signature(
+                self, loop="SGD_eval", n=n, batch_size=int(batch_size), test_size=test_size,
+                shuffle_train=bool(shuffle_train), shuffle_test=bool(shuffle_test), seed=seed,
+                patience=patience, monitor=monitor,
+            )  # fmt: skip
+            saver = Checkpoint(checkpoint, owner, call)
+            if saver.exists():
+                resumed = saver.restore(self.network, self.optimizer, rng)
+                self.history, first = resumed["history"], resumed["epoch"] + 1
+                early = resumed["early"] or {}
+                stopping.best_value = early.get("best_value")
+                stopping.best_epoch = early.get("best_epoch")
+                stopping.wait = early.get("wait", 0)
+                stopping.best_state = resumed["best_state"]
+                if plot is not None:
+                    plot.update(self.history)
+        bars = Progress(progress, int(epochs))
+
+        def epoch_record(epoch: int) -> dict[str, float]:
+            loss_train, score_train = run(epoch, bars)
+            loss_test, score_test = self._evaluate(test)
+            return {
+                "epoch": epoch,
+                "loss_train": loss_train,
+                "loss_test": loss_test,
+                "score_train": score_train,
+                "score_test": score_test,
+            }
+
+        observers: list[Callable[[int, dict[str, float], Any], Any]] = []
+        if plot is not None:
+            observers.append(lambda epoch, record, state: plot.update(self.history))
+        if callback is not None:
+            observers.append(lambda epoch, record, state: callback(dict(record)) and None)
+        observers.append(stopping.on_epoch_end)
+        if saver is not None:
+            early = stopping  # its state after this epoch's verdict
+
+            def save(epoch: int, record: dict[str, float], state: Any) -> None:
+                saver.save(
+                    self.network, self.optimizer, epoch, rng, self.history,
+                    {"best_value": early.best_value, "wait": early.wait,
+                     "best_epoch": early.best_epoch},
+                    early.best_state,
+                )  # fmt: skip
+
+            observers.append(save)
+        self._interrupted(None)
+        self.best_epoch = None
+        try:
+            stop = run_epochs(
+                self.network, int(epochs), epoch_record, self.history, bars, observers, first
+            )
+        except FloatingPointError:
+            self.best_epoch = stopping.best_epoch
+            if restore_best and stopping.best_state is not None:
+                self.network.load_state_dict(stopping.best_state)
+            raise
+        self._interrupted(stop)
+        if saver is not None and stop is None:
+            saver.remove()
+        self.best_epoch = stopping.best_epoch
+        if restore_best and stopping.best_state is not None:
+            self.network.load_state_dict(stopping.best_state)
+        elif not restore_best:
+            self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
+        if return_dataframe:
+            return history_frame(self.history)
+        return tuple(
+            np.asarray(self.history[c], dtype=np.float64)
+            for c in ("loss_train", "loss_test", "score_train", "score_test")
+        )

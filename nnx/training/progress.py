@@ -1,0 +1,109 @@
+"""Progress bars of the training loops (tqdm, imported only when bars are shown)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+TRAIN_EXTRA = 'pip install "nnx-backprop[train]"'
+
+
+def missing(package: str, what: str) -> ImportError:
+    """The ImportError raised when an optional training dependency is absent."""
+    return ImportError(
+        f"{what} needs the optional package {package!r}, which is not installed. "
+        f"Install the training extras with: {TRAIN_EXTRA}"
+    )
+
+
+def in_notebook() -> bool:
+    """Whether the code runs inside a Jupyter kernel (IPython's ZMQ shell)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except AttributeError:  # pragma: no cover - exotic IPython
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class _NullBar:
+    """Stands in for a tqdm bar when bars are off."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Progress:
+    """Nested progress bars (epochs, then the batches of the current epoch).
+
+    ``enabled``: ``True`` forces bars (ImportError naming the extra if tqdm is
+    missing), ``False`` silences them, ``None`` shows them only where they render well:
+    a Jupyter notebook or a terminal (``sys.stderr.isatty()``). Redirected output (a CI
+    log, a file) gets no bars at all, so no log spam.
+    """
+
+    def __init__(self, enabled: bool | None, epochs: int, desc: str = "epochs") -> None:
+        self.tqdm: Any = self.resolve(enabled)
+        self.epochs_bar: Any = (
+            self.tqdm(total=epochs, desc=desc, position=0, leave=True, dynamic_ncols=True)
+            if self.tqdm
+            else _NullBar()
+        )
+        self.batch_bar: Any = _NullBar()
+
+    @staticmethod
+    def resolve(enabled: bool | None) -> Any:
+        """The tqdm class to draw bars with, or ``None`` for no bars (nothing drawn)."""
+        if enabled is None:
+            enabled = in_notebook() or _isatty(sys.stderr)
+            required = False
+        else:
+            required = bool(enabled)
+        if not enabled:
+            return None
+        try:
+            if in_notebook():
+                from tqdm.auto import tqdm
+            else:
+                from tqdm import tqdm
+        except ImportError:
+            if required:
+                raise missing("tqdm", "progress bars") from None
+            return None
+        return tqdm
+
+    @property
+    def active(self) -> bool:
+        return self.tqdm is not None
+
+    def start_epoch(self, epoch: int, batches: int) -> None:
+        self.batch_bar.close()
+        if self.tqdm:
+            self.batch_bar = self.tqdm(
+                total=batches, desc=f"epoch {epoch}", position=1, leave=False, dynamic_ncols=True
+            )
+
+    def end_epoch(self, **postfix: float) -> None:
+        self.batch_bar.close()
+        self.batch_bar = _NullBar()
+        self.epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        self.epochs_bar.update(1)
+
+    def close(self) -> None:
+        self.batch_bar.close()
+        self.epochs_bar.close()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

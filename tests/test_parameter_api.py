@@ -1,0 +1,79 @@
+"""The public parameter API of Module (the one walk, accumulate, set, update) and the
+deferred-check contract of Loss."""
+
+import numpy as np
+import pytest
+from helpers import host
+
+import nnx
+
+
+def _net():
+    return nnx.Sequential(nnx.Linear(3, 4), nnx.TanH(), nnx.Sequential(nnx.Linear(4, 2)))
+
+
+def test_walk_names_parameters_and_gradients_in_order(backend):
+    net = _net()
+    walk = list(net.parameters_and_gradients())
+    assert [n for n, _, _ in walk] == ["0.weight", "0.bias", "2.0.weight", "2.0.bias"]
+    params, grads = dict(net.named_parameters()), dict(net.named_gradients())
+    for name, p, g in walk:
+        assert p is params[name] and g is grads[name]
+        assert net.get_parameter(name) is p
+    with pytest.raises(KeyError, match="no parameter named '2.1.weight'"):
+        net.get_parameter("2.1.weight")
+
+
+def test_accumulate_adds_and_fresh_gradients_replace(backend, rng):
+    layer = nnx.Linear(2, 2)
+    one = nnx.asarray(np.ones((2, 2)))
+    layer.accumulate_gradient("weight", one * 1.0)
+    layer.accumulate_gradient("weight", one * 2.0)
+    np.testing.assert_array_equal(host(layer._gradient["weight"]), np.full((2, 2), 3.0))
+    with layer.fresh_gradients():
+        layer.accumulate_gradient("weight", one * 5.0)  # replaces the stale 3
+    np.testing.assert_array_equal(host(layer._gradient["weight"]), np.full((2, 2), 5.0))
+    np.testing.assert_array_equal(host(layer._gradient["bias"]), np.zeros((1, 2)))  # unwritten
+
+
+def test_set_parameter_binds_and_updates_never_modify_the_callers_array(backend):
+    net = _net()
+    mine = nnx.asarray(np.ones((4, 2)))
+    net.set_parameter("2.0.weight", mine)
+    assert net[2][0]._parameters["weight"] is mine
+    net.set_gradient("2.0.weight", nnx.asarray(np.full((4, 2), 2.0)))
+    net.update_parameters(0.25)
+    np.testing.assert_array_equal(host(mine), np.ones((4, 2)))
+    np.testing.assert_array_equal(host(net.get_parameter("2.0.weight")), np.full((4, 2), 0.5))
+    with pytest.raises(ValueError, match=r"shape \(4, 2\), got \(2, 4\)"):
+        net.set_parameter("2.0.weight", nnx.asarray(np.ones((2, 4))))
+    with pytest.raises(ValueError, match="set_gradient"):
+        net.set_gradient("0.bias", nnx.asarray(np.ones((4,))))
+
+
+def test_apply_update_in_place_on_own_arrays(backend):
+    net = _net()
+    before = {n: p for n, p, _ in net.parameters_and_gradients()}
+    seen = []
+
+    def rule(name, p, g):
+        seen.append(name)
+        return p * 0.5
+
+    net.apply_update(rule)
+    assert seen == list(before)
+    for name, p, _ in net.parameters_and_gradients():
+        if nnx.backends.is_mutable(p):
+            assert p is before[name]  # written in place: the optimiser's buffers stay
+
+
+def test_loss_defers_checks_inside_the_block_and_checks_at_once_outside(backend):
+    loss = nnx.CELogSoftmax()
+    y, yhat = nnx.asarray(np.array([0, 4])), nnx.asarray(np.zeros((2, 3)))
+    with loss.deferred_checks() as pending:
+        loss.forward(y, yhat)  # no read, no error yet
+    assert [(int(c.count), c.expected) for c in pending] == [(1, 2)]
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        pending[0].fail()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        loss.forward(y, yhat)
