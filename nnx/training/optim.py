@@ -313,9 +313,13 @@ class Optim:
         saver, first = None, 1
         if checkpoint is not None:
             call = call_signature(
-                self, loop="SGD", n=train.n, batch_size=int(batch_size), shuffle=bool(shuffle),
+                self,
+                loop="SGD",
+                n=train.n,
+                batch_size=int(batch_size),
+                shuffle=bool(shuffle),
                 seed=seed,
-            )  # fmt: skip
+            )
             saver = Checkpoint(checkpoint, "Optim.SGD", call)
             if saver.exists():
                 resumed = saver.restore(self.network, self.optimizer, rng)
@@ -436,10 +440,17 @@ class Optim:
         saver, first = None, 1
         if checkpoint is not None:
             call = call_signature(
-                self, loop="SGD_eval", n=n, batch_size=int(batch_size), test_size=test_size,
-                shuffle_train=bool(shuffle_train), shuffle_test=bool(shuffle_test), seed=seed,
-                patience=patience, monitor=monitor,
-            )  # fmt: skip
+                self,
+                loop="SGD_eval",
+                n=n,
+                batch_size=int(batch_size),
+                test_size=test_size,
+                shuffle_train=bool(shuffle_train),
+                shuffle_test=bool(shuffle_test),
+                seed=seed,
+                patience=patience,
+                monitor=monitor,
+            )
             saver = Checkpoint(checkpoint, owner, call)
             if saver.exists():
                 resumed = saver.restore(self.network, self.optimizer, rng)
@@ -475,11 +486,18 @@ class Optim:
 
             def save(epoch: int, record: dict[str, float], state: Any) -> None:
                 saver.save(
-                    self.network, self.optimizer, epoch, rng, self.history,
-                    {"best_value": early.best_value, "wait": early.wait,
-                     "best_epoch": early.best_epoch},
+                    self.network,
+                    self.optimizer,
+                    epoch,
+                    rng,
+                    self.history,
+                    {
+                        "best_value": early.best_value,
+                        "wait": early.wait,
+                        "best_epoch": early.best_epoch,
+                    },
                     early.best_state,
-                )  # fmt: skip
+                )
 
             observers.append(save)
         self._interrupted(None)
