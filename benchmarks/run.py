@@ -103,11 +103,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="device for both libraries: cpu (default) or cuda / cuda:N",
     )
-    p.add_argument("--batch-sizes", type=_ints, default=[32, 256], help="for the step section")
+    p.add_argument(
+        "--batch-sizes",
+        type=_ints,
+        default=None,
+        help="for the step section (default: 64,256 for lenet, 32,256 for the others)",
+    )
     p.add_argument(
         "--models",
-        default="seed_cnn,mlp,mnist1d_cnn",
-        help="comma-separated subset of seed_cnn, mlp, mnist1d_cnn",
+        default="seed_cnn,mlp,mnist1d_cnn,lenet",
+        help="comma-separated subset of seed_cnn, mlp, mnist1d_cnn, lenet",
     )
     p.add_argument(
         "--sections",
@@ -190,14 +195,23 @@ def maybe_reexec_without_openblas_env(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------
 # models: one spec, built by both libraries
 # ---------------------------------------------------------------------------------
-MODEL_NAMES = ["seed_cnn", "mlp", "mnist1d_cnn"]
+MODEL_NAMES = ["seed_cnn", "mlp", "mnist1d_cnn", "lenet"]
+#: Step-section batch sizes when --batch-sizes is not given.
+DEFAULT_BATCHES = {"lenet": [64, 256]}
+
+
+def step_batches(args: argparse.Namespace, model: str) -> list[int]:
+    if args.batch_sizes is not None:
+        return args.batch_sizes
+    return DEFAULT_BATCHES.get(model, [32, 256])
 
 
 def model_spec(name: str, length: int | None = None) -> tuple[list[tuple], tuple[int, ...], int]:
     """Layers, nnx input shape without batch, number of classes.
 
     Layer tuples: ("conv", k, chan_in, chan_out, stride, bias), ("maxpool", k, stride),
-    ("avgpool", k, stride), ("flatten",), ("linear", in, out), ("relu",), ("tanh",).
+    ("avgpool", k, stride), ("conv2d", k, chan_in, chan_out, stride, bias),
+    ("maxpool2d", k, stride), ("flatten",), ("linear", in, out), ("relu",), ("tanh",).
     """
     if name == "seed_cnn":
         L = 256 if length is None else length
@@ -215,6 +229,22 @@ def model_spec(name: str, length: int | None = None) -> tuple[list[tuple], tuple
         return [("linear", 256, 100), ("tanh",), ("linear", 100, 10)], (256,), 10
     if name == "mnist1d_cnn":
         return mnist1d_spec()
+    if name == "lenet":  # LeNet-5 style on 28x28x1 images, as in issue 14
+        layers = [
+            ("conv2d", 5, 1, 6, 1, False),
+            ("relu",),
+            ("maxpool2d", 2, 2),
+            ("conv2d", 5, 6, 16, 1, False),
+            ("relu",),
+            ("maxpool2d", 2, 2),
+            ("flatten",),
+            ("linear", 256, 120),
+            ("relu",),
+            ("linear", 120, 84),
+            ("relu",),
+            ("linear", 84, 10),
+        ]
+        return layers, (28, 28, 1), 10
     raise ValueError(name)
 
 
@@ -288,6 +318,10 @@ def build_nnx(nnx: Any, layers: list[tuple]) -> Any:
             mods.append(nnx.MaxPool1D(layer[1], layer[2]))
         elif kind == "avgpool":
             mods.append(nnx.AvgPool1D(layer[1], layer[2]))
+        elif kind == "conv2d":
+            mods.append(nnx.Conv2D(layer[1], layer[2], layer[3], stride=layer[4], bias=layer[5]))
+        elif kind == "maxpool2d":
+            mods.append(nnx.MaxPool2D(layer[1], layer[2]))
         elif kind == "flatten":
             mods.append(nnx.Flatten())
         elif kind == "linear":
@@ -310,6 +344,10 @@ def build_torch(torch: Any, layers: list[tuple]) -> Any:
             mods.append(nn.MaxPool1d(layer[1], layer[2]))
         elif kind == "avgpool":
             mods.append(nn.AvgPool1d(layer[1], layer[2]))
+        elif kind == "conv2d":
+            mods.append(nn.Conv2d(layer[2], layer[3], layer[1], stride=layer[4], bias=layer[5]))
+        elif kind == "maxpool2d":
+            mods.append(nn.MaxPool2d(layer[1], layer[2]))
         elif kind == "flatten":
             mods.append(nn.Flatten())
         elif kind == "linear":
@@ -323,23 +361,27 @@ def build_torch(torch: Any, layers: list[tuple]) -> Any:
 
 def copy_weights(nnx: Any, torch: Any, layers: list[tuple], net: Any, model: Any, in_shape) -> None:
     """Give the PyTorch model nnx's weights (channels-first, flatten order permuted)."""
-    length = in_shape[0] if len(in_shape) == 2 else None
+    spatial = list(in_shape[:-1]) if len(in_shape) >= 2 else None  # (L,) or (H, W)
     chans = None
     with torch.no_grad():
         for layer, m, tm in zip(layers, net, model, strict=True):
             kind = layer[0]
-            if kind == "conv":
-                W = nnx.to_numpy(m._parameters["weight"])  # (K, C, D) -> (D, C, K)
-                tm.weight.copy_(torch.from_numpy(W.transpose(2, 1, 0).copy()))
+            if kind in ("conv", "conv2d"):
+                W = nnx.to_numpy(m._parameters["weight"])  # (K.., C, D) -> (D, C, K..)
+                axes = (2, 1, 0) if kind == "conv" else (3, 2, 0, 1)
+                tm.weight.copy_(torch.from_numpy(W.transpose(axes).copy()))
                 if layer[5]:
                     tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m._parameters["bias"])))
-                length, chans = (length - layer[1]) // layer[4] + 1, layer[3]
-            elif kind in ("maxpool", "avgpool"):
-                length = (length - layer[1]) // layer[2] + 1
+                spatial = [(n - layer[1]) // layer[4] + 1 for n in spatial]
+                chans = layer[3]
+            elif kind in ("maxpool", "avgpool", "maxpool2d"):
+                spatial = [(n - layer[1]) // layer[2] + 1 for n in spatial]
             elif kind == "linear":
                 W = nnx.to_numpy(m._parameters["weight"])  # (in, out)
                 if chans is not None:  # first Linear after a channels-last Flatten
-                    W = W.reshape(length, chans, -1).transpose(1, 0, 2).reshape(W.shape)
+                    n = len(spatial)  # rows (*spatial, C) -> (C, *spatial)
+                    perm = (n, *range(n), n + 1)
+                    W = W.reshape(*spatial, chans, -1).transpose(perm).reshape(W.shape)
                     chans = None
                 tm.weight.copy_(torch.from_numpy(W.T.copy()))
                 tm.bias.copy_(torch.from_numpy(nnx.to_numpy(m._parameters["bias"]).reshape(-1)))
@@ -518,7 +560,8 @@ class Case:
             tm = build_torch(torch, layers)
             copy_weights(nnx, torch, layers, self.net, tm, in_shape)
             tm = tm.to(env.tdev)
-            Xt = X.transpose(0, 2, 1).copy() if len(in_shape) == 2 else X  # channels first
+            # channels first for PyTorch (the MLP's rows stay as they are)
+            Xt = X if len(in_shape) == 1 else np.ascontiguousarray(np.moveaxis(X, -1, 1))
             self.tX = torch.from_numpy(Xt).to(env.tdev)
             self.ty = torch.from_numpy(y).to(env.tdev)
             self.tmodel = tm
@@ -721,7 +764,7 @@ def run_sections(env: Env, log: Callable[[str], None]) -> list[dict[str, Any]]:
     if "step" in args.sections:
         log("step: full training step, median per step")
         for model in args.models:
-            for batch in args.batch_sizes:
+            for batch in step_batches(args, model):
                 record("step", Case(env, model, batch))
     if "batch" in args.sections:
         log("batch: seed CNN, cost per sample vs batch size")
@@ -734,7 +777,7 @@ def run_sections(env: Env, log: Callable[[str], None]) -> list[dict[str, Any]]:
     if "memory" in args.sections:
         log("memory: peak bytes allocated during one step above what was live before it")
         for model in args.models:
-            for batch in args.batch_sizes:
+            for batch in step_batches(args, model):
                 case = Case(env, model, batch)
                 row = {
                     "section": "memory",

@@ -33,6 +33,7 @@ from .backends import (
     use_backend,
 )
 from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
+from .convolution2d import AvgPool2D, Conv2D, MaxPool2D
 from .encapsulation import Optim, Sequential
 from .linear import Linear
 from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss
@@ -43,9 +44,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvgPool1D",
+    "AvgPool2D",
     "BCELoss",
     "CELogSoftmax",
     "Conv1D",
+    "Conv2D",
     "CrossEntropyLoss",
     "Flatten",
     "LeakyReLU",
@@ -54,6 +57,7 @@ __all__ = [
     "Loss",
     "MSELoss",
     "MaxPool1D",
+    "MaxPool2D",
     "Module",
     "Optim",
     "ReLU",

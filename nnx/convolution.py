@@ -1,5 +1,9 @@
 r"""1-D convolution, pooling and flattening, channels last: ``(batch, length, chan)``.
 
+Conv1D zero-pads its input first when asked (``padding``): an int :math:`p` on both
+ends, a pair ``(before, after)``, ``"valid"`` (none) or ``"same"`` (stride 1: the output
+keeps the input's length; an odd total puts the extra zero after, as PyTorch does).
+
 Every module here reads its input through sliding windows
 :math:`V[b, o, c, k] = X[b, o s + k, c]` of shape ``(batch, out_length, chan, k_size)``
 with :math:`\text{out\_length} = \lfloor (\text{length} - k) / s \rfloor + 1`, built by
@@ -11,6 +15,7 @@ which accumulates overlapping windows correctly on every backend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import backends, init
@@ -23,11 +28,103 @@ def _tap(k: int, stride: int, out_length: int) -> slice:
     return slice(k, k + stride * (out_length - 1) + 1, stride)
 
 
+Padding = int | str | Sequence[int]
+Pads = tuple[tuple[int, int], ...]
+
+
+def int_tuple(owner: str, arg: str, value: Any, n: int) -> tuple[int, ...]:
+    """``value`` (a positive int, or ``n`` of them) as an ``n``-tuple of positive ints."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    if len(values) != n:
+        raise ValueError(f"{owner}: {arg} must be an int or {n} ints, got {value!r}")
+    for v in values:
+        check_positive_int(owner, arg, v)
+    return tuple(int(v) for v in values)
+
+
+def _non_negative(owner: str, value: Any, padding: Any) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
+        raise ValueError(
+            f"{owner}: padding must be a non-negative int, a pair of them, 'same' or "
+            f"'valid', got {padding!r}"
+        )
+    return int(value)
+
+
+def resolve_padding(
+    owner: str, padding: Any, k_size: tuple[int, ...], stride: tuple[int, ...], pair: str
+) -> Pads:
+    r"""Zeros ``(before, after)`` per spatial axis.
+
+    ``"valid"``: none. ``"same"`` (stride 1 only, as in PyTorch): :math:`k - 1` in
+    total, :math:`\lfloor (k-1)/2 \rfloor` before and the rest after. An int: that
+    many on both ends of every axis. A pair: ``pair="axes"`` reads it per axis (2-D:
+    ``(rows, columns)``), ``pair="ends"`` as ``(before, after)`` of the one axis (1-D).
+    """
+    n = len(k_size)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(
+                    f"{owner}: padding='same' needs stride 1 (as in PyTorch), got "
+                    f"stride={stride if n > 1 else stride[0]}"
+                )
+            return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in k_size)
+        raise ValueError(
+            f"{owner}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}"
+        )
+    if isinstance(padding, (tuple, list)):
+        if len(padding) != 2:
+            raise ValueError(f"{owner}: a padding pair needs 2 ints, got {padding!r}")
+        a, b = (_non_negative(owner, v, padding) for v in padding)
+        return ((a, b),) if pair == "ends" else ((a, a), (b, b))
+    p = _non_negative(owner, padding, padding)
+    return ((p, p),) * n
+
+
+def padding_config(padding: Any) -> Any:
+    """``padding`` as given, with a pair as a list (JSON, for ``get_config``)."""
+    return list(padding) if isinstance(padding, (tuple, list)) else padding
+
+
+def pad_zeros(X: Array, pads: Pads) -> Array:
+    """``X`` with zeros around its spatial axes (axes ``1 .. len(pads)``): one copy."""
+    if not any(lo or hi for lo, hi in pads):
+        return X
+    xp = namespace(X)
+    shape = (
+        (X.shape[0],)
+        + tuple(n + lo + hi for n, (lo, hi) in zip(X.shape[1:], pads, strict=False))
+        + tuple(X.shape[1 + len(pads) :])
+    )
+    out = xp.zeros(shape, dtype=X.dtype, device=_device(X))
+    out[interior(X.shape, pads)] = X
+    return out
+
+
+def interior(shape: tuple[int, ...], pads: Pads) -> tuple[slice, ...]:
+    """Index of the unpadded input inside its padded copy."""
+    spatial = tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape[1:], pads, strict=False))
+    return (slice(None), *spatial, ...)
+
+
+def unpad(dX: Array, shape: tuple[int, ...], pads: Pads) -> Array:
+    """The gradient of the unpadded input from that of the padded one."""
+    if not any(lo or hi for lo, hi in pads):
+        return dX
+    return dX[interior(shape, pads)]
+
+
 class _Windowed(Module):
     """Shared geometry and checks of Conv1D and the pools."""
 
     k_size: int
     stride: int
+
+    #: zeros ``(before, after)`` of the length axis (only Conv1D pads)
+    pads: Pads = ((0, 0),)
 
     def _init_geometry(self, owner: str, k_size: Any, stride: Any) -> None:
         check_positive_int(owner, "k_size", k_size)
@@ -35,14 +132,17 @@ class _Windowed(Module):
         self.k_size, self.stride = int(k_size), int(stride)
 
     def out_length(self, length: int) -> int:
-        """:math:`\\lfloor (\\text{length} - k) / s \\rfloor + 1`."""
-        return (length - self.k_size) // self.stride + 1
+        """:math:`\\lfloor (\\text{length} + p_0 + p_1 - k) / s \\rfloor + 1`."""
+        ((lo, hi),) = self.pads
+        return (length + lo + hi - self.k_size) // self.stride + 1
 
     def _check_x(self, X: Array, chan: Any, like: Array = None) -> int:
         self._check_input(X, ("batch", "length", chan), like=like)
-        if X.shape[1] < self.k_size:
+        ((lo, hi),) = self.pads
+        if X.shape[1] + lo + hi < self.k_size:
+            padded = f" padded to {X.shape[1] + lo + hi}" if lo or hi else ""
             raise ValueError(
-                f"{self.name}: input length {X.shape[1]} is shorter than k_size "
+                f"{self.name}: input length {X.shape[1]}{padded} is shorter than k_size "
                 f"{self.k_size} (input shape {tuple(X.shape)})"
             )
         return self.out_length(X.shape[1])
@@ -84,6 +184,11 @@ class Conv1D(_Windowed):
         Output channels :math:`D`.
     stride : int, default 1
         Step :math:`s` between windows.
+    padding : int, pair, ``"same"`` or ``"valid"``, default 0
+        Zeros added to the input first: :math:`p` at both ends, ``(before, after)``,
+        none, or ``"same"`` (stride 1; output length = input length). :math:`X` in the
+        formulas is the padded input; ``backward_delta`` returns the gradient of the
+        unpadded one.
     bias : bool, default False
         Add a learnable :math:`\beta` of shape ``(chan_out,)``.
     init_type : str, default ``"xavier_normal"``
@@ -92,7 +197,7 @@ class Conv1D(_Windowed):
     Shapes
     ------
     input ``(batch, length, chan_in)``; output
-    ``(batch, (length - k_size) // stride + 1, chan_out)``; ``weight``
+    ``(batch, (length + p_0 + p_1 - k_size) // stride + 1, chan_out)``; ``weight``
     ``(k_size, chan_in, chan_out)``; ``bias`` ``(chan_out,)``.
 
     Examples
@@ -101,6 +206,8 @@ class Conv1D(_Windowed):
     >>> conv = nnx.Conv1D(3, 1, 32, stride=1)
     >>> conv(nnx.asarray(np.zeros((8, 256, 1)))).shape
     (8, 254, 32)
+    >>> nnx.Conv1D(3, 1, 4, padding="same")(nnx.asarray(np.zeros((8, 256, 1)))).shape
+    (8, 256, 4)
     """
 
     _fresh_gradients = True  # every gradient write goes through accumulate_gradient
@@ -113,10 +220,13 @@ class Conv1D(_Windowed):
         stride: int = 1,
         bias: bool = False,
         init_type: InitType = "xavier_normal",
+        padding: Padding = 0,
     ) -> None:
         super().__init__()
         owner = f"Conv1D({k_size!r}, {chan_in!r}, {chan_out!r}, stride={stride!r})"
         self._init_geometry(owner, k_size, stride)
+        self.pads = resolve_padding(owner, padding, (self.k_size,), (self.stride,), "ends")
+        self.padding = padding_config(padding)
         check_positive_int(owner, "chan_in", chan_in)
         check_positive_int(owner, "chan_out", chan_out)
         init.check_init_type(owner, init_type)
@@ -147,12 +257,17 @@ class Conv1D(_Windowed):
             "chan_in": self.chan_in,
             "chan_out": self.chan_out,
             "stride": self.stride,
+            "padding": self.padding,
             "bias": self.bias,
             "init_type": self.init_type,
         }
 
     def extra_repr(self) -> str:
-        return f"{self.k_size}, {self.chan_in}, {self.chan_out}, stride={self.stride}, bias={self.bias}"
+        pad = f", padding={self.padding!r}" if self.padding != 0 else ""
+        return (
+            f"{self.k_size}, {self.chan_in}, {self.chan_out}, stride={self.stride}{pad}, "
+            f"bias={self.bias}"
+        )
 
     def _cols(self, xp: Any, X: Array, out_length: int) -> Array:
         """im2col: the ``(batch * out_length, k_size * chan_in)`` matrix of windows.
@@ -162,7 +277,7 @@ class Conv1D(_Windowed):
         ``(k_size, chan_in, chan_out)`` reshapes to ``(k_size * chan_in, chan_out)``
         without a permutation. (Channel-major rows measured 1.5-2x slower to build.)
         """
-        windows = backends.sliding_window(X, self.k_size, self.stride)  # (B, O, C, K)
+        windows = backends.sliding_window(pad_zeros(X, self.pads), self.k_size, self.stride)
         windows = xp.permute_dims(windows, (0, 1, 3, 2))  # (B, O, K, C), still a view
         return xp.reshape(windows, (X.shape[0] * out_length, self.k_size * self.chan_in))
 
@@ -202,25 +317,27 @@ class Conv1D(_Windowed):
         W = self._parameters["weight"]
         xp = namespace(input)
         batch, K, s, C = input.shape[0], self.k_size, self.stride, self.chan_in
+        ((lo, hi),) = self.pads
+        padded = (batch, input.shape[1] + lo + hi, C)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))  # one 2-D GEMM per call
         if s == K:  # back-to-back windows: tap k of window o is position o * K + k
             # (B*O, D) @ (D, K*C): the gradient of every window tap at once, in place
             W_t = xp.reshape(xp.permute_dims(W, (2, 0, 1)), (self.chan_out, K * C))
             taps = xp.reshape(d2 @ W_t, (batch, out_length * K, C))
-            if out_length * K == input.shape[1]:
-                return taps
-            dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+            if out_length * K == padded[1]:
+                return unpad(taps, tuple(input.shape), self.pads)
+            dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
             dX[:, : out_length * K, :] = taps
-            return dX
+            return unpad(dX, tuple(input.shape), self.pads)
         # Overlapping (or gapped) windows: one GEMM per tap added into its positions.
         # Measured faster than one (B*O, K*C) GEMM followed by K strided adds, which
         # writes and re-reads a K-times larger intermediate.
-        dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+        dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
         for k in range(K):
             W_k = W[k, ...]  # (C, D)
             tap = d2 @ mT(W_k)
             dX[:, _tap(k, s, out_length), :] += xp.reshape(tap, (batch, out_length, C))
-        return dX
+        return unpad(dX, tuple(input.shape), self.pads)
 
 
 def _device(x: Array) -> Any:
@@ -349,27 +466,42 @@ class AvgPool1D(_Windowed):
 
 
 class Flatten(Module):
-    r"""Row-major flattening of everything but the batch axis.
+    r"""Row-major flattening of every axis after the batch axis, for inputs of any rank.
 
     .. math::
-        \text{forward:}\quad Z[b, l \cdot C + c] = X[b, l, c] \qquad
-        \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, l, c] =
-        \delta[b, l \cdot C + c]
+        \text{forward:}\quad Z[b, \operatorname{flat}(i_1, \dots, i_r)] =
+        X[b, i_1, \dots, i_r] \qquad
+        \text{backward\_delta:}\quad \frac{\partial L}{\partial X}[b, i_1, \dots, i_r]
+        = \delta[b, \operatorname{flat}(i_1, \dots, i_r)]
 
-    No parameters. Shapes: ``(batch, length, chan)`` -> ``(batch, length * chan)``.
+    with :math:`\operatorname{flat}` the row-major (C order) index, e.g.
+    :math:`l \cdot C + c` for ``(batch, length, chan)`` and :math:`(h W + w) C + c` for
+    ``(batch, height, width, chan)``. No parameters.
+
+    Shapes: ``(batch, d_1, ..., d_r)`` -> ``(batch, d_1 * ... * d_r)`` (:math:`r \ge 1`).
 
     >>> import nnx, numpy as np
     >>> nnx.Flatten()(nnx.asarray(np.zeros((2, 5, 3)))).shape
     (2, 15)
+    >>> nnx.Flatten()(nnx.asarray(np.zeros((2, 4, 4, 16)))).shape
+    (2, 256)
     """
 
+    def _width(self, X: Array) -> int:
+        if len(getattr(X, "shape", ())) < 2:
+            self._check_input(X, ("batch", "features"))  # raises, says why
+        self._check_input(X, ("batch",) + ("?",) * (len(X.shape) - 1))
+        width = 1
+        for n in X.shape[1:]:
+            width *= n
+        return width
+
     def forward(self, X: Array) -> Array:
-        self._check_input(X, ("batch", "length", "chan"))
         # explicit width: reshape (0, -1) is ambiguous for an empty batch
-        return namespace(X).reshape(X, (X.shape[0], X.shape[1] * X.shape[2]))
+        width = self._width(X)
+        return namespace(X).reshape(X, (X.shape[0], width))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        self._check_input(input, ("batch", "length", "chan"))
-        width = input.shape[1] * input.shape[2]
+        width = self._width(input)
         self._check_input(delta, (input.shape[0], width), "delta", like=input)
         return namespace(input).reshape(delta, tuple(input.shape))

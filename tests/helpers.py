@@ -342,7 +342,9 @@ def torch_forward(module: nnx.Module, x: Any, params: Mapping[str, Any], prefix:
 
     ``params`` maps dotted parameter names (as in ``module.named_parameters()``) to
     torch tensors. Conv1D and the pools permute to PyTorch's channels-first layout and
-    back; Conv1D's ``(k, c_in, c_out)`` weight becomes ``(c_out, c_in, k)``.
+    back; Conv1D's ``(k, c_in, c_out)`` weight becomes ``(c_out, c_in, k)``, Conv2D's
+    ``(k_h, k_w, c_in, c_out)`` weight ``(c_out, c_in, k_h, k_w)``; padding is
+    ``F.pad`` with the module's own resolved zeros (``module.pads``).
     """
     import torch
     import torch.nn.functional as F
@@ -358,17 +360,30 @@ def torch_forward(module: nnx.Module, x: Any, params: Mapping[str, Any], prefix:
         out = x @ p("weight")
         return out + p("bias") if module.bias else out
     if isinstance(module, nnx.Conv1D):
+        ((lo, hi),) = module.pads
         out = F.conv1d(
-            x.permute(0, 2, 1),
+            F.pad(x.permute(0, 2, 1), (lo, hi)),
             p("weight").permute(2, 1, 0),
             p("bias") if module.bias else None,
             stride=module.stride,
         )
         return out.permute(0, 2, 1)
+    if isinstance(module, nnx.Conv2D):
+        (top, bottom), (left, right) = module.pads
+        out = F.conv2d(
+            F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom)),
+            p("weight").permute(3, 2, 0, 1).contiguous(),  # slow_conv2d wants contiguous
+            p("bias") if module.bias else None,
+            stride=module.stride,
+        )
+        return out.permute(0, 2, 3, 1)
     if isinstance(module, nnx.MaxPool1D):
         return F.max_pool1d(x.permute(0, 2, 1), module.k_size, module.stride).permute(0, 2, 1)
     if isinstance(module, nnx.AvgPool1D):
         return F.avg_pool1d(x.permute(0, 2, 1), module.k_size, module.stride).permute(0, 2, 1)
+    if isinstance(module, (nnx.MaxPool2D, nnx.AvgPool2D)):
+        pool = F.max_pool2d if isinstance(module, nnx.MaxPool2D) else F.avg_pool2d
+        return pool(x.permute(0, 3, 1, 2), module.k_size, module.stride).permute(0, 2, 3, 1)
     if isinstance(module, nnx.Flatten):
         return x.reshape(x.shape[0], -1)
     simple: dict[type, Callable[[Any], Any]] = {

@@ -294,10 +294,120 @@ def avgpool_foreign_backend_delta(c):
     return lambda: net.backward_delta(X, d), [net, X, d]
 
 
-@case(ValueError, r"Flatten\(", r"shape \(batch, length, chan\)", r"got shape \(2, 6\)")
-def flatten_2d_input(c):
-    net, X = nnx.Flatten(), c.A(ones(2, 6))
+@case(ValueError, r"Flatten\(", r"shape \(batch, features\)", r"got shape \(6,\)")
+def flatten_1d_input(c):
+    net, X = nnx.Flatten(), c.A(ones(6))
     return lambda: net(X), [net, X]
+
+
+@case(ValueError, r"Conv1D\(3, 2, 5, stride=1", r"shorter than k_size 3", r"length 1 padded to 2")
+def conv_kernel_longer_than_padded_input(c):
+    net, X = nnx.Conv1D(3, 2, 5, padding=(1, 0)), c.A(ones(2, 1, 2))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, r"Conv1D\(3, 1, 4, stride=2\)", r"'same' needs stride 1", r"stride=2")
+def conv_same_padding_with_stride(c):
+    return lambda: nnx.Conv1D(3, 1, 4, stride=2, padding="same"), []
+
+
+@case(ValueError, r"Conv1D\(3, 1, 4", r"non-negative int", r"got -1")
+def conv_negative_padding(c):
+    return lambda: nnx.Conv1D(3, 1, 4, padding=-1), []
+
+
+@case(ValueError, r"Conv1D\(3, 1, 4", r"int, a pair, 'same' or 'valid'", r"got 'full'")
+def conv_unknown_padding(c):
+    return lambda: nnx.Conv1D(3, 1, 4, padding="full"), []
+
+
+# -- Conv2D and 2-D pools --------------------------------------------------------------------
+CONV2 = r"Conv2D\(3, 2, 4, stride=1"
+
+
+@case(ValueError, CONV2, r"shape \(batch, height, width, 2\)", r"got shape \(2, 6, 6, 3\)")
+def conv2d_wrong_channels(c):
+    net, X = nnx.Conv2D(3, 2, 4), c.A(ones(2, 6, 6, 3))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, CONV2, r"shape \(batch, height, width, 2\)", r"got shape \(2, 6, 2\)")
+def conv2d_rank3_input(c):
+    net, X = nnx.Conv2D(3, 2, 4), c.A(ones(2, 6, 2))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, CONV2, r"kernel 3x3 is larger than", r"input 2x5 \(2x7 padded\)")
+def conv2d_kernel_larger_than_padded_input(c):
+    net, X = nnx.Conv2D(3, 2, 4, padding=(0, 1)), c.A(ones(2, 2, 5, 2))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, CONV2, r"kernel 3x3 is larger than", r"input 6x2 \(input shape")
+def conv2d_kernel_wider_than_input(c):
+    net, X = nnx.Conv2D(3, 2, 4), c.A(ones(2, 6, 2, 2))
+    return lambda: net(X), [net, X]
+
+
+@case(TypeError, CONV2, r"backend '{backend}'", r"is a {other} array")
+def conv2d_foreign_backend_input(c):
+    net, X = nnx.Conv2D(3, 2, 4), c.foreign(ones(2, 6, 6, 2))
+    return lambda: net(X), [net, X]
+
+
+@case(TypeError, CONV2, r"dtype float32", r"got int64")
+def conv2d_int_input(c):
+    net, X = nnx.Conv2D(3, 2, 4), c.A(np.ones((2, 6, 6, 2), dtype=np.int64))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, CONV2, r"delta of shape \(2, 4, 4, 4\)", r"got shape \(2, 4, 5, 4\)")
+def conv2d_delta_wrong_shape(c):
+    net, X, d = nnx.Conv2D(3, 2, 4), c.A(ones(2, 6, 6, 2)), c.A(ones(2, 4, 5, 4))
+    return lambda: net.backward_delta(X, d), [net, X, d]
+
+
+@case(ValueError, r"Conv2D\(\(3, 0\), 1, 4", r"k_size must be a positive int", r"got 0")
+def conv2d_zero_kernel_width(c):
+    return lambda: nnx.Conv2D((3, 0), 1, 4), []
+
+
+@case(ValueError, r"Conv2D\(\(3, 3, 3\), 1, 4", r"k_size must be an int or 2 ints", r"3, 3, 3")
+def conv2d_three_kernel_sizes(c):
+    return lambda: nnx.Conv2D((3, 3, 3), 1, 4), []
+
+
+@case(ValueError, r"Conv2D\(3, 1, 4, stride=\(1, 2\)\)", r"'same' needs stride 1", r"\(1, 2\)")
+def conv2d_same_padding_with_stride(c):
+    return lambda: nnx.Conv2D(3, 1, 4, stride=(1, 2), padding="same"), []
+
+
+@case(ValueError, r"Conv2D\(3, 1, 4", r"padding pair needs 2 ints", r"got \(1, 2, 3\)")
+def conv2d_padding_triple(c):
+    return lambda: nnx.Conv2D(3, 1, 4, padding=(1, 2, 3)), []
+
+
+@case(ValueError, r"MaxPool2D\(", r"kernel 3x3 is larger than", r"input 2x4")
+def maxpool2d_window_larger_than_input(c):
+    net, X = nnx.MaxPool2D(3), c.A(ones(2, 2, 4, 1))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, r"MaxPool2D\(", r"shape \(batch, height, width, \?\)", r"got shape \(2, 6, 1\)")
+def maxpool2d_rank3_input(c):
+    net, X = nnx.MaxPool2D(2), c.A(ones(2, 6, 1))
+    return lambda: net(X), [net, X]
+
+
+@case(ValueError, r"AvgPool2D\(2, 0\)", r"stride must be a positive int", r"got 0")
+def avgpool2d_zero_stride(c):
+    return lambda: nnx.AvgPool2D(2, 0), []
+
+
+@case(ValueError, r"AvgPool2D\(", r"delta of shape \(2, 3, 3, 1\)", r"got shape \(2, 3, 2, 1\)")
+def avgpool2d_delta_wrong_shape(c):
+    net, X, d = nnx.AvgPool2D(2), c.A(ones(2, 6, 7, 1)), c.A(ones(2, 3, 2, 1))
+    return lambda: net.backward_delta(X, d), [net, X, d]
 
 
 @case(ValueError, r"Flatten\(", r"delta of shape \(2, 6\)", r"got shape \(2, 5\)")
@@ -743,6 +853,13 @@ def _windowed(s: tuple[int, ...], k: int, st: int, chan: int | None, out_chan: i
     return (s[0], (s[1] - k) // st + 1, s[2] if out_chan is None else out_chan)
 
 
+def _windowed_2d(s: tuple[int, ...], k: tuple, st: tuple, chan: int | None, out_chan: int | None):
+    if len(s) != 4 or s[1] < k[0] or s[2] < k[1] or (chan is not None and s[3] != chan):
+        return None
+    out = (s[1] - k[0]) // st[0] + 1, (s[2] - k[1]) // st[1] + 1
+    return (s[0], *out, s[3] if out_chan is None else out_chan)
+
+
 SHAPE_RULES = {
     # name: (module factory, owner regex, expected output shape or None when invalid)
     "Linear": (
@@ -768,7 +885,17 @@ SHAPE_RULES = {
     "Flatten": (
         nnx.Flatten,
         r"Flatten\(",
-        lambda s: (s[0], s[1] * s[2]) if len(s) == 3 else None,
+        lambda s: (s[0], int(np.prod(s[1:]))) if len(s) >= 2 else None,
+    ),
+    "Conv2D": (
+        lambda: nnx.Conv2D((2, 3), 2, 5, stride=(1, 2)),
+        r"Conv2D\(",
+        lambda s: _windowed_2d(s, (2, 3), (1, 2), 2, 5),
+    ),
+    "MaxPool2D": (
+        lambda: nnx.MaxPool2D(2),
+        r"MaxPool2D\(",
+        lambda s: _windowed_2d(s, (2, 2), (2, 2), None, None),
     ),
     "Softmax": (nnx.Softmax, r"Softmax\(", lambda s: s if len(s) >= 1 and s[-1] >= 1 else None),
     "ReLU": (nnx.ReLU, r"ReLU\(", lambda s: s if len(s) >= 1 else None),
@@ -820,6 +947,11 @@ EMPTY_BATCH_MODULES = [
     ("MaxPool1D", lambda: nnx.MaxPool1D(2, 1), (0, 5, 2), (0, 4, 2)),
     ("AvgPool1D", lambda: nnx.AvgPool1D(3, 2), (0, 7, 2), (0, 3, 2)),
     ("Flatten", lambda: nnx.Flatten(), (0, 5, 2), (0, 10)),
+    ("Flatten4D", lambda: nnx.Flatten(), (0, 3, 5, 2), (0, 30)),
+    ("Conv1Dpadded", lambda: nnx.Conv1D(3, 2, 5, padding=1, bias=True), (0, 4, 2), (0, 4, 5)),
+    ("Conv2D", lambda: nnx.Conv2D(3, 2, 5, stride=2, padding=1), (0, 6, 5, 2), (0, 3, 3, 5)),
+    ("MaxPool2D", lambda: nnx.MaxPool2D(2), (0, 5, 4, 2), (0, 2, 2, 2)),
+    ("AvgPool2D", lambda: nnx.AvgPool2D(3, 1), (0, 5, 4, 2), (0, 3, 2, 2)),
     ("Softmax", lambda: nnx.Softmax(), (0, 3), (0, 3)),
     ("LogSoftmax", lambda: nnx.LogSoftmax(), (0, 3), (0, 3)),
     ("ReLU", lambda: nnx.ReLU(), (0, 3), (0, 3)),

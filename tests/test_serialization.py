@@ -52,6 +52,28 @@ def test_round_trip_same_backend(backend, rng, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]  # no temporary file left
 
 
+def test_round_trip_image_layers(backend, rng, tmp_path):
+    """Conv2D (pairs, padding), 2-D pools, padded Conv1D: the config survives JSON."""
+    net = nnx.Sequential(
+        nnx.Conv2D((3, 2), 1, 4, stride=(1, 2), padding=(1, 0), bias=True),
+        nnx.MaxPool2D(2),
+        nnx.Conv2D(3, 4, 3, padding="same"),
+        nnx.AvgPool2D((2, 1), stride=1),
+        nnx.Flatten(),
+    )
+    X = rng.standard_normal((3, 9, 10, 1))
+    nnx.save(net, tmp_path / "img.npz")
+    loaded = nnx.load(tmp_path / "img.npz")
+    assert repr(loaded) == repr(net)
+    np.testing.assert_array_equal(
+        nnx.to_numpy(loaded(nnx.asarray(X))), nnx.to_numpy(net(nnx.asarray(X)))
+    )
+    conv = nnx.Sequential(nnx.Conv1D(3, 2, 2, padding=(2, 1)), nnx.Conv1D(2, 2, 1, padding="same"))
+    nnx.save(conv, tmp_path / "c1.npz")
+    again = nnx.load(tmp_path / "c1.npz")
+    assert repr(again) == repr(conv) and again[0].pads == ((2, 1),)
+
+
 @pytest.mark.parametrize("target", OTHER_BACKENDS)
 def test_trained_on_one_backend_predicts_the_same_on_another(backend, rng, tmp_path, target):
     pytest.importorskip(nnx.backends.BACKENDS[target].module_name)

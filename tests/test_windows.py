@@ -182,3 +182,176 @@ def test_all_paths_agree(k, s):
         pass
     for name, w in paths.items():
         np.testing.assert_array_equal(w, paths["reference"], err_msg=name)
+
+
+# -- 2-D windows -------------------------------------------------------------------------
+# (k_size, stride, height, width, chan): kernels 1-5 per axis, strides 1-3 per axis (also
+# larger than the kernel), an image exactly the kernel's size, sizes not multiples of the
+# stride.
+GEOMETRIES_2D = [
+    ((1, 1), (1, 1), 3, 4, 1),
+    ((2, 2), (2, 2), 6, 7, 2),
+    ((3, 2), (1, 3), 7, 9, 3),
+    ((3, 3), (2, 2), 3, 3, 1),
+    ((2, 5), (3, 1), 8, 6, 2),
+    ((4, 1), (2, 3), 9, 10, 1),
+    ((5, 5), (1, 1), 8, 7, 2),
+    ((1, 3), (3, 2), 7, 8, 3),
+]
+IDS_2D = [f"k{k[0]}x{k[1]}s{s[0]}x{s[1]}_{h}x{w}c{c}" for k, s, h, w, c in GEOMETRIES_2D]
+
+
+def reference_2d(x: np.ndarray, k_size: tuple, stride: tuple) -> np.ndarray:
+    """2-D windows by plain index arithmetic, one tap at a time."""
+    batch, height, width, chan = x.shape
+    (kh, kw), (sh, sw) = k_size, stride
+    oh, ow = (height - kh) // sh + 1, (width - kw) // sw + 1
+    ref = np.empty((batch, oh, ow, chan, kh, kw), dtype=x.dtype)
+    for p, q, i, j in np.ndindex(oh, ow, kh, kw):
+        ref[:, p, q, :, i, j] = x[:, p * sh + i, q * sw + j, :]
+    return ref
+
+
+def data_2d(geometry: tuple, batch: int = 2) -> np.ndarray:
+    _, _, h, w, c = geometry
+    return np.arange(batch * h * w * c, dtype=np.float64).reshape(batch, h, w, c)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES_2D, ids=IDS_2D)
+def test_sliding_window_2d_every_backend(backend, geometry):
+    k, s, _, _, _ = geometry
+    x_host = data_2d(geometry)
+    x = nnx.asarray(x_host)
+    w = backends.sliding_window_2d(x, k, s)
+    assert type(w) is type(x)
+    assert backends.dtype_name(w) == backends.dtype_name(x)
+    np.testing.assert_array_equal(host(w), reference_2d(x_host.astype(np.float32), k, s))
+    np.testing.assert_array_equal(host(x), x_host)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES_2D, ids=IDS_2D)
+def test_numpy_strided_view_2d(geometry):
+    k, s, _, _, _ = geometry
+    x = data_2d(geometry)
+    w = backends.strided_windows_2d(as_strided, x, k, s)
+    np.testing.assert_array_equal(w, reference_2d(x, k, s))
+    assert np.shares_memory(w, x)
+    w_backend = backends.BACKENDS["numpy"].windows_2d(x, k, s)
+    np.testing.assert_array_equal(w_backend, w)
+    assert np.shares_memory(w_backend, x)
+
+
+@pytest.mark.parametrize("layout", ["nchw_transposed", "strided_rows", "cropped", "fortran"])
+def test_numpy_strided_view_2d_of_non_contiguous_input(layout):
+    base = np.arange(2 * 13 * 11 * 4, dtype=np.float64)
+    if layout == "nchw_transposed":
+        x = base.reshape(2, 4, 13, 11).transpose(0, 2, 3, 1)
+    elif layout == "strided_rows":
+        x = base.reshape(2, 13, 11, 4)[:, ::2, 1::2, :]
+    elif layout == "cropped":
+        x = base.reshape(2, 13, 11, 4)[:, 1:12, 2:10, 1:3]
+    else:
+        x = np.asfortranarray(base.reshape(2, 13, 11, 4))
+    for k, s in [((1, 1), (1, 1)), ((3, 2), (2, 1)), ((2, 2), (2, 2)), ((2, 3), (3, 4))]:
+        w = backends.strided_windows_2d(as_strided, x, k, s)
+        np.testing.assert_array_equal(w, reference_2d(np.ascontiguousarray(x), k, s))
+        assert np.shares_memory(w, x)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES_2D, ids=IDS_2D)
+def test_generic_gather_2d_numpy_and_strict(geometry):
+    xps = pytest.importorskip("array_api_strict")
+    k, s, _, _, _ = geometry
+    x = data_2d(geometry)
+    expected = reference_2d(x, k, s)
+    np.testing.assert_array_equal(backends.gather_windows_2d(np_xp, x, k, s), expected)
+    w_strict = backends.gather_windows_2d(xps, xps.asarray(x), k, s)
+    assert isinstance(w_strict, type(xps.asarray(0.0)))
+    np.testing.assert_array_equal(np.from_dlpack(w_strict), expected)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES_2D, ids=IDS_2D)
+def test_torch_unfold_2d(geometry):
+    torch = pytest.importorskip("torch")
+    k, s, _, _, _ = geometry
+    x_host = data_2d(geometry)
+    x = torch.from_numpy(x_host.copy())
+    torch_backend = backends.BACKENDS["torch"].load()
+    w = torch_backend.windows_2d(x, k, s)
+    np.testing.assert_array_equal(w.numpy(), reference_2d(x_host, k, s))
+    assert w.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()  # no copy
+    xt = torch.from_numpy(np.ascontiguousarray(x_host.transpose(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(
+        torch_backend.windows_2d(xt, k, s).numpy(), reference_2d(x_host, k, s)
+    )
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES_2D, ids=IDS_2D)
+def test_cupy_code_path_2d_without_gpu(geometry):
+    """CupyBackend.windows_2d with a stand-in CuPy module whose as_strided is NumPy's."""
+    k, s, _, _, _ = geometry
+    x = data_2d(geometry)
+    fake = type("FakeCupy", (), {})()
+    fake.lib = type("lib", (), {})()
+    fake.lib.stride_tricks = type("stride_tricks", (), {"as_strided": staticmethod(as_strided)})()
+    cupy_backend = backends.CupyBackend()
+    cupy_backend._cupy = fake
+    w = cupy_backend.windows_2d(x, k, s)
+    np.testing.assert_array_equal(w, reference_2d(x, k, s))
+    assert np.shares_memory(w, x)
+    # and on a non-contiguous (NCHW viewed NHWC) input
+    xt = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(cupy_backend.windows_2d(xt, k, s), reference_2d(x, k, s))
+
+
+def test_generic_backend_default_windows_2d():
+    """A backend without its own windows_2d (e.g. a new library) gets the gather."""
+    x = data_2d(GEOMETRIES_2D[2])
+    generic = backends.Backend()
+    generic.xp = np_xp
+    k, s = GEOMETRIES_2D[2][:2]
+    np.testing.assert_array_equal(generic.windows_2d(x, k, s), reference_2d(x, k, s))
+
+
+@pytest.mark.parametrize("k, s", [((3, 2), (2, 1)), ((2, 2), (2, 2)), ((4, 1), (1, 3))])
+def test_all_2d_paths_agree(k, s):
+    x = np.random.default_rng(0).standard_normal((3, 11, 9, 4))
+    paths = {
+        "reference": reference_2d(x, k, s),
+        "numpy": backends.strided_windows_2d(as_strided, x, k, s),
+        "gather_numpy": np.asarray(backends.gather_windows_2d(np_xp, x, k, s)),
+    }
+    try:
+        import array_api_strict as xps
+
+        paths["gather_strict"] = np.from_dlpack(
+            backends.gather_windows_2d(xps, xps.asarray(x), k, s)
+        )
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        paths["torch"] = backends.BACKENDS["torch"].load().windows_2d(torch.from_numpy(x), k, s)
+        paths["torch"] = paths["torch"].numpy()
+    except ImportError:
+        pass
+    for name, w in paths.items():
+        np.testing.assert_array_equal(w, paths["reference"], err_msg=name)
+
+
+def test_uniform_draws_reproducible_on_the_backend(backend):
+    """backends.uniform: [0, 1) values of like's backend and dtype, same seed same draws."""
+    like = nnx.asarray(np.zeros((2, 3)))
+    nnx.manual_seed(7)
+    a = backends.uniform((500, 4), like)
+    b = backends.uniform((500, 4), like)
+    nnx.manual_seed(7)
+    a2 = backends.uniform((500, 4), like)
+    assert type(a) is type(like) and backends.dtype_name(a) == backends.dtype_name(like)
+    assert tuple(a.shape) == (500, 4)
+    ha, hb = host(a), host(b)
+    np.testing.assert_array_equal(ha, host(a2))
+    assert not np.array_equal(ha, hb)
+    assert ha.min() >= 0.0 and ha.max() < 1.0
+    assert abs(ha.mean() - 0.5) < 0.03

@@ -28,11 +28,11 @@ import numpy as np
 
 from ._base import Backend
 from ._cupy import CupyBackend
-from ._generic import gather_windows
+from ._generic import gather_windows, gather_windows_2d
 from ._numpy import NumpyBackend
 from ._numpy import quiet_float_errors as quiet_float_errors  # for Optim (not public API)
 from ._strict import StrictBackend
-from ._strided import strided_windows
+from ._strided import strided_windows, strided_windows_2d
 from ._torch import TorchBackend
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "asarray",
     "backend_of",
     "gather_windows",
+    "gather_windows_2d",
     "get_backend",
     "get_default_dtype",
     "get_device",
@@ -51,8 +52,11 @@ __all__ = [
     "set_backend",
     "set_default_dtype",
     "sliding_window",
+    "sliding_window_2d",
     "strided_windows",
+    "strided_windows_2d",
     "to_numpy",
+    "uniform",
     "use_backend",
 ]
 
@@ -414,6 +418,33 @@ def sliding_window(x: Any, k_size: int, stride: int) -> Any:
     if backend is None:
         return gather_windows(namespace_of(x), x, k_size, stride)
     return backend.windows(x, k_size, stride)
+
+
+def sliding_window_2d(x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+    """``(batch, out_h, out_w, channels, k_h, k_w)`` windows of a ``(batch, h, w, channels)`` array.
+
+    ``out[b, p, q, c, i, j] = x[b, p * stride[0] + i, q * stride[1] + j, c]`` with
+    ``out_h = (h - k_h) // stride[0] + 1`` (likewise ``out_w``). NumPy and CuPy return a
+    strided view (no copy), PyTorch two ``Tensor.unfold`` (no copy), any other namespace
+    one gather.
+    """
+    backend = backend_of(x)
+    if backend is None:
+        return gather_windows_2d(namespace_of(x), x, k_size, stride)
+    return backend.windows_2d(x, k_size, stride)
+
+
+def uniform(shape: tuple[int, ...], like: Any) -> Any:
+    """Uniform :math:`[0, 1)` draws of ``shape`` on ``like``'s backend, dtype and device.
+
+    Reproducible from :func:`manual_seed`: NumPy and the host-only libraries draw from
+    nnx's generator itself, PyTorch and CuPy on the device from a generator seeded by it.
+    """
+    backend = backend_of(like)
+    if backend is None:
+        host = get_rng().random(shape).astype(dtype_name(like))
+        return namespace_of(like).asarray(host)
+    return backend.uniform(tuple(shape), like, get_rng())
 
 
 def _startup_backend() -> None:

@@ -64,6 +64,25 @@ class Backend:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
 
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        """``(batch, out_h, out_w, channels, k_h, k_w)`` sliding windows of ``x``.
+
+        The default gathers with standard functions; libraries with strided views
+        override it.
+        """
+        from ._generic import gather_windows_2d
+
+        return gather_windows_2d(self.xp, x, k_size, stride)
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        """Uniform :math:`[0, 1)` draws of ``shape`` in ``like``'s dtype and device.
+
+        The default draws on the host from nnx's generator ``rng`` and copies the values
+        over; libraries with their own generators draw on the device, seeded from ``rng``.
+        """
+        host = rng.random(shape, dtype=np.float64).astype(_dtype_of(like))
+        return self.from_numpy(host, self.device_of(like))
+
     def flushes_subnormals(self, dtype: str) -> bool:
         """Whether this library computes in ``dtype`` with subnormal numbers flushed to
         zero (inputs and results below the smallest normal number read as 0)."""
@@ -71,3 +90,7 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<nnx backend {self.name!r}>"
+
+
+def _dtype_of(x: Any) -> str:
+    return str(x.dtype).rsplit(".", 1)[-1]

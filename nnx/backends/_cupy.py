@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Backend
-from ._strided import strided_windows
+from ._strided import strided_windows, strided_windows_2d
 
 
 class CupyBackend(Backend):
@@ -61,6 +61,15 @@ class CupyBackend(Backend):
 
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         return strided_windows(self._cupy.lib.stride_tricks.as_strided, x, k_size, stride)
+
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        return strided_windows_2d(self._cupy.lib.stride_tricks.as_strided, x, k_size, stride)
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        # drawn on the GPU by a generator seeded from nnx's: reproducible, no transfer
+        seed = int(rng.integers(2**63))
+        with self._cupy.cuda.Device(like.device.id):
+            return self._cupy.random.default_rng(seed).random(shape, dtype=like.dtype)
 
     def flushes_subnormals(self, dtype: str) -> bool:
         # CuPy compiles every kernel with -ftz=true: float32 subnormals read as zero

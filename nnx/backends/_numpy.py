@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ._base import Backend
-from ._strided import strided_windows
+from ._strided import strided_windows, strided_windows_2d
 
 
 class NumpyBackend(Backend):
@@ -33,6 +33,15 @@ class NumpyBackend(Backend):
 
     def windows(self, x: np.ndarray, k_size: int, stride: int) -> np.ndarray:
         return strided_windows(np.lib.stride_tricks.as_strided, x, k_size, stride)
+
+    def windows_2d(
+        self, x: np.ndarray, k_size: tuple[int, int], stride: tuple[int, int]
+    ) -> np.ndarray:
+        return strided_windows_2d(np.lib.stride_tricks.as_strided, x, k_size, stride)
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float64
+        return rng.random(shape, dtype=dtype)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

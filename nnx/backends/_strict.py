@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Backend
-from ._generic import gather_windows
+from ._generic import gather_windows, gather_windows_2d
 
 
 class StrictBackend(Backend):
@@ -34,3 +34,6 @@ class StrictBackend(Backend):
 
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         return gather_windows(self.xp, x, k_size, stride)
+
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        return gather_windows_2d(self.xp, x, k_size, stride)

@@ -1,4 +1,4 @@
-"""Strided sliding windows shared by NumPy and CuPy (identical ``as_strided`` signatures).
+"""Strided sliding windows (1-D and 2-D) shared by NumPy and CuPy (identical ``as_strided`` signatures).
 
 Both libraries express strides in bytes and offer ``lib.stride_tricks.as_strided`` with
 the same signature, so a single function builds the window view for both: the NumPy
@@ -35,4 +35,34 @@ def strided_windows(as_strided: Callable[..., Any], x: Any, k_size: int, stride:
     sb, sl, sc = x.strides
     return as_strided(
         x, shape=(batch, out_length, channels, k_size), strides=(sb, stride * sl, sc, sl)
+    )
+
+
+def strided_windows_2d(
+    as_strided: Callable[..., Any], x: Any, k_size: tuple[int, int], stride: tuple[int, int]
+) -> Any:
+    """Return a ``(batch, out_h, out_w, channels, k_h, k_w)`` view of ``x`` (no copy).
+
+    ``x`` has shape ``(batch, height, width, channels)`` and byte strides
+    ``(sb, sh, sw, sc)``. Tap ``(i, j)`` of window ``(p, q)`` is pixel
+    ``(p * s_h + i, q * s_w + j)``, hence the strides
+    ``(sb, s_h * sh, s_w * sw, sc, sh, sw)``:
+
+    >>> import numpy as np
+    >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> w = strided_windows_2d(np.lib.stride_tricks.as_strided, x, (2, 2), (2, 2))
+    >>> w.shape
+    (1, 2, 2, 1, 2, 2)
+    >>> w[0, 1, 0, 0]
+    array([[ 8.,  9.],
+           [12., 13.]])
+    """
+    batch, height, width, channels = x.shape
+    (kh, kw), (s_h, s_w) = k_size, stride
+    out_h, out_w = (height - kh) // s_h + 1, (width - kw) // s_w + 1
+    sb, sh, sw, sc = x.strides
+    return as_strided(
+        x,
+        shape=(batch, out_h, out_w, channels, kh, kw),
+        strides=(sb, s_h * sh, s_w * sw, sc, sh, sw),
     )

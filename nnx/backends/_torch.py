@@ -52,3 +52,13 @@ class TorchBackend(Backend):
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         # Tensor.unfold(dim, size, step) appends the window axis: (B, O, C, K), no copy.
         return x.unfold(1, k_size, stride)
+
+    def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
+        # each unfold appends its window axis: (B, OH, W, C, kh) then (B, OH, OW, C, kh, kw)
+        return x.unfold(1, k_size[0], stride[0]).unfold(2, k_size[1], stride[1])
+
+    def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
+        # drawn on the tensor's device by a generator seeded from nnx's: reproducible
+        gen = self._torch.Generator(device=like.device)
+        gen.manual_seed(int(rng.integers(2**63)))
+        return self._torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
