@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx import atomic, serialization
+from nnx import atomic
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX links, modes and signals")
 ROOT = Path(__file__).resolve().parents[1]
