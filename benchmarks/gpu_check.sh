@@ -73,7 +73,8 @@ else
     BACKEND=cupy; DEVICE=cuda; TORCH_DEVICE=cuda
     TEST_ARGS=(tests -q -ra)
     TRAIN_ARGS=(--backend cupy --epochs 30)
-    BENCH_ARGS=(--backend cupy --device cuda --batch-sizes 32,256,1024
+    BENCH_ARGS=(--backend cupy --device cuda --batch-sizes 32,256,1024 --cuda-graph
+                --models "${GPU_CHECK_BENCH_MODELS:-seed_cnn,mlp,mnist1d_cnn,lenet}"
                 --sections "${GPU_CHECK_BENCH_SECTIONS:-step,batch,length,memory}")
 fi
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,45 @@ from nnx import backends  # noqa: E402
 
 def modules() -> list[tuple[str, Any, tuple[int, ...]]]:
     """(name, module built on NumPy, input shape)."""
+    return _modules_1d() + _modules_2d() + _regularizers()
+
+
+def _modules_2d() -> list[tuple[str, Any, tuple[int, ...]]]:
+    """Images, channels last, where this nnx has them (issue 14)."""
+    if not hasattr(nnx, "Conv2D"):
+        return []
+    return [
+        ("Conv2D(3,2,4)", nnx.Conv2D(3, 2, 4), (3, 9, 8, 2)),
+        (
+            "Conv2D((3,2),2,4,stride=(2,1),bias)",
+            nnx.Conv2D((3, 2), 2, 4, stride=(2, 1), bias=True),
+            (3, 9, 8, 2),
+        ),
+        ("Conv2D(3,2,3,padding=same)", nnx.Conv2D(3, 2, 3, padding="same"), (3, 7, 6, 2)),
+        ("Conv2D(5,1,6) LeNet", nnx.Conv2D(5, 1, 6), (4, 28, 28, 1)),
+        ("Conv1D(3,2,4,padding=1)", nnx.Conv1D(3, 2, 4, padding=1), (5, 17, 2)),
+        ("MaxPool2D(2)", nnx.MaxPool2D(2), (3, 9, 8, 3)),
+        ("MaxPool2D(3,stride=1)", nnx.MaxPool2D(3, stride=1), (3, 9, 8, 3)),
+        ("AvgPool2D(2)", nnx.AvgPool2D(2), (3, 9, 8, 3)),
+        ("Flatten 4-D", nnx.Flatten(), (3, 4, 5, 2)),
+    ]
+
+
+def _regularizers() -> list[tuple[str, Any, tuple[int, ...]]]:
+    """BatchNorm (train mode: batch statistics); Dropout in eval mode (the identity; its
+    masks come from nnx's generator, not comparable across libraries)."""
+    out = []
+    if hasattr(nnx, "BatchNorm"):
+        out += [
+            ("BatchNorm(6)", nnx.BatchNorm(6), (5, 6)),
+            ("BatchNorm(3) 4-D", nnx.BatchNorm(3), (3, 4, 5, 3)),
+        ]
+    if hasattr(nnx, "Dropout"):
+        out.append(("Dropout(0.5) eval", nnx.Dropout(0.5).eval(), (5, 6)))
+    return out
+
+
+def _modules_1d() -> list[tuple[str, Any, tuple[int, ...]]]:
     return [
         ("Conv1D(3,2,4)", nnx.Conv1D(3, 2, 4), (5, 17, 2)),
         ("Conv1D(3,2,4,stride=2,bias)", nnx.Conv1D(3, 2, 4, stride=2, bias=True), (5, 17, 2)),
@@ -151,8 +191,79 @@ def run(backend: str, device: Any, rtol: float, atol: float) -> int:
         yt, yhatt = target(y), target(yhat)
         check.same(f"{name}: forward", loss.forward(y, yhat), loss.forward(yt, yhatt))
         check.same(f"{name}: backward", loss.backward(y, yhat), loss.backward(yt, yhatt))
+    if backend == "cupy" or (backend == "torch" and str(device).startswith("cuda")):
+        with nnx.use_backend(**on_target):  # the networks are built on the GPU
+            graph_parity(check, target, rng)
     print(f"{check.count - check.failed}/{check.count} checks agree on {backend} ({device})")
     return 1 if check.failed else 0
+
+
+def graph_parity(check: Checker, target: Any, rng: np.random.Generator) -> None:
+    """``Optim(cuda_graph=True)`` against the eager step on the same backend: the same
+    weights, batches (two shapes: the last batch is smaller) and update rules give the
+    same per-step losses and parameters; a non-finite batch leaves the parameters as
+    they were, and a bad label raises the loss's error."""
+    for name, make, shape in [
+        ("MLP", lambda: nnx.Sequential(nnx.Linear(12, 16), nnx.TanH(), nnx.Linear(16, 5)), (12,)),
+        (
+            "CNN",
+            lambda: nnx.Sequential(
+                nnx.Conv1D(3, 2, 4), nnx.MaxPool1D(2, 2), nnx.Flatten(), nnx.Linear(28, 5)
+            ),
+            (17, 2),
+        ),
+    ]:
+        for opt_name, make_opt in [
+            ("eps", lambda: None),
+            ("Momentum", lambda: nnx.optimizers.Momentum(1e-2, nesterov=True)),
+        ]:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", RuntimeWarning)  # a failed recording fails
+                    _graph_case(check, target, rng, name, make, shape, opt_name, make_opt)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"FAIL graph {name}/{opt_name}: {type(exc).__name__}: {exc}")
+                check.count += 1
+                check.failed += 1
+
+
+def _graph_case(check, target, rng, name, make, shape, opt_name, make_opt) -> None:  # noqa: ANN001
+    """One model and update rule: eager against graphed steps (see :func:`graph_parity`)."""
+    eager = make()
+    graphed = copy.deepcopy(eager)
+    a = nnx.Optim(eager, nnx.CELogSoftmax(), eps=1e-2, optimizer=make_opt())
+    b = nnx.Optim(graphed, nnx.CELogSoftmax(), eps=1e-2, optimizer=make_opt(), cuda_graph=True)
+    for i, n in enumerate([8, 8, 8, 5, 8, 5]):
+        X = target(rng.standard_normal((n, *shape)).astype(np.float32))
+        y = target(rng.integers(0, 5, n))
+        la, lb = a.step(X, y), b.step(X, y)
+        check.same(f"graph {name}/{opt_name}: losses of step {i}", la, lb)
+    got = dict(graphed.named_parameters())
+    for pname, p in eager.named_parameters():
+        check.same(f"graph {name}/{opt_name}: parameter {pname} after 6 steps", p, got[pname])
+    before = {k: nnx.to_numpy(v) for k, v in graphed.named_parameters()}
+    bad = rng.standard_normal((8, *shape)).astype(np.float32)
+    bad[0] = np.nan
+    try:
+        b.step(target(bad), target(rng.integers(0, 5, 8)))
+        check.same(f"graph {name}/{opt_name}: non-finite batch raises", np.zeros(1), np.ones(1))
+    except FloatingPointError:
+        after = dict(graphed.named_parameters())
+        for k, v in before.items():
+            check.same(f"graph {name}/{opt_name}: {k} kept after a non-finite loss", v, after[k])
+    try:
+        b.step(
+            target(rng.standard_normal((8, *shape)).astype(np.float32)),
+            target(np.full(8, 7)),
+        )
+        check.same(f"graph {name}/{opt_name}: label 7 of 5 classes raises", np.zeros(1), np.ones(1))
+    except ValueError as exc:
+        ok = "labels" in str(exc)
+        check.same(
+            f"graph {name}/{opt_name}: label error says so ({exc})"[:90],
+            np.array([float(ok)]),
+            np.ones(1),
+        )
 
 
 def main() -> int:

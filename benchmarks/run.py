@@ -52,6 +52,7 @@ more than ``--tolerance`` (relative); with ``--fail-on-regression`` the exit sta
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import gc
 import json
@@ -136,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads 1 only, since waiting threads spin)",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="SGD step size (both libraries)")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="step section: also time nnx with Optim(cuda_graph=True) (cupy, torch on CUDA)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", type=Path, default=None, help="write the results as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables as Markdown")
@@ -553,6 +559,13 @@ class Case:
         self.opt = nnx.Optim(self.net, nnx.CELogSoftmax(), eps=env.args.lr)
         self.X, self.y = nnx.asarray(X), nnx.asarray(y)
         self.nnx_step: Callable[[], Any] = lambda: self.opt.step(self.X, self.y)
+        self.graph_step: Callable[[], Any] | None = None
+        if getattr(env.args, "cuda_graph", False):
+            # the same weights, stepped by CUDA graph replays (recorded on the first call)
+            graphed = nnx.Optim(
+                copy.deepcopy(self.net), nnx.CELogSoftmax(), eps=env.args.lr, cuda_graph=True
+            )
+            self.graph_step = lambda: graphed.step(self.X, self.y)
         self.torch_step: Callable[[], Any] | None = None
         self.loss_check: float | None = None
         if env.torch is not None:
@@ -586,6 +599,8 @@ class Case:
     def time(self) -> dict[str, Any]:
         env, args = self.env, self.env.args
         fns = {"nnx": self.nnx_step}
+        if self.graph_step is not None:
+            fns["nnx_graph"] = self.graph_step
         if self.torch_step is not None:
             fns["torch"] = self.torch_step
         for _ in range(args.warmup):
@@ -627,6 +642,8 @@ class Case:
             out[f"{name}_ms"] = med * 1e3
             out[f"{name}_iqr_ms"] = (q[2] - q[0]) * 1e3
         out["ratio"] = out["nnx_ms"] / out["torch_ms"] if "torch_ms" in out else None
+        if "nnx_graph_ms" in out and "torch_ms" in out:
+            out["graph_ratio"] = out["nnx_graph_ms"] / out["torch_ms"]
         out["loss_rel_diff"] = self.loss_check
         return out
 
@@ -754,6 +771,8 @@ def run_sections(env: Env, log: Callable[[str], None]) -> list[dict[str, Any]]:
         rows.append(row)
         ratio = "" if row["ratio"] is None else f"  ratio {row['ratio']:.2f}"
         torch_ms = f"  torch {row['torch_ms']:8.3f} ms" if "torch_ms" in row else ""
+        if "nnx_graph_ms" in row:
+            torch_ms = f"  nnx graph {row['nnx_graph_ms']:8.3f} ms" + torch_ms
         log(
             f"  {section:6s} {case.model:12s} batch {case.batch:5d} length {case.length:5d}: "
             f"nnx {row['nnx_ms']:8.3f} ms{torch_ms}{ratio}"
@@ -811,7 +830,34 @@ def tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[s
 
     out = []
     step = [r for r in rows if r["section"] == "step"]
-    if step:
+    if any("nnx_graph_ms" in r for r in step):
+        out.append(
+            (
+                "Training step with and without nnx's CUDA graph (median ms per step)",
+                [
+                    "model",
+                    "batch",
+                    "nnx ms",
+                    "nnx graph ms",
+                    "PyTorch ms",
+                    "nnx/PyTorch",
+                    "nnx graph/PyTorch",
+                ],
+                [
+                    [
+                        r["model"],
+                        str(r["batch"]),
+                        f(r["nnx_ms"], ".3f"),
+                        f(r.get("nnx_graph_ms"), ".3f"),
+                        f(r.get("torch_ms"), ".3f"),
+                        f(r["ratio"], ".2f"),
+                        f(r.get("graph_ratio"), ".2f"),
+                    ]
+                    for r in step
+                ],
+            )
+        )
+    elif step:
         out.append(
             (
                 "Training step (median ms per step)",

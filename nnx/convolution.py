@@ -286,7 +286,7 @@ class Conv1D(_Windowed):
         out_length = self._check_x(X, self.chan_in, like=W)
         xp = namespace(X)
         cols = self._cols(xp, X, out_length)
-        out = cols @ xp.reshape(W, (self.k_size * self.chan_in, self.chan_out))
+        out = xp.matmul(cols, xp.reshape(W, (self.k_size * self.chan_in, self.chan_out)))
         if self.bias:
             out += self._parameters["bias"]
         self._cache_key, self._cache = X, cols
@@ -305,7 +305,7 @@ class Conv1D(_Windowed):
         cached = self._cache_key is input
         cols = self._cache if cached else self._cols(xp, input, out_length)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
-        grad = mT(cols) @ d2
+        grad = xp.matmul(mT(cols), d2)
         self.accumulate_gradient(
             "weight", xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out))
         )
@@ -323,7 +323,7 @@ class Conv1D(_Windowed):
         if s == K:  # back-to-back windows: tap k of window o is position o * K + k
             # (B*O, D) @ (D, K*C): the gradient of every window tap at once, in place
             W_t = xp.reshape(xp.permute_dims(W, (2, 0, 1)), (self.chan_out, K * C))
-            taps = xp.reshape(d2 @ W_t, (batch, out_length * K, C))
+            taps = xp.reshape(xp.matmul(d2, W_t), (batch, out_length * K, C))
             if out_length * K == padded[1]:
                 return unpad(taps, tuple(input.shape), self.pads)
             dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
@@ -335,7 +335,7 @@ class Conv1D(_Windowed):
         dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
         for k in range(K):
             W_k = W[k, ...]  # (C, D)
-            tap = d2 @ mT(W_k)
+            tap = xp.matmul(d2, mT(W_k))
             dX[:, _tap(k, s, out_length), :] += xp.reshape(tap, (batch, out_length, C))
         return unpad(dX, tuple(input.shape), self.pads)
 

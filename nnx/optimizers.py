@@ -57,6 +57,10 @@ class Optimizer:
     ``self.state[name]`` (a dict of arrays on the parameter's backend).
     """
 
+    #: Whether a CUDA graph can replay :meth:`step` (``Optim(cuda_graph=True)``): true
+    #: when every scalar the update uses is the same at every step.
+    capturable: bool = False
+
     def __init__(self, lr: float) -> None:
         self.lr = _check_number(type(self).__name__, "lr", lr, 0.0, None)
         self.state: dict[str, dict[str, Array]] = {}
@@ -179,6 +183,8 @@ class SGD(Optimizer):
     SGD(lr=0.01)
     """
 
+    capturable = True
+
     def __init__(self, lr: float) -> None:
         super().__init__(lr)
 
@@ -213,6 +219,8 @@ class Momentum(Optimizer):
     >>> nnx.optimizers.Momentum(0.01, nesterov=True)
     Momentum(lr=0.01, momentum=0.9, nesterov=True)
     """
+
+    capturable = True
 
     def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False) -> None:
         super().__init__(lr)

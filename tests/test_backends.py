@@ -485,3 +485,46 @@ def test_which_backends_flush_subnormals():
     assert not backends.BACKENDS["cupy"].flushes_subnormals("float64")
     for name in ("numpy", "torch", "array_api_strict"):
         assert not backends.BACKENDS[name].flushes_subnormals("float32")
+
+
+class _NumpyAsCupy:
+    """The parts of CuPy that ``capturable_namespace`` uses, done by NumPy: its
+    reduction kernel ``a * b`` summed with ``+`` over ``axis`` is ``sum(a * b, axis)``."""
+
+    swapaxes = staticmethod(np.swapaxes)
+    concatenate = staticmethod(np.concatenate)
+    zeros = staticmethod(np.zeros)
+
+    @staticmethod
+    def ReductionKernel(in_params, out_params, map_expr, reduce_expr, post, identity, name):  # noqa: N802
+        assert (map_expr, reduce_expr, post, identity) == ("a * b", "a + b", "c = a", "0")
+        return lambda a, b, axis: np.sum(a * b, axis=axis)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        ((5, 3), (3, 4)),
+        ((1, 7), (7, 1)),
+        ((2, 5, 3), (3, 4)),
+        ((2, 5, 3), (2, 3, 6)),
+        ((3, 2000), (2000, 32)),  # a long sum into few outputs: split into chunks, padded
+        ((3, 1536), (1536, 4)),  # ... whose length is a multiple of the chunk
+    ],
+)
+def test_cupy_graph_mode_matmul_arithmetic(shapes, rng, monkeypatch):
+    """The CuPy namespace's graph-mode matmul (a reduction kernel over broadcast views,
+    since CuPy calls no cuBLAS while capturing) equals matmul; run here with NumPy
+    standing in for CuPy, as the as_strided window arithmetic is."""
+    import array_api_compat.numpy as anp
+
+    from nnx.backends import _cupy
+
+    ns = _cupy.capturable_namespace(anp, _NumpyAsCupy)
+    a, b = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
+    np.testing.assert_array_equal(ns.matmul(a, b), np.matmul(a, b))  # not capturing: plain
+    monkeypatch.setattr(_cupy._graph_state, "capturing", True, raising=False)
+    np.testing.assert_allclose(ns.matmul(a, b), np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    c = rng.standard_normal(shapes[0])
+    np.testing.assert_allclose(ns.vecdot(a, c), np.sum(a * c, axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(ns.vecdot(a, c, axis=0), np.sum(a * c, axis=0), rtol=1e-12)

@@ -29,6 +29,7 @@ import numpy as np
 from ._base import Backend
 from ._cupy import CupyBackend
 from ._generic import gather_windows, gather_windows_2d
+from ._graph import CapturedGraph
 from ._numpy import NumpyBackend
 from ._numpy import quiet_float_errors as quiet_float_errors  # for Optim (not public API)
 from ._strict import StrictBackend
@@ -38,6 +39,7 @@ from ._torch import TorchBackend
 __all__ = [
     "BACKENDS",
     "Backend",
+    "CapturedGraph",
     "asarray",
     "backend_of",
     "gather_windows",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from ._graph import CapturedGraph
 
 
 class Backend:
@@ -63,6 +67,29 @@ class Backend:
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
+
+    def graphs_supported(self, device: Any) -> bool:
+        """Whether :meth:`capture` works for arrays on ``device``."""
+        return False
+
+    def graph_mode(self, pool: Any) -> contextlib.AbstractContextManager[None]:
+        """Context for code a CUDA graph records, and for its eager rehearsal."""
+        return contextlib.nullcontext()
+
+    def new_graph_pool(self) -> Any:
+        """Memory reserved for one graph's buffers (``None`` where not needed)."""
+        return None
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        """Record the kernels one call of ``fn`` enqueues on ``device`` as a CUDA graph.
+
+        ``fn`` runs once, captured, not executed: its results are only valid after a
+        replay. Call it eagerly first (so that caches and lazily created state exist).
+        """
+        raise ValueError(
+            f"backend {self.name!r} has no CUDA graphs; they need the 'cupy' backend or "
+            f"'torch' on a CUDA device"
+        )
 
     def windows_2d(self, x: Any, k_size: tuple[int, int], stride: tuple[int, int]) -> Any:
         """``(batch, out_h, out_w, channels, k_h, k_w)`` sliding windows of ``x``.

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ._base import Backend
+from ._graph import CapturedGraph
 from ._strided import strided_windows, strided_windows_2d
+
+#: ``capturing`` is True while code that a CUDA graph records (or its eager rehearsal) runs
+_graph_state = threading.local()
 
 
 class CupyBackend(Backend):
@@ -28,7 +36,7 @@ class CupyBackend(Backend):
 
         self._cupy = cupy
         self.array_type = cupy.ndarray
-        self.xp = xp
+        self.xp = capturable_namespace(xp, cupy)
 
     def normalize_device(self, device: Any) -> Any:
         if device is None:
@@ -74,3 +82,104 @@ class CupyBackend(Backend):
     def flushes_subnormals(self, dtype: str) -> bool:
         # CuPy compiles every kernel with -ftz=true: float32 subnormals read as zero
         return dtype == "float32"
+
+    # -- CUDA graphs ----------------------------------------------------------------
+    def graphs_supported(self, device: Any) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def graph_mode(self, pool: Any) -> Iterator[None]:
+        """Run code the way a captured graph will: allocations from ``pool``, matrix
+        products by a reduction kernel, CUB off. The eager rehearsal of a step runs in
+        this mode too, so every kernel the capture needs is compiled before it starts."""
+        core = self._cupy._core
+        saved = core.get_reduction_accelerators(), core.get_routine_accelerators()
+        core.set_reduction_accelerators([])
+        core.set_routine_accelerators([])
+        _graph_state.capturing = True
+        try:
+            with self._cupy.cuda.using_allocator(pool.malloc):
+                yield
+        finally:
+            _graph_state.capturing = False
+            core.set_reduction_accelerators(saved[0])
+            core.set_routine_accelerators(saved[1])
+
+    def new_graph_pool(self) -> Any:
+        """A memory pool of its own for a graph's buffers (nothing else allocates there)."""
+        return self._cupy.cuda.MemoryPool()
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        cupy = self._cupy
+        pool = pool if pool is not None else self.new_graph_pool()
+        with cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id):
+            cupy.cuda.Device().synchronize()
+            stream = cupy.cuda.Stream(non_blocking=True)
+            with self.graph_mode(pool), stream:
+                stream.begin_capture()
+                try:
+                    outputs = fn()
+                finally:
+                    graph = stream.end_capture()  # also when fn failed: the stream stays usable
+            graph.upload(stream)
+            stream.synchronize()
+
+        def replay() -> None:
+            graph.launch(cupy.cuda.get_current_stream())
+
+        return CapturedGraph(replay, outputs, keep=(graph, stream, pool))
+
+
+#: graph-mode matmul: reductions longer than this, into fewer outputs than FEW_OUTPUTS,
+#: are split into chunks of this many terms
+SPLIT_K = 512
+FEW_OUTPUTS = 1 << 15
+
+
+def _capturing() -> bool:
+    return getattr(_graph_state, "capturing", False)
+
+
+def capturable_namespace(base: Any, cupy: Any) -> types.ModuleType:
+    """array-api-compat's CuPy namespace whose ``matmul`` and ``vecdot`` work while a CUDA
+    graph is captured: CuPy refuses to call cuBLAS then (``NotImplementedError``, seen
+    with CuPy 14.2), so in graph mode they are one reduction kernel,
+    :math:`C_{mn} = \\sum_k A_{mk} B_{kn}` over broadcast views (no copy). Outside graph
+    mode they are array-api-compat's functions (cuBLAS)."""
+    ns = types.ModuleType(base.__name__, base.__doc__)
+    ns.__dict__.update(base.__dict__)
+    plain_matmul, plain_vecdot = base.matmul, base.vecdot
+    products = cupy.ReductionKernel(
+        "T a, T b", "T c", "a * b", "a + b", "c = a", "0", "nnx_sum_of_products"
+    )
+
+    def matmul(x1: Any, x2: Any, /) -> Any:
+        if not _capturing() or x1.ndim < 2 or x2.ndim < 2 or x1.dtype != x2.dtype:
+            return plain_matmul(x1, x2)
+        m, k, n = x1.shape[-2], x1.shape[-1], x2.shape[-1]
+        if x1.ndim == x2.ndim == 2 and k > SPLIT_K and m * n < FEW_OUTPUTS:
+            return _split_k(x1, x2)
+        return products(x1[..., :, None, :], cupy.swapaxes(x2, -1, -2)[..., None, :, :], axis=-1)
+
+    def _split_k(x1: Any, x2: Any) -> Any:
+        # few outputs, long sums (a weight gradient over batch x positions): one kernel
+        # would keep a handful of GPU blocks busy; sum chunks of SPLIT_K terms in
+        # parallel, then the chunks' partial products
+        (m, k), n = x1.shape, x2.shape[-1]
+        chunks = -(-k // SPLIT_K)
+        pad = chunks * SPLIT_K - k
+        if pad:
+            x1 = cupy.concatenate([x1, cupy.zeros((m, pad), dtype=x1.dtype)], axis=1)
+            x2 = cupy.concatenate([x2, cupy.zeros((pad, n), dtype=x2.dtype)], axis=0)
+        a = cupy.swapaxes(x1.reshape(m, chunks, SPLIT_K), 0, 1)  # (chunks, m, SPLIT_K)
+        b = cupy.swapaxes(x2.reshape(chunks, SPLIT_K, n), -1, -2)  # (chunks, n, SPLIT_K)
+        partial = products(a[:, :, None, :], b[:, None, :, :], axis=-1)  # (chunks, m, n)
+        return partial.sum(axis=0)
+
+    def vecdot(x1: Any, x2: Any, /, *, axis: int = -1) -> Any:
+        if not _capturing() or x1.dtype != x2.dtype:
+            return plain_vecdot(x1, x2, axis=axis)
+        return products(x1, x2, axis=axis)
+
+    ns.matmul, ns.vecdot = matmul, vecdot
+    return ns

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ._base import Backend
+from ._graph import CapturedGraph
 
 
 class TorchBackend(Backend):
@@ -62,3 +65,28 @@ class TorchBackend(Backend):
         gen = self._torch.Generator(device=like.device)
         gen.manual_seed(int(rng.integers(2**63)))
         return self._torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+
+    # -- CUDA graphs ----------------------------------------------------------------
+    def graphs_supported(self, device: Any) -> bool:
+        return device is not None and self._torch.device(device).type == "cuda"
+
+    @contextlib.contextmanager
+    def graph_mode(self, pool: Any) -> Iterator[None]:
+        """PyTorch captures every operation nnx uses: nothing to change."""
+        yield
+
+    def new_graph_pool(self) -> Any:
+        return self._torch.cuda.graph_pool_handle()
+
+    def capture(self, fn: Callable[[], Any], device: Any, pool: Any = None) -> CapturedGraph:
+        torch = self._torch
+        if device is None or torch.device(device).type != "cuda":
+            raise ValueError(
+                f"backend 'torch': CUDA graphs need tensors on a CUDA device, got device {device!r}"
+            )
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                outputs = fn()
+        return CapturedGraph(graph.replay, outputs, keep=graph)

@@ -15,6 +15,7 @@ from ..module import Array, Loss, Module, check_positive_int, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
 from .checkpoint import Checkpoint, call_signature
+from .graph import GraphedStep
 from .guard import EpochStart, non_finite_parameter, replay
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
 from .loop import run_epochs, train_epoch
@@ -61,6 +62,12 @@ class Optim:
         Step size of the plain update (unused with an ``optimizer``).
     optimizer : nnx.optimizers.Optimizer, optional
         Update rule used after each backward pass.
+    cuda_graph : bool, default False
+        Replay each step as CUDA graphs (:mod:`nnx.training.graph`): the first batch of
+        each shape runs eagerly and is recorded, later ones cost a few launches instead
+        of one per operation. For the ``cupy`` backend and ``torch`` on CUDA, with the
+        plain update or an optimiser whose step has no changing scalars (``SGD``,
+        ``Momentum``; not ``Adam``).
 
     Examples
     --------
@@ -81,7 +88,12 @@ class Optim:
     eval_batch_size: int = 1024
 
     def __init__(
-        self, network: Module, loss: Loss, eps: float = 1e-3, optimizer: Any = None
+        self,
+        network: Module,
+        loss: Loss,
+        eps: float = 1e-3,
+        optimizer: Any = None,
+        cuda_graph: bool = False,
     ) -> None:
         if not isinstance(network, Module):
             raise TypeError(f"Optim: network must be a nnx Module, got {type(network).__name__}")
@@ -100,8 +112,15 @@ class Optim:
             )
         if optimizer is not None and callable(getattr(optimizer, "bind", None)):
             optimizer.bind(network)  # one optimiser, one network: its state is per parameter
+        if cuda_graph and optimizer is not None and not getattr(optimizer, "capturable", False):
+            raise ValueError(
+                f"Optim: cuda_graph=True needs an update a CUDA graph can replay; "
+                f"{type(optimizer).__name__}'s step changes its scalars every step (use "
+                f"SGD or Momentum, or cuda_graph=False)"
+            )
         self.loss, self.eps = loss, float(eps)
         self.optimizer = optimizer
+        self.cuda_graph = bool(cuda_graph)
         self.network = network
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
         self.X_train: Any = None
@@ -126,6 +145,7 @@ class Optim:
     def network(self, network: Module) -> None:
         self._network = network
         self._placement = placement.Placement(network)
+        self._graphed = GraphedStep(network, self.loss, self._update) if self.cuda_graph else None
 
     def _place(self) -> placement.Placement:
         self._placement.max_device_bytes = self.max_device_bytes
@@ -139,6 +159,8 @@ class Optim:
             self.network.update_parameters(self.eps)
 
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        if self._graphed is not None:
+            return self._graphed(X, y)
         return train_step(self.network, self.loss, self._update, X, y)
 
     def step(self, batch_x: Any, batch_y: Any) -> Array:
@@ -150,7 +172,7 @@ class Optim:
         like = place.like()
         X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
         try:
-            return self._step(X, y)[0]
+            losses = self._step(X, y)[0]
         except FloatingPointError as exc:
             bad = non_finite_parameter(self.network)
             if bad is not None:
@@ -159,6 +181,9 @@ class Optim:
                     f"this step (an earlier update overflowed: lower the learning rate)"
                 ) from None
             raise FloatingPointError(f"Optim.step: {exc}") from None
+        if self._graphed is not None:  # a graph's buffer: the next replay overwrites it
+            return namespace(losses).asarray(losses, copy=True)
+        return losses
 
     # -- evaluation -------------------------------------------------------------------
     def predict(self, X: Any) -> Array:
