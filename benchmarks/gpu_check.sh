@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Prove nnx on an NVIDIA GPU, offline, in one run of under 8 minutes (issue 7).
+# Prove nnx on an NVIDIA GPU, offline, in one run of under 8 minutes (issues 7, 16).
 #
 #   benchmarks/gpu_check.sh [--out DIR] [--wheels DIR] [--archive FILE] [--skip-install] [--dry-run]
 #
-# Stages (each with its own time limit, each logged to DIR/<stage>.log):
+# Stages (each with its own time limit, each logged to DIR/<stage>.log), in this order:
 #   env        nvidia-smi, Python, CUDA, CuPy and PyTorch versions   -> env.txt
 #   install    the wheels in .whl (what the GPU image lacks) unpacked with pip --no-index
 #              --no-deps --target; nnx runs from this tree; nothing is downloaded
-#   parity     benchmarks/gpu_parity.py: windows, every module's outputs and gradients on
-#              cupy against NumPy, float32 tolerance
-#   profile    benchmarks/gpu_profile.py: phase times of a step, launch costs, fused kernels
+#   parity     benchmarks/gpu_parity.py: windows (1-D, 2-D), every module's outputs and
+#              gradients on cupy against NumPy, float32 tolerance; Optim(cuda_graph=True)
+#              against the eager step
 #   tests-cupy the whole test suite on cupy, NNX_REQUIRE_GPU=1 (a skipped GPU is a failure)
-#   bench      benchmarks/run.py --backend cupy --device cuda at batch 32, 256, 1024
-#              against PyTorch CUDA (JSON, Markdown and reStructuredText tables)
-#   train      examples/train_mnist1d_gpu.py on cupy
-#   parity-torch  the same parity check for PyTorch tensors on CUDA
-#   tests-torch the test suite on torch (on the device of NNX_TORCH_DEVICE when the test
-#              fixture supports it, else on the CPU; parity-torch covers torch CUDA)
-#   train-cpu  the same training on the CPU (numpy), for the accuracy comparison
+#   bench      benchmarks/run.py --backend cupy --device cuda --cuda-graph at batch 32,
+#              256, 1024 against PyTorch CUDA (JSON, Markdown and reStructuredText tables)
+#   train      examples/train_mnist1d_gpu.py on cupy; train-cpu the same on numpy
+#   tests-torch the test suite on torch tensors on the device of NNX_TORCH_DEVICE
+#   profile    benchmarks/gpu_profile.py: phase times (eager and as a graph records them),
+#              CUDA graphs of nnx and PyTorch, launch costs, fused kernels
+#   parity-torch  the parity check for PyTorch tensors on CUDA
 # Writes DIR/summary.txt (one line per stage: PASS / FAIL / SKIP and seconds) and exits
 # non-zero if a stage failed. DIR is --out, else $OUT, else gpu-check-<UTC time>.
 #
@@ -27,7 +27,9 @@
 # script itself can be tested anywhere; pip only resolves (pip install --dry-run).
 #
 # Environment: PYTHON (default python, else python3), GPU_CHECK_BUDGET (seconds, 470),
-# GPU_CHECK_BENCH_SECTIONS (default step,batch,length,memory).
+# GPU_CHECK_BENCH_SECTIONS (default step,batch,length,memory), GPU_CHECK_BENCH_MODELS
+# (default seed_cnn,mlp,mnist1d_cnn,lenet), GPU_CHECK_PYTEST_WORKERS (default 4: test
+# processes sharing the GPU, with pytest-xdist; 1 runs the suites in one process).
 # Wheels, fetched on a machine with pip access, for a CUDA image that already has
 # NumPy, CuPy, PyTorch, pytest, hypothesis, pandas, tqdm, matplotlib and scikit-learn:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -175,8 +177,15 @@ fi
     2>&1 | tee -a "$OUT_DIR/gpu_check.log"
 
 # Stages run in order of importance, so that a slow machine loses the least useful ones
-# to the time budget: parity, the CuPy test suite, the benchmark, the profile, GPU
-# training, then the PyTorch CUDA parity, the PyTorch test suite and the CPU training run.
+# to the time budget: parity (and the CUDA-graph step against the eager one), the CuPy
+# test suite, the benchmark, GPU and CPU training, the PyTorch CUDA test suite, the
+# profile, the PyTorch CUDA parity. The test suites run in GPU_CHECK_PYTEST_WORKERS
+# processes (pytest-xdist, when installed) that share the GPU.
+XDIST=()
+WORKERS="${GPU_CHECK_PYTEST_WORKERS:-4}"
+if [ "$DRY" = 0 ] && [ "$WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2> /dev/null; then
+    XDIST=(-n "$WORKERS")
+fi
 
 # -- parity: every module on the GPU against NumPy ------------------------------------
 if [ "$DRY" = 1 ]; then
@@ -192,7 +201,7 @@ if [ "$DRY" = 1 ]; then
         "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml "$OUT_DIR/tests-cupy.xml"
 else
     stage tests-cupy 180 env NNX_TEST_BACKENDS=cupy NNX_REQUIRE_GPU=1 \
-        "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml "$OUT_DIR/tests-cupy.xml"
+        "$PY" -m pytest "${TEST_ARGS[@]}" "${XDIST[@]}" --junitxml "$OUT_DIR/tests-cupy.xml"
 fi
 
 # -- benchmark against PyTorch ----------------------------------------------------------
@@ -200,12 +209,7 @@ stage bench 150 "$PY" benchmarks/run.py "${BENCH_ARGS[@]}" \
     --save "$OUT_DIR/bench-$BACKEND.json" --markdown "$OUT_DIR/bench-$BACKEND.md" \
     --rst "$OUT_DIR/bench-$BACKEND.rst"
 
-# -- where a step's time goes on the GPU (phases, CUDA graphs, launches, fused kernels) -------------
-if [ "$DRY" = 0 ]; then
-    stage profile 120 "$PY" benchmarks/gpu_profile.py --json "$OUT_DIR/profile.json"
-fi
-
-# -- training -----------------------------------------------------------------------------
+# -- training on the GPU, then the same on the CPU for the accuracy comparison ---------
 EXAMPLE=examples/train_mnist1d_gpu.py
 HAS_OUT=0
 if [ -f "$EXAMPLE" ]; then
@@ -218,21 +222,21 @@ if [ -f "$EXAMPLE" ]; then
 else
     skip train "$EXAMPLE not found"
 fi
-
-# -- PyTorch CUDA parity and the test suite on PyTorch ----------------------------------
-if [ "$DRY" = 0 ]; then
-    stage parity-torch 60 "$PY" benchmarks/gpu_parity.py --backend torch --device cuda
-fi
-stage tests-torch 90 env NNX_TEST_BACKENDS=torch NNX_TORCH_DEVICE="$TORCH_DEVICE" \
-    "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml "$OUT_DIR/tests-torch.xml"
-grep -q NNX_TORCH_DEVICE tests/conftest.py 2> /dev/null \
-    || log "note: tests/conftest.py ignores NNX_TORCH_DEVICE, so tests-torch ran on the CPU"
-
-# -- the same training on the CPU, for the accuracy comparison ---------------------------
 if [ "$DRY" = 0 ] && [ -f "$EXAMPLE" ] && [ "$HAS_OUT" = 1 ]; then
     stage train-cpu 120 "$PY" "$EXAMPLE" --backend numpy --epochs 30 --out "$OUT_DIR/train-numpy"
 fi
 grep -h "accuracy" "$OUT_DIR"/train*.log 2> /dev/null | tee -a "$OUT_DIR/gpu_check.log"
+
+# -- the test suite on PyTorch CUDA tensors ----------------------------------------------
+stage tests-torch 90 env NNX_TEST_BACKENDS=torch NNX_TORCH_DEVICE="$TORCH_DEVICE" \
+    "$PY" -m pytest "${TEST_ARGS[@]}" "${XDIST[@]}" --junitxml "$OUT_DIR/tests-torch.xml"
+
+# -- where a step's time goes on the GPU (phases, CUDA graphs, launches, fused kernels) -
+if [ "$DRY" = 0 ]; then
+    stage profile 90 "$PY" benchmarks/gpu_profile.py --batch-sizes 1024 \
+        --json "$OUT_DIR/profile.json"
+    stage parity-torch 60 "$PY" benchmarks/gpu_parity.py --backend torch --device cuda
+fi
 
 TOTAL=$(( $(date +%s) - START ))
 echo "total        ${TOTAL}s" >> "$SUMMARY"

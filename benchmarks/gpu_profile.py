@@ -74,9 +74,22 @@ def fmt(name: str, r: dict[str, float]) -> str:
 
 
 def profile_case(
-    model: str, batch: int, csync: Callable[[], None], tsync: Callable[[], None]
+    model: str,
+    batch: int,
+    csync: Callable[[], None],
+    tsync: Callable[[], None],
+    graph_mode: bool = False,
 ) -> dict[str, Any]:
-    """Phase timings of one nnx step on CuPy, and the PyTorch CUDA step."""
+    """Phase timings of one nnx step on CuPy, and the PyTorch CUDA step. With
+    ``graph_mode``, the phases run as a CUDA graph records them (matrix products by
+    nnx's reduction kernel, CUB off): their one-at-a-time times are the GPU time each
+    phase adds to a graph replay."""
+    if graph_mode:
+        from nnx import backends
+
+        cupy_backend = backends.BACKENDS["cupy"]
+        with cupy_backend.graph_mode(cupy_backend.new_graph_pool()):
+            return profile_case(model, batch, csync, tsync)
     import cupy
     import run as bench  # benchmarks/run.py
     import torch
@@ -158,64 +171,33 @@ def profile_case(
 def graph_case(
     model: str, batch: int, csync: Callable[[], None], tsync: Callable[[], None]
 ) -> dict[str, Any]:
-    """Whole-step CUDA graph probe: nnx's step body captured by CuPy stream capture
-    (private memory pool, no host read inside), replayed and followed by the loss read;
-    against the eager nnx step and PyTorch's eager and ``torch.cuda.graph`` steps."""
-    import cupy
+    """Whole-step CUDA graphs: nnx ``Optim(cuda_graph=True)`` on CuPy and on torch CUDA
+    tensors, against nnx's eager step and PyTorch's eager and ``torch.cuda.graph``
+    steps (each step reads its loss)."""
     import run as bench  # benchmarks/run.py
     import torch
 
     import nnx
 
     layers, in_shape, classes = bench.model_spec(model)
-    nnx.manual_seed(0)
     rng = np.random.default_rng(1)
     Xh = rng.standard_normal((batch, *in_shape)).astype(np.float32)
     yh = rng.integers(0, classes, batch).astype(np.int64)
-    net = bench.build_nnx(nnx, layers)
-    loss = nnx.CELogSoftmax()
-    X, y = nnx.asarray(Xh), nnx.asarray(yh)
     rows: dict[str, Any] = {}
-    key = f"{model}/b{batch}"
-    print(f"\ngraph {key}")
-
-    def body() -> Any:
-        net._start_step()
-        yhat = net.forward(X)
-        loss._pending_checks = []  # label checks ride with the read, outside the graph
-        losses = loss.forward(y, yhat)
-        loss._pending_checks = None
-        total = cupy.sum(losses)
-        delta = loss.backward(y, yhat)
-        net.backward(X, delta, input_grad=False)
-        net._end_step()
-        net.update_parameters(1e-3)
-        return total
-
-    try:
-        pool = cupy.cuda.MemoryPool()
-        stream = cupy.cuda.Stream(non_blocking=True)
-        with cupy.cuda.using_allocator(pool.malloc), stream:
-            for _ in range(3):
-                body()
-            stream.synchronize()
-            stream.begin_capture()
-            total = body()
-            graph = stream.end_capture()
-        graph.upload(stream)
-
-        def replay() -> float:
-            graph.launch(stream)
-            return float(total)
-
-        with stream:
-            rows["nnx graph replay + read"] = timed(replay, stream.synchronize, reps=200)
-        print(fmt("nnx cupy graph replay + read", rows["nnx graph replay + read"]))
-    except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
-        print(f"  nnx cupy graph: failed: {type(exc).__name__}: {exc}")
-    opt = nnx.Optim(net, loss, eps=1e-3)
-    rows["nnx eager Optim.step"] = timed(lambda: opt.step(X, y), csync, reps=100)
-    print(fmt("nnx eager Optim.step", rows["nnx eager Optim.step"]))
+    print(f"\ngraph {model}/b{batch}")
+    for backend, device, sync in (("cupy", None, csync), ("torch", "cuda", tsync)):
+        with nnx.use_backend(backend, device=device):
+            nnx.manual_seed(0)
+            net = bench.build_nnx(nnx, layers)
+            X, y = nnx.asarray(Xh), nnx.asarray(yh)
+            for graph in (False, True):
+                name = f"nnx {backend} {'graph' if graph else 'eager'} step"
+                try:
+                    opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=1e-3, cuda_graph=graph)
+                    rows[name] = timed(lambda o=opt, a=X, b=y: o.step(a, b), sync, reps=100)
+                    print(fmt(name, rows[name]))
+                except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
+                    print(f"  {name}: failed: {type(exc).__name__}: {exc}")
 
     tm = bench.build_torch(torch, layers).cuda()
     Xt = Xh.transpose(0, 2, 1).copy() if len(in_shape) == 2 else Xh
@@ -231,7 +213,7 @@ def graph_case(
         return out
 
     rows["torch eager + item"] = timed(lambda: tstep().item(), tsync, reps=200)
-    print(fmt("torch eager step + item", rows["torch eager + item"]))
+    print(fmt("PyTorch eager step + item", rows["torch eager + item"]))
     try:
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -243,9 +225,9 @@ def graph_case(
         with torch.cuda.graph(g):
             tout = tstep()
         rows["torch graph + item"] = timed(lambda: (g.replay(), tout.item()), tsync, reps=200)
-        print(fmt("torch graph replay + item", rows["torch graph + item"]))
+        print(fmt("PyTorch graph replay + item", rows["torch graph + item"]))
     except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
-        print(f"  torch graph: failed: {type(exc).__name__}: {exc}")
+        print(f"  PyTorch graph: failed: {type(exc).__name__}: {exc}")
     return rows
 
 
@@ -287,6 +269,17 @@ def main() -> int:
                 results[f"{model}/b{batch}"] = profile_case(model, batch, csync, tsync)
             except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
                 print(f"{model}/b{batch}: failed: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------- phases as a CUDA graph records them
+    for model in ("mlp", "seed_cnn"):
+        batch = max(int(b) for b in args.batch_sizes.split(","))
+        print(f"\ngraph mode (what a replay runs): {model}/b{batch}")
+        try:
+            results[f"graph-mode/{model}/b{batch}"] = profile_case(
+                model, batch, csync, tsync, graph_mode=True
+            )
+        except Exception as exc:  # noqa: BLE001 - a diagnostic goes on
+            print(f"graph mode {model}/b{batch}: failed: {type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------------- CUDA graph probe
     for model in ("mlp", "seed_cnn"):

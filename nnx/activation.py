@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from .backends import backend_of
+from .backends import backend_of, fused
 from .module import Array, Module, is_floating, namespace
 
 
@@ -81,8 +81,7 @@ class ReLU(Activation):
         return xp.maximum(X, 0.0)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:
-        # a 0/1 float mask: NumPy's ``where`` with an irregular mask measured ~20x slower
-        return delta * xp.astype(X > 0, delta.dtype)
+        return fused.relu_backward(X, delta, xp)  # delta * 1[X > 0]
 
 
 class LeakyReLU(Activation):
@@ -195,7 +194,7 @@ class TanH(Activation):
         return xp.tanh(X)
 
     def _backward(self, xp: Any, X: Array, out: Array, delta: Array) -> Array:
-        return delta * (1.0 - out * out)
+        return fused.tanh_backward(out, delta)  # delta * (1 - out**2)
 
 
 class Softplus(Activation):

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import backends
+from .backends import fused
 
 Array = Any
 
@@ -81,8 +82,11 @@ class Module:
 
     def update_parameters(self, gradient_step: float = 1e-3) -> None:
         """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L`."""
-        for name, p in self._parameters.items():  # _subtract rebinds values, never keys
-            self._subtract(name, p, gradient_step * self._gradient[name])
+        for name, p in self._parameters.items():  # rebinds values, never keys
+            if self._owned.get(name) is p:  # nnx's own writeable array: one fused update
+                fused.subtract_scaled_(p, gradient_step, self._gradient[name])
+            else:
+                self._subtract(name, p, gradient_step * self._gradient[name])
 
     def zero_grad(self) -> None:
         """Reset the accumulated gradients to zero (in place where the arrays allow it)."""

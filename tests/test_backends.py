@@ -528,3 +528,21 @@ def test_cupy_graph_mode_matmul_arithmetic(shapes, rng, monkeypatch):
     c = rng.standard_normal(shapes[0])
     np.testing.assert_allclose(ns.vecdot(a, c), np.sum(a * c, axis=-1), rtol=1e-12)
     np.testing.assert_allclose(ns.vecdot(a, c, axis=0), np.sum(a * c, axis=0), rtol=1e-12)
+
+
+def test_cupy_fused_kernels_cover_the_fused_ops():
+    """Each op of nnx.backends.fused has a CuPy kernel (by the name the op asks for),
+    with an in-place output only for the in-place op; other libraries use the formula."""
+    import inspect
+
+    from nnx.backends import _cupy, fused
+
+    asked = {
+        name: inspect.getsource(getattr(fused, name)).split("_kernel(")[1].split('"')[1]
+        for name in fused.__all__
+    }
+    assert set(asked.values()) == set(_cupy.FUSED_SOURCES)
+    for op, (_inputs, outputs, body, kname) in _cupy.FUSED_SOURCES.items():
+        assert kname == f"nnx_{op}" and body.startswith(outputs.split()[-1])
+    for name in ("numpy", "torch", "array_api_strict"):
+        assert backends.BACKENDS[name].fused_kernel("tanh_backward") is None

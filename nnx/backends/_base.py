@@ -110,6 +110,11 @@ class Backend:
         host = rng.random(shape, dtype=np.float64).astype(_dtype_of(like))
         return self.from_numpy(host, self.device_of(like))
 
+    def fused_kernel(self, name: str) -> Any:
+        """The library's one-launch kernel for :mod:`nnx.backends.fused`'s ``name``, or
+        ``None`` (the standard operations are used)."""
+        return None
+
     def flushes_subnormals(self, dtype: str) -> bool:
         """Whether this library computes in ``dtype`` with subnormal numbers flushed to
         zero (inputs and results below the smallest normal number read as 0)."""

@@ -79,6 +79,13 @@ class CupyBackend(Backend):
         with self._cupy.cuda.Device(like.device.id):
             return self._cupy.random.default_rng(seed).random(shape, dtype=like.dtype)
 
+    def fused_kernel(self, name: str) -> Any:
+        kernels = self.__dict__.setdefault("_fused", {})
+        if name not in kernels:
+            source = FUSED_SOURCES.get(name)
+            kernels[name] = None if source is None else self._cupy.ElementwiseKernel(*source)
+        return kernels[name]
+
     def flushes_subnormals(self, dtype: str) -> bool:
         # CuPy compiles every kernel with -ftz=true: float32 subnormals read as zero
         return dtype == "float32"
@@ -129,6 +136,13 @@ class CupyBackend(Backend):
 
         return CapturedGraph(replay, outputs, keep=(graph, stream, pool))
 
+
+#: ElementwiseKernel (inputs, outputs, body, name) of each :mod:`nnx.backends.fused` op
+FUSED_SOURCES = {
+    "tanh_backward": ("T y, T d", "T out", "out = d * (1 - y * y)", "nnx_tanh_backward"),
+    "relu_backward": ("T x, T d", "T out", "out = x > 0 ? d : (T)0", "nnx_relu_backward"),
+    "subtract_scaled": ("T g, T a", "T p", "p -= a * g", "nnx_subtract_scaled"),
+}
 
 #: graph-mode matmul: reductions longer than this, into fewer outputs than FEW_OUTPUTS,
 #: are split into chunks of this many terms
