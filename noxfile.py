@@ -32,6 +32,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nox
@@ -39,11 +40,18 @@ import nox
 nox.options.sessions = ["lint", "tests", "docs"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
+# uv builds the session environments (installed with nox by `pip install "nox[uv]"`):
+# installs come from uv's cache as hard links, so the sessions share one copy of PyTorch
+# on disk. Without uv, nox falls back to virtualenv + pip.
+nox.options.default_venv_backend = "uv|virtualenv"
 
 ROOT = Path(__file__).parent
 LINT_PATHS = ("nnx", "tests", "benchmarks", "examples", "docs", "noxfile.py")
 DEFAULT_TORCH = "torch==2.13.0"
 NO_TESTS_COLLECTED = 5
+# pytest-xdist: one worker per core (at most 4: the GPU session shares one device).
+# `-- -n 0` after the session name runs the tests in one process.
+PARALLEL = ("-n", "auto", "--maxprocesses", "4")
 
 BACKENDS = [
     nox.param("numpy", tags=["numpy", "cpu"]),
@@ -51,6 +59,59 @@ BACKENDS = [
     nox.param("torch", tags=["torch", "cpu"]),
     nox.param("cupy", tags=["cupy", "gpu"]),
 ]
+
+
+# uv does not read pip's configuration. A machine whose pip is set up with a wheel folder,
+# a mirror or a constraints file gets the same packages from uv: those settings are
+# handed to uv through its environment variables, unless UV_* ones are already set.
+_PIP_TO_UV = {
+    "index-url": ("UV_INDEX_URL", " "),
+    "extra-index-url": ("UV_EXTRA_INDEX_URL", " "),
+    "find-links": ("UV_FIND_LINKS", ","),
+    "constraint": ("UV_CONSTRAINT", " "),
+}
+
+
+def _pip_settings() -> dict[str, list[str]]:
+    """pip's index settings: its config files (``pip config list``), then PIP_* variables."""
+    found: dict[str, list[str]] = {}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=dict(os.environ),
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rpartition(".")[2]
+        if name in _PIP_TO_UV and not key.startswith(":env:"):
+            found[name] = shlex.split(value.strip().strip("'\""))
+    for name in _PIP_TO_UV:
+        env = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+        if env:
+            found[name] = env.split()
+    return found
+
+
+def _hand_pip_settings_to_uv() -> None:
+    if any(os.environ.get(var) for var, _ in _PIP_TO_UV.values()):
+        return
+    settings = _pip_settings()
+    for name, values in settings.items():
+        var, sep = _PIP_TO_UV[name]
+        os.environ[var] = sep.join(values)
+    if "extra-index-url" in settings or "find-links" in settings:
+        # pip picks the best version over all indexes; uv's default stops at the first
+        # index that has the package
+        os.environ.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")
+
+
+_hand_pip_settings_to_uv()
 
 
 def _torch_requirement() -> list[str]:
@@ -110,15 +171,28 @@ def tests(session: nox.Session, backend: str) -> None:
         # error and CuPy's as_strided signature (the CuPy tests themselves skip).
         extras = "tests,cupy"
     session.install(f".[{extras}]", *_torch_requirement())
-    session.run("pytest", *session.posargs, env=env, success_codes=_pytest_success_codes(session))
+    # Nothing may rely on assert statements: the numpy session runs the suite under
+    # python -O (pytest still rewrites the tests' own asserts, and those of helpers.py,
+    # so they still check); the other backends run it with asserts on.
+    python = ["python", "-O"] if backend == "numpy" else ["python"]
+    # tests marked `once` do not depend on the backend: the numpy session runs them
+    once = [] if backend == "numpy" else ["-m", "not once"]
+    session.run(
+        *python,
+        "-m",
+        "pytest",
+        *PARALLEL,
+        *once,
+        *session.posargs,
+        env=env,
+        success_codes=_pytest_success_codes(session),
+    )
     if backend == "numpy" and session.posargs:
-        session.log("pytest arguments given: doctests and the python -O run are skipped")
+        session.log("pytest arguments given: the doctests are skipped")
     elif backend == "numpy":
         # Docstring examples of the installed package, and the examples of the guides.
         session.run("pytest", "--doctest-modules", "--pyargs", "nnx", "-q")
         session.run("pytest", "--doctest-glob=*.rst", "-q", "docs")
-        # Nothing may rely on assert statements: the whole suite again under python -O.
-        session.run("python", "-O", "-m", "pytest", "-q", env=env)
 
 
 @nox.session
@@ -149,6 +223,15 @@ def docs(session: nox.Session) -> None:
         "docs",
         "docs/_build/html",
         *session.posargs,
+    )
+    # The built pages load nothing from the network (MathJax is served from _static).
+    session.run(
+        "pytest",
+        "-q",
+        "tests/test_docs.py",
+        "-k",
+        "network",
+        env={"NNX_DOCS_HTML": str(ROOT / "docs" / "_build" / "html")},
     )
 
 

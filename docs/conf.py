@@ -29,6 +29,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax served from the built docs (_static/mathjax/), not from a CDN: the math
+    # renders with no network. The extension ships MathJax 3 and sets mathjax_path.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 
@@ -40,9 +43,9 @@ html_theme = "furo"
 html_title = f"nnx {release}"
 html_theme_options = {"navigation_with_keys": True}
 
-# MathJax (4, Sphinx's default): textmacros lets \text{backward\_delta} show an
-# underscore instead of a backslash.
-mathjax4_config = {
+# MathJax 3 (shipped by sphinx-mathjax-offline): textmacros lets
+# \text{backward\_delta} show an underscore instead of a backslash.
+mathjax3_config = {
     "loader": {"load": ["[tex]/textmacros"]},
     "tex": {"packages": {"[+]": ["textmacros"]}},
 }

@@ -1,4 +1,5 @@
-"""An autoencoder on the 8x8 digits with BCELoss (as in the seed's experiments).
+"""An autoencoder on the 8x8 digits with BCELoss (as in the experiments of the original
+library, NeuralNetworksDIY).
 
     python examples/autoencoder_digits.py                  # best available backend
     python examples/autoencoder_digits.py --backend cupy   # NVIDIA GPU
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import nnx
+from nnx.cli import limit_threads
+from nnx.training import Progress
 
 try:  # run as a script from the repository, or with examples/ on the path
     from train_mnist1d_gpu import pick_backend
@@ -60,10 +63,20 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/example-autoencoder")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS and PyTorch CPU threads (default 1, as nnx train)",
+    )
     args = p.parse_args()
-
     backend, auto_device = pick_backend(args.backend)
-    nnx.set_backend(backend, args.device or auto_device)
+    with limit_threads(args.threads, torch=backend == "torch"):
+        train(args, backend, args.device or auto_device)
+
+
+def train(args: argparse.Namespace, backend: str, device: str | None) -> None:
+    nnx.set_backend(backend, device)
     nnx.manual_seed(args.seed)
     X, _, X_test, y_test = nnx.datasets.digits(flatten=True)
     net = autoencoder()
@@ -80,7 +93,10 @@ def main() -> None:
         shuffle_test=True,
         seed=args.seed,
         monitor="loss",
-        online_plot=out / "learning_curve.png",
+        callback=None if Progress.resolve(None) else _log,
+    )
+    nnx.training.plot_history(
+        optim.history, out / "learning_curve.png", labels=("train", "validation")
     )
     test_loss, _ = optim.evaluate(X_test, X_test)
     # one test digit of each class
@@ -90,9 +106,15 @@ def main() -> None:
     nnx.save(net, out / "model.npz", metadata={"dataset": "digits", "test_bce": test_loss})
     mse = float(np.mean((nnx.to_numpy(optim.predict(X_test)) - X_test) ** 2))
     print(
-        f"backend {nnx.get_backend()}: {len(loss_train)} epochs (best {optim.best_epoch}), "
-        f"test BCE {test_loss:.2f} per image, pixel MSE {mse:.4f}; wrote {out}/"
+        f"test BCE {test_loss:.2f} per image, pixel MSE {mse:.4f}  [backend "
+        f"{nnx.get_backend()}, best epoch {optim.best_epoch} of {len(loss_train)}]  "
+        f"wrote {out}/",
+        flush=True,
     )
+
+
+def _log(r: dict) -> None:
+    print(f"epoch {r['epoch']:3d}  loss {r['loss_train']:.4f}  val_loss {r['loss_test']:.4f}")
 
 
 if __name__ == "__main__":

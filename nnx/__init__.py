@@ -86,3 +86,8 @@ __all__ = [
     "training",
     "use_backend",
 ]
+
+
+def __dir__() -> list[str]:
+    # the public API only: not the submodules imported on the way, nor ``annotations``
+    return sorted([*__all__, "__version__"])

@@ -5,8 +5,8 @@
 stopping; the best epoch is kept), then reports the accuracy on the data set's
 held-out test set, and writes to the output folder:
 
-- ``history.csv``: epoch, loss_train, loss_test, score_train, score_test (the
-  ``*_test`` columns are the validation split);
+- ``history.csv``: epoch, loss, val_loss, acc, val_acc (``val_*``: the validation
+  split, a held-out part of the training set; ``acc``: accuracy);
 - ``learning_curve.png``: loss and accuracy curves;
 - ``model.npz``: the trained network (:func:`nnx.save`), loadable with :func:`nnx.load`;
 - ``metrics.json``: the run's settings, test accuracy, times;
@@ -50,26 +50,51 @@ from .training import signals
 #: Default hyper-parameters per model (used when the option is not given).
 RECIPES: dict[str, dict[str, Any]] = {
     "cnn": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32, "patience": 10},
-    "seed_cnn": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32, "patience": 10},
+    "simple_cnn": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32, "patience": 10},
     # the MNIST-1D paper's MLP recipe (Adam 1e-2); it overfits fast: early stopping
     "mlp": {"optimizer": "adam", "lr": 1e-2, "epochs": 200, "batch_size": 64, "patience": 20},
 }
 
 
+#: The files ``nnx train`` writes into its output folder.
+CHECKPOINT = "checkpoint.npz"
+ARGS = "args.json"
+RUN_FILES = (
+    "history.csv",
+    "learning_curve.png",
+    "model.npz",
+    "metrics.json",
+    CHECKPOINT,
+    ARGS,
+)
+
+
+def _recipe_default(key: str) -> str:
+    return "the model's recipe: " + ", ".join(f"{m} {r[key]}" for m, r in RECIPES.items())
+
+
+def _model_name(name: str) -> str:
+    from . import models
+
+    return models.ALIASES.get(name, name)  # old names (seed_cnn) still accepted
+
+
 def _parser() -> argparse.ArgumentParser:
-    from . import datasets, models
+    from . import __version__, datasets, models
 
     parser = argparse.ArgumentParser(
         prog="nnx", description="Train and evaluate nnx models from the command line."
     )
+    parser.add_argument("--version", action="version", version=f"nnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
 
     t = sub.add_parser(
         "train",
         help="train a model and write history.csv, learning_curve.png, model.npz",
         description=(
-            "Train a model on a data set; report the held-out test accuracy. Unset "
-            "hyper-parameters take the model's recipe: "
+            "Train a model on a data set, holding out a validation split of the training "
+            "set for early stopping; report the accuracy on the data set's test set. "
+            "Unset hyper-parameters take the model's recipe: "
             + "; ".join(
                 f"{m}: {r['optimizer']} lr={r['lr']} epochs={r['epochs']} "
                 f"batch={r['batch_size']} patience={r['patience']}"
@@ -77,43 +102,109 @@ def _parser() -> argparse.ArgumentParser:
             )
         ),
     )
-    t.add_argument("--dataset", default="mnist1d", choices=sorted(datasets.DATASETS))
-    t.add_argument("--model", default="cnn", choices=sorted(models.MODELS))
+    t.add_argument(
+        "--dataset",
+        default="mnist1d",
+        choices=sorted(datasets.DATASETS),
+        help="data set (default mnist1d)",
+    )
+    t.add_argument(
+        "--model",
+        default="cnn",
+        type=_model_name,
+        choices=sorted(models.MODELS),
+        help="network (default cnn; seed_cnn is an old name of simple_cnn)",
+    )
     _backend_args(t)
-    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    t.add_argument("--optimizer", default=None, choices=["sgd", "momentum", "nesterov", "adam"])
-    t.add_argument("--lr", type=float, default=None, help="learning rate (eps for sgd)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="(default float32)"
+    )
+    t.add_argument(
+        "--optimizer",
+        default=None,
+        choices=["sgd", "momentum", "nesterov", "adam"],
+        help=f"(default: {_recipe_default('optimizer')})",
+    )
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"learning rate, eps for sgd (default: {_recipe_default('lr')})",
+    )
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"most epochs; early stopping may end sooner (default: {_recipe_default('epochs')})",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"(default: {_recipe_default('batch_size')})",
+    )
     t.add_argument(
         "--val-size",
         type=float,
         default=0.1,
-        help="fraction of the training set held out for early stopping (default 0.1)",
+        help="fraction of the training set held out as the validation split, which "
+        "drives early stopping (default 0.1)",
     )
     t.add_argument(
         "--patience",
         type=int,
         default=None,
-        help="early-stopping patience in epochs, 0 = off (default: the recipe's)",
+        help="stop after this many epochs without a better validation accuracy, 0 = "
+        f"never (default: {_recipe_default('patience')})",
     )
-    t.add_argument("--seed", type=int, default=0, help="initialisation and shuffle seed")
-    t.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<model>)")
+    t.add_argument(
+        "--seed", type=int, default=0, help="initialisation and shuffle seed (default 0)"
+    )
+    t.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/<dataset>-<model>, or runs/<dataset>-<model>-2, "
+        "-3... when that one already holds a run)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run files of an existing --out folder (default: refuse)",
+    )
     t.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose checkpoint is in --out (same arguments)",
     )
+    _data_cache_arg(t)
     _threads_arg(t)
     _progress_args(t)
 
     e = sub.add_parser("evaluate", help="test accuracy of a saved model")
     e.add_argument("model_path", help="a model file written by nnx train / nnx.save")
-    e.add_argument("--dataset", default=None, help="default: the one recorded in the file")
+    e.add_argument(
+        "--dataset",
+        default=None,
+        choices=sorted(datasets.DATASETS),
+        help="(default: the one recorded in the model file)",
+    )
     _backend_args(e)
-    e.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    e.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="(default float32)"
+    )
+    _data_cache_arg(e)
     _threads_arg(e)
     return parser
+
+
+def _data_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-cache",
+        default=None,
+        metavar="FOLDER|off",
+        help="where generated data sets are cached, or off (default: $NNX_DATA_CACHE if "
+        "set, else the user's cache folder, ~/.cache/nnx/datasets on Linux)",
+    )
 
 
 def _threads_arg(p: argparse.ArgumentParser) -> None:
@@ -163,7 +254,9 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
         choices=["numpy", "cupy", "torch", "array_api_strict"],
         help="array library (default numpy)",
     )
-    p.add_argument("--device", default=None, help="e.g. cuda:0 (cupy, torch)")
+    p.add_argument(
+        "--device", default=None, help="e.g. cuda:0, for cupy and torch (default: the library's)"
+    )
 
 
 def _progress_args(p: argparse.ArgumentParser) -> None:
@@ -175,8 +268,12 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="always show progress bars (default: only in a terminal)",
     )
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no bars")
-    p.add_argument("--quiet", action="store_true", help="print only the final result")
+    g.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no bars (default: off)"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only the final result (default: off)"
+    )
 
 
 def _fail(msg: str) -> int:
@@ -189,8 +286,6 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(f"--{name} must be positive, got {value}")
 
 
-CHECKPOINT = "checkpoint.npz"
-ARGS = "args.json"
 #: Arguments saved in ``args.json`` and taken back by ``--resume``.
 _RUN_ARGS = (
     "dataset", "model", "backend", "device", "dtype", "optimizer", "lr", "epochs",
@@ -237,6 +332,54 @@ def _resolve(args: argparse.Namespace, out: Path) -> None:
             setattr(args, key, saved[key])
 
 
+def epoch_line(record: dict[str, float]) -> str:
+    """The line printed after each epoch when no progress bars are shown.
+
+    >>> from nnx.cli import epoch_line
+    >>> epoch_line({"epoch": 3, "loss_train": 0.5, "loss_test": 0.6, "score_train": 0.9,
+    ...             "score_test": 0.8})
+    'epoch   3  loss 0.5000  val_loss 0.6000  acc 0.9000  val_acc 0.8000'
+    """
+    r = record
+    return (
+        f"epoch {r['epoch']:3d}  loss {r['loss_train']:.4f}  val_loss {r['loss_test']:.4f}  "
+        f"acc {r['score_train']:.4f}  val_acc {r['score_test']:.4f}"
+    )
+
+
+def _holds_run(folder: Path) -> list[str]:
+    """The run files already in ``folder`` (empty when it is new or holds none)."""
+    return [name for name in RUN_FILES if (folder / name).exists()]
+
+
+def output_folder(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """Where ``nnx train`` writes, and a note for the user when it is not the obvious one.
+
+    A run folder is never overwritten silently: an explicit ``--out`` that already holds
+    a run is refused unless ``--overwrite``; the default ``runs/<dataset>-<model>`` moves
+    on to the first free ``runs/<dataset>-<model>-2``, ``-3``...
+    """
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a folder")
+        found = _holds_run(out)
+        if found and not args.overwrite:
+            raise ValueError(
+                f"--out {out}/ already holds a run ({', '.join(found)}); pass --overwrite "
+                f"to replace those files, or choose another --out"
+            )
+        return out, None
+    base = Path("runs") / f"{args.dataset}-{args.model}"
+    if args.overwrite or not _holds_run(base):
+        return base, None
+    n = 2
+    while _holds_run(Path(f"{base}-{n}")) or Path(f"{base}-{n}").is_file():
+        n += 1
+    out = Path(f"{base}-{n}")
+    return out, f"{base}/ holds an earlier run: writing to {out}/ (--overwrite reuses {base}/)"
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``nnx train``; returns the metrics written to ``metrics.json``.
 
@@ -248,14 +391,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """
     import nnx
 
-    out = Path(args.out or f"runs/{args.dataset}-{args.model}")
     if args.resume:
+        out, note = Path(args.out or f"runs/{args.dataset}-{args.model}"), None
         _resolve(args, out)
-    elif (out / CHECKPOINT).exists():
-        raise ValueError(
-            f"{str(out)!r} holds the checkpoint of an interrupted run: pass --resume to "
-            f"continue it, or delete {str(out / CHECKPOINT)!r} (or choose another --out)"
-        )
+    else:
+        out, note = output_folder(args)
+        if (out / CHECKPOINT).exists():
+            if not args.overwrite:
+                raise ValueError(
+                    f"{str(out)!r} holds the checkpoint of an interrupted run: pass --resume "
+                    f"to continue it, or --overwrite to start over (or choose another --out)"
+                )
+            (out / CHECKPOINT).unlink()
     recipe = dict(RECIPES[args.model])
     for key in ("optimizer", "lr", "epochs", "batch_size", "patience"):
         if getattr(args, key) is not None:
@@ -269,14 +416,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if recipe["patience"] < 0:
         raise ValueError(f"--patience must be >= 0, got {recipe['patience']}")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    if note:
+        say(f"nnx train: {note}")
 
     t0 = time.perf_counter()
-    X, y, X_test, y_test = nnx.datasets.load(args.dataset)
+    X, y, X_test, y_test = nnx.datasets.load(args.dataset, cache=args.data_cache)
     t_data = time.perf_counter() - t0
     classes = int(max(y.max(), y_test.max())) + 1
+    patience = recipe["patience"] or None
     failure: FloatingPointError | None = None
     with nnx.use_backend(args.backend, args.device):
-        nnx.set_default_dtype(args.dtype)
+        nnx.set_default_dtype(args.dtype)  # this block's only (context-local)
         nnx.manual_seed(args.seed)
         net = nnx.models.build(args.model, X.shape[1], X.shape[2], classes)
         name = recipe["optimizer"]
@@ -288,22 +438,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             run_args = {k: getattr(args, k) for k in _RUN_ARGS}
             with atomic_open(out / ARGS, "w") as f:
                 f.write(json.dumps(run_args, indent=2) + "\n")
+        stopping = f"early stopping patience {patience}" if patience else "no early stopping"
         say(
             f"nnx train: {args.dataset} ({X.shape[0]} train / {X_test.shape[0]} test, "
             f"shape {X.shape[1:]}), model {args.model} ({net.num_parameters():,} "
             f"parameters), backend {args.backend}/{args.dtype}, {name} lr={recipe['lr']}, "
-            f"{recipe['epochs']} epochs of batch {recipe['batch_size']}, seed {args.seed}"
+            f"up to {recipe['epochs']} epochs of batch {recipe['batch_size']} "
+            f"({stopping}), validation split {args.val_size:g}, seed {args.seed}"
             + (f", resuming from {out / CHECKPOINT}" if args.resume else "")
         )
 
         def log(r: dict[str, float]) -> None:
-            nnx.training.write_csv(optim.history, out / "history.csv")  # kill -9 keeps it
+            # the history so far, every epoch: a run killed with -9 keeps it
+            nnx.training.write_csv(
+                optim.history, out / "history.csv", names=nnx.training.VALIDATION_NAMES
+            )
             if not bars_shown:
-                say(
-                    f"epoch {r['epoch']:3d}  loss {r['loss_train']:.4f}  "
-                    f"val_loss {r['loss_test']:.4f}  acc {r['score_train']:.4f}  "
-                    f"val_acc {r['score_test']:.4f}"
-                )
+                say(epoch_line(r))
 
         from .training import Progress
 
@@ -316,7 +467,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 recipe["batch_size"],
                 recipe["epochs"],
                 test_size=args.val_size,
-                patience=recipe["patience"] or None,
+                patience=patience,
                 shuffle_test=True,
                 seed=args.seed,
                 progress=False if args.quiet else args.progress,
@@ -331,6 +482,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss_te, _ = optim.evaluate(X_test, y_test)
     epochs_run = len(history["epoch"])
     best = optim.best_epoch if failure is None else None
+    val_acc = float(history["score_test"][best - 1]) if best else None
+    stopped_early = failure is None and not optim.interrupted and epochs_run < recipe["epochs"]
     metrics = {
         "dataset": args.dataset,
         "model": args.model,
@@ -340,18 +493,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         **recipe,
         "epochs_run": epochs_run,
+        "stopped_early": stopped_early,
         "best_epoch": best,
         "interrupted": optim.interrupted,
         "terminated": optim.terminated,
         "error": None if failure is None else str(failure),
-        "val_accuracy": float(history["score_test"][best - 1]) if best else None,
+        "val_accuracy": val_acc,
         "test_accuracy": test_acc,
         "test_loss": loss_te,
         "train_seconds": round(t_train, 3),
         "data_seconds": round(t_data, 3),
         "parameters": net.num_parameters(),
     }
-    nnx.training.write_csv(history, out / "history.csv")
+    nnx.training.write_csv(history, out / "history.csv", names=nnx.training.VALIDATION_NAMES)
     if epochs_run:
         try:
             nnx.training.plot_history(
@@ -376,24 +530,47 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"{how} after {epochs_run} finished epoch(s); continue with: nnx train --resume "
             f"--out {out}"
         )
+    if stopped_early:
+        say(
+            f"early stopping after epoch {epochs_run} of {recipe['epochs']}: no better "
+            f"validation accuracy for {patience} epochs"
+        )
+    if best is not None:
+        say(f"kept the parameters of epoch {best}, the best validation accuracy ({val_acc:.4f})")
     print(
         f"test accuracy: {test_acc:.4f} ({round(test_acc * X_test.shape[0])}/{X_test.shape[0]})"
-        f"  [best epoch {optim.best_epoch} of {metrics['epochs_run']}, "
-        f"train {t_train:.1f}s]  -> {out}/",
+        f"  [best epoch {best} of {epochs_run}, train {t_train:.1f}s]  -> {out}/",
         flush=True,
     )
     return metrics
+
+
+def _check_model_file(path: Path) -> None:
+    """Clear messages for what is not a model file, before any attempt to read it."""
+    if path.is_dir():
+        inside = path / "model.npz"
+        hint = f"; the model of a run is {inside}" if inside.is_file() else ""
+        raise ValueError(f"{path} is a folder, not a model file{hint}")
+    if path.is_file():
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # an .npz is a zip archive
+            raise ValueError(
+                f"{path} is not a model file: nnx evaluate reads the model.npz that nnx "
+                f"train writes (or a file of nnx.save), and this is not an .npz archive"
+            )
 
 
 def evaluate(args: argparse.Namespace) -> float:
     """Run ``nnx evaluate``; returns the test accuracy."""
     import nnx
 
+    _check_model_file(Path(args.model_path))
     header = nnx.serialization.read_header(args.model_path)
     dataset = args.dataset or header.get("metadata", {}).get("dataset")
     if dataset is None:
         raise ValueError("the model file records no data set; pass --dataset")
-    _, _, X_test, y_test = nnx.datasets.load(dataset)
+    _, _, X_test, y_test = nnx.datasets.load(dataset, cache=args.data_cache)
     with nnx.use_backend(args.backend, args.device):
         net = nnx.load(args.model_path, dtype=args.dtype)
         acc = nnx.Optim(net, nnx.CELogSoftmax()).score(X_test, y_test)
@@ -416,15 +593,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return 128 + int(signals.Terminated.signum)
             else:
                 evaluate(args)
-    except (ValueError, ImportError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, ImportError, RuntimeError, OSError) as exc:
         return _fail(str(exc))
     except FloatingPointError as exc:
         return _fail(f"{exc} (try a smaller --lr)")
     except TrainingFailed as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # writing the outputs
-        return _fail(f"{exc}")
     except signals.Terminated:
         return 128 + int(signals.Terminated.signum)
     except KeyboardInterrupt:

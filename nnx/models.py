@@ -5,18 +5,21 @@ Every builder takes the input ``length``, the number of input ``channels`` and o
 raw logits (train them with :class:`~nnx.CELogSoftmax`). Parameters are drawn from
 nnx's generator (:func:`nnx.manual_seed`) on the current backend and dtype.
 
-=============  =====================================================================
-``seed_cnn``   the seed library's CNN: Conv1D(3, C, 32) - MaxPool1D(2, 2) - Flatten -
-               Linear(32 P, 100) - ReLU - Linear(100, K), with
-               :math:`P = \lfloor (L - 2) / 2 \rfloor` (the seed had :math:`L = 256`,
-               hence its ``Linear(4064, 100)``)
-``cnn``        a deeper CNN: four ReLU convolutions (5, 5, 3, 3 taps; 32, 32, 64, 64
-               channels) with a max-pool after the second, then a global average pool
-               and a Linear(64, K) classifier. Global pooling makes it translation
-               invariant, which MNIST-1D rewards (96% test accuracy measured).
-``mlp``        Flatten - Linear(L C, 100) - ReLU - Linear(100, 100) - ReLU -
-               Linear(100, K), the MNIST-1D paper's MLP
-=============  =====================================================================
+==============  ====================================================================
+``simple_cnn``  the CNN of the original library (NeuralNetworksDIY): Conv1D(3, C, 32) -
+                MaxPool1D(2, 2) - Flatten - Linear(32 P, 100) - ReLU - Linear(100, K),
+                with :math:`P = \lfloor (L - 2) / 2 \rfloor` (its experiments had
+                :math:`L = 256`, hence their ``Linear(4064, 100)``)
+``cnn``         a deeper CNN: four ReLU convolutions (5, 5, 3, 3 taps; 32, 32, 64, 64
+                channels) with a max-pool after the second, then a global average pool
+                and a Linear(64, K) classifier. Global pooling makes it translation
+                invariant, which MNIST-1D rewards (96% test accuracy measured).
+``mlp``         Flatten - Linear(L C, 100) - ReLU - Linear(100, 100) - ReLU -
+                Linear(100, K), the MNIST-1D paper's MLP
+==============  ====================================================================
+
+``seed_cnn``, the name this model had before, is kept as an alias (:data:`ALIASES`):
+``build("seed_cnn", ...)`` and ``nnx.models.seed_cnn`` still work.
 
 >>> import nnx
 >>> net = nnx.models.build("cnn", length=40, channels=1, classes=10)
@@ -34,7 +37,7 @@ from .encapsulation import Sequential
 from .linear import Linear
 from .module import check_positive_int
 
-__all__ = ["MODELS", "build", "cnn", "mlp", "seed_cnn"]
+__all__ = ["ALIASES", "MODELS", "build", "cnn", "mlp", "resolve", "seed_cnn", "simple_cnn"]
 
 
 def _check(owner: str, length: int, channels: int, classes: int) -> None:
@@ -42,22 +45,23 @@ def _check(owner: str, length: int, channels: int, classes: int) -> None:
         check_positive_int(owner, arg, value)
 
 
-def seed_cnn(
+def simple_cnn(
     length: int, channels: int, classes: int, width: int = 32, hidden: int = 100
 ) -> Sequential:
-    r"""The seed library's CNN adapted to inputs of ``length`` and ``channels``.
+    r"""The CNN of the original library (NeuralNetworksDIY), for inputs of ``length``
+    and ``channels``.
 
     ``(B, L, C) -> Conv1D(3, C, width) -> (B, L-2, width) -> MaxPool1D(2, 2) ->
     (B, P, width) -> Flatten -> Linear(P width, hidden) -> ReLU -> Linear(hidden, K)``
     with :math:`P = \lfloor (L-2)/2 \rfloor`.
 
     >>> import nnx
-    >>> nnx.models.seed_cnn(256, 1, 10)[3]
+    >>> nnx.models.simple_cnn(256, 1, 10)[3]
     Linear(4064, 100, bias=True)
     """
-    _check("nnx.models.seed_cnn", length, channels, classes)
+    _check("nnx.models.simple_cnn", length, channels, classes)
     if length < 4:
-        raise ValueError(f"nnx.models.seed_cnn: length must be at least 4, got {length}")
+        raise ValueError(f"nnx.models.simple_cnn: length must be at least 4, got {length}")
     pooled = (length - 3 + 1 - 2) // 2 + 1
     return Sequential(
         Conv1D(3, channels, width),
@@ -123,13 +127,31 @@ def mlp(
     return Sequential(*layers)
 
 
-MODELS: dict[str, Callable[..., Sequential]] = {"cnn": cnn, "seed_cnn": seed_cnn, "mlp": mlp}
+#: The old name of :func:`simple_cnn`, kept for scripts that use it.
+seed_cnn = simple_cnn
+
+#: The builders by name.
+MODELS: dict[str, Callable[..., Sequential]] = {"cnn": cnn, "simple_cnn": simple_cnn, "mlp": mlp}
+
+#: Old model names, still accepted by :func:`build` and ``nnx train --model``.
+ALIASES: dict[str, str] = {"seed_cnn": "simple_cnn"}
 
 
-def build(name: str, length: int, channels: int, classes: int) -> Sequential:
-    """A model of :data:`MODELS` by name."""
+def resolve(name: str) -> str:
+    """The name in :data:`MODELS` of a model name or alias; ValueError if unknown.
+
+    >>> import nnx
+    >>> nnx.models.resolve("seed_cnn")
+    'simple_cnn'
+    """
+    name = ALIASES.get(name, name)
     if name not in MODELS:
         raise ValueError(
             f"nnx.models.build: unknown model {name!r}; choose one of {sorted(MODELS)}"
         )
-    return MODELS[name](length, channels, classes)
+    return name
+
+
+def build(name: str, length: int, channels: int, classes: int) -> Sequential:
+    """A model of :data:`MODELS` (or of :data:`ALIASES`) by name."""
+    return MODELS[resolve(name)](length, channels, classes)

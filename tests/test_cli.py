@@ -45,7 +45,8 @@ def test_train_writes_history_curve_model_and_metrics(backend, tmp_path, capsys)
     ]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    assert set(rows[0]) == {"epoch", "loss_train", "loss_test", "score_train", "score_test"}
+    # the validation names of the command line, not SGD_eval's loss_test/score_test
+    assert list(rows[0]) == ["epoch", "loss", "val_loss", "acc", "val_acc"]
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == backend and metrics["optimizer"] == "momentum"
@@ -105,6 +106,77 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, argv, text):
     assert text in capsys.readouterr().err
 
 
+def test_version_and_a_default_on_every_help_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"nnx {nnx.__version__}"
+    for command in ("train", "evaluate"):
+        parser = cli._parser()
+        sub = parser._subparsers._group_actions[0].choices[command]
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert "default" in (action.help or "").lower(), (command, action.option_strings)
+
+
+def test_evaluate_explains_folders_and_files_that_are_not_models(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    assert cli.main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a model file" in err and "Errno" not in err
+    (run / "model.npz").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive
+    assert cli.main(["evaluate", str(run)]) == 2
+    assert f"the model of a run is {run / 'model.npz'}" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run / "metrics.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a model file" in err and "pickle" not in err
+
+
+@pytest.mark.once
+def test_early_stopping_is_announced(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "60"]
+    assert cli.main([*argv, "--patience", "2", "--lr", "0.05", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_early"] and metrics["epochs_run"] < 60
+    run, best = metrics["epochs_run"], metrics["best_epoch"]
+    assert f"early stopping after epoch {run} of 60: no better validation accuracy" in stdout
+    assert f"kept the parameters of epoch {best}, the best validation accuracy" in stdout
+
+
+@pytest.mark.once
+def test_a_run_folder_is_never_overwritten_silently(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    first = (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes()
+    assert cli.main([*argv, "--seed", "1"]) == 0  # default folder taken: the next number
+    assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() == first
+    assert (tmp_path / "runs" / "digits-mlp-2" / "history.csv").exists()
+    assert cli.main(argv[:-1] + ["--seed", "2"]) == 0
+    assert "holds an earlier run: writing to runs/digits-mlp-3/" in capsys.readouterr().out
+    explicit = ["--out", "runs/digits-mlp"]
+    assert cli.main([*argv, *explicit]) == 2  # an explicit --out is refused...
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "pass --overwrite" in err
+    assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() == first
+    assert cli.main([*argv, *explicit, "--seed", "4", "--overwrite"]) == 0  # ...unless asked
+    assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() != first
+
+
+def test_run_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        out, code = _train(tmp_path, "numpy", "--quiet", "--epochs", "1")
+    finally:
+        os.umask(old)
+    assert code == 0
+    for name in ("history.csv", "learning_curve.png", "metrics.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640, name
+
+
 def test_limit_threads_restores_torch_threads():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
@@ -120,6 +192,7 @@ def test_bad_choice_is_an_argparse_error(capsys):
     assert "invalid choice: 'resnet'" in capsys.readouterr().err
 
 
+@pytest.mark.once
 def test_python_dash_m_nnx(tmp_path):
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
     help_ = subprocess.run(
@@ -173,6 +246,7 @@ def test_console_script_entry_point():
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
     out = tmp_path / "digits"
     assert (
@@ -184,6 +258,7 @@ def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
     assert np.isfinite(metrics["test_loss"])
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("script", "args", "outputs"),
     [
@@ -218,7 +293,33 @@ def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.once
+def test_example_script_matches_the_cli(tmp_path, capsys):
+    """Same recipe, seed and thread policy: the example and ``nnx train`` print the same
+    epochs and the same test accuracy; without a terminal, one line per epoch."""
+    pytest.importorskip("mnist1d")
+    common = ["--model", "mlp", "--epochs", "2", "--seed", "3"]
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    script = ROOT / "examples" / "train_mnist1d_gpu.py"
+    run = subprocess.run(
+        [sys.executable, str(script), *common, "--backend", "numpy", "--out", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert cli.main(["train", *common, "--out", str(tmp_path / "c")]) == 0
+    mine = capsys.readouterr().out.splitlines()
+    theirs = run.stdout.splitlines()
+    epochs = [line for line in mine if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs == [line for line in theirs if line.startswith("epoch ")]
+    result = next(line for line in mine if line.startswith("test accuracy: "))
+    assert theirs[-1].startswith(result.split("[")[0])  # same accuracy, same format
+
+
 @pytest.mark.slow
+@pytest.mark.once
 def test_default_main_job_reaches_93_percent_on_mnist1d(tmp_path):
     """``nnx train`` with its defaults (deeper CNN, Adam, NumPy): about 10 s here."""
     pytest.importorskip("mnist1d")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -60,6 +61,89 @@ def test_load_by_name():
         datasets.load("cifar")
 
 
+def _cache_files(folder):
+    return sorted(p.name for p in folder.glob("mnist1d-*.npz"))
+
+
+@pytest.mark.once
+def test_mnist1d_disk_cache_is_written_once_and_read_back(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    import mnist1d.data
+
+    calls = []
+    real = mnist1d.data.make_dataset
+    monkeypatch.setattr(mnist1d.data, "make_dataset", lambda a: calls.append(a) or real(a))
+    datasets._mnist1d_split.cache_clear()
+    first = datasets.mnist1d(cache=tmp_path)
+    assert len(calls) == 1 and len(_cache_files(tmp_path)) == 1
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed, not left
+    mode = (tmp_path / _cache_files(tmp_path)[0]).stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    datasets._mnist1d_split.cache_clear()  # a new process: only the disk cache is left
+    second = datasets.mnist1d(cache=tmp_path)
+    assert len(calls) == 1  # read back, not generated
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    # another generator argument is another file
+    datasets.mnist1d(seed=7, cache=tmp_path)
+    assert len(calls) == 2 and len(_cache_files(tmp_path)) == 2
+    datasets._mnist1d_split.cache_clear()
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_mnist1d_corrupt_or_missing_cache_file_is_regenerated(tmp_path, damage):
+    pytest.importorskip("mnist1d")
+    datasets._mnist1d_split.cache_clear()
+    good = datasets.mnist1d(cache=tmp_path)
+    (path,) = tmp_path.glob("mnist1d-*.npz")
+    size = path.stat().st_size
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip file" * 100)
+    else:
+        path.unlink()
+    datasets._mnist1d_split.cache_clear()
+    again = datasets.mnist1d(cache=tmp_path)
+    for a, b in zip(good, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert path.stat().st_size == size  # rewritten whole
+    datasets._mnist1d_split.cache_clear()
+
+
+def test_cache_location_argument_environment_and_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "env"))
+    assert datasets.cache_dir() == tmp_path / "env"
+    assert datasets.cache_dir(tmp_path / "arg") == tmp_path / "arg"  # the argument wins
+    assert datasets.cache_dir(False) is None
+    for off in ("off", "0", "false", "", "OFF"):
+        monkeypatch.setenv(datasets.CACHE_ENV, off)
+        assert datasets.cache_dir() is None
+        assert datasets.cache_dir(tmp_path) == tmp_path
+    monkeypatch.delenv(datasets.CACHE_ENV)
+    default = datasets.cache_dir()
+    assert default is not None and default.name == "datasets" and "nnx" in default.parts
+
+
+@pytest.mark.once
+def test_mnist1d_cache_off_and_unwritable_folder_write_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    datasets._mnist1d_split.cache_clear()
+    monkeypatch.setenv(datasets.CACHE_ENV, "off")
+    monkeypatch.chdir(tmp_path)
+    assert datasets.mnist1d()[0].shape == (4000, 40, 1)
+    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a cache "folder" below a file cannot be created
+    datasets._mnist1d_split.cache_clear()
+    assert datasets.mnist1d(cache=blocker / "cache")[0].shape == (4000, 40, 1)
+    datasets._mnist1d_split.cache_clear()
+
+
 def test_one_hot(backend):
     y = np.array([2, 0, 1, 2])
     expected = np.eye(3, dtype=np.float32)[y]
@@ -81,7 +165,8 @@ def test_one_hot(backend):
     [("mnist1d", "mnist1d", "mnist1d"), ("digits", "sklearn", "scikit-learn")],
 )
 def test_missing_optional_package_names_the_extra(monkeypatch, loader, module, package):
-    datasets._mnist1d_cached.cache_clear()
+    monkeypatch.setenv(datasets.CACHE_ENV, "off")  # generate, do not read a cached copy
+    datasets._mnist1d_split.cache_clear()
     datasets._digits_cached.cache_clear()
     for name in list(sys.modules):
         if name == module or name.startswith(module + "."):
@@ -92,7 +177,7 @@ def test_missing_optional_package_names_the_extra(monkeypatch, loader, module, p
     ):
         getattr(datasets, loader)()
     monkeypatch.undo()
-    datasets._mnist1d_cached.cache_clear()
+    datasets._mnist1d_split.cache_clear()
     datasets._digits_cached.cache_clear()
 
 

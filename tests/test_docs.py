@@ -16,6 +16,7 @@ r"""The documentation covers the public API, and every layer documents its math.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -300,3 +301,90 @@ def test_docstrings_parse_as_numpy_sections():
         "napoleon reads these lines as parameters: give the text after a 'Parameters' "
         "section its own header ('Shapes', 'Notes', 'Examples' + underline):\n" + "\n".join(bad)
     )
+
+
+# -- offline math: the built HTML loads nothing from the network ------------------------
+
+HTML_BUILD_ENV = "NNX_DOCS_HTML"  # set by `nox -s docs` to the folder it just built
+
+
+class _Resources(__import__("html.parser").parser.HTMLParser):
+    """Collects what a page makes the browser load: scripts, stylesheets, images..."""
+
+    LOADED = {"script": "src", "img": "src", "iframe": "src", "source": "src", "embed": "src"}
+    LINK_RELS = {"stylesheet", "preload", "modulepreload", "icon", "prefetch", "manifest"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in self.LOADED and attrs.get(self.LOADED[tag]):
+            self.urls.append(attrs[self.LOADED[tag]])
+        elif tag == "link" and set((attrs.get("rel") or "").split()) & self.LINK_RELS:
+            self.urls.append(attrs.get("href") or "")
+
+
+def external_resources(html_dir: Path) -> dict[str, list[str]]:
+    """Pages of a built HTML folder -> the network URLs they load (none expected)."""
+    found = {}
+    for page in sorted(html_dir.rglob("*.html")):
+        parser = _Resources()
+        parser.feed(page.read_text(encoding="utf-8"))
+        remote = [u for u in parser.urls if re.match(r"^([a-z][a-z0-9+.-]*:)?//", u, re.I)]
+        if remote:
+            found[str(page.relative_to(html_dir))] = remote
+    return found
+
+
+def _check_offline_math(html_dir: Path, math_page: str) -> None:
+    assert external_resources(html_dir) == {}
+    page = (html_dir / math_page).read_text(encoding="utf-8")
+    scripts = re.findall(r'<script[^>]*src="([^"?]*mathjax[^"?]*)', page, re.I)
+    assert scripts, f"{math_page} loads no MathJax script"
+    for src in scripts:
+        assert (html_dir / math_page).parent.joinpath(src).is_file(), src
+    # MathJax loads its TeX extensions (textmacros) relative to its own script
+    extension = html_dir / "_static" / "mathjax" / "input" / "tex" / "extensions"
+    assert (extension / "textmacros.js").is_file()
+
+
+def test_external_resources_finds_a_cdn_script(tmp_path):
+    (tmp_path / "a.html").write_text(
+        '<script src="https://cdn.example/mathjax/tex-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example/x.css"><script src="_static/x.js">'
+        '<a href="https://example.org">a link is not loaded</a>'
+    )
+    assert external_resources(tmp_path) == {
+        "a.html": ["https://cdn.example/mathjax/tex-chtml.js", "//fonts.example/x.css"]
+    }
+
+
+def test_docs_conf_serves_mathjax_from_the_build(tmp_path):
+    """A one-page project with the docs' math extensions: MathJax is copied, not linked."""
+    pytest.importorskip("sphinx-mathjax-offline", reason="the docs extra is not installed")
+    from sphinx.cmd.build import build_main
+
+    assert '"sphinx-mathjax-offline"' in (DOCS / "conf.py").read_text()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "conf.py").write_text(
+        'extensions = ["sphinx.ext.mathjax", "sphinx-mathjax-offline"]\n'
+        'mathjax3_config = {"loader": {"load": ["[tex]/textmacros"]}}\n'
+    )
+    (src / "index.rst").write_text("Page\n====\n\n.. math:: \\partial L / \\partial x\n")
+    out = tmp_path / "html"
+    assert build_main(["-q", "-W", "-b", "html", str(src), str(out)]) == 0
+    _check_offline_math(out, "index.html")
+
+
+def test_built_docs_load_nothing_from_the_network():
+    """The HTML that ``nox -s docs`` built (it sets NNX_DOCS_HTML): every page, every
+    script, stylesheet and image is local; MathJax is in ``_static``."""
+    folder = os.environ.get(HTML_BUILD_ENV)
+    if not folder:
+        pytest.skip(f"{HTML_BUILD_ENV} is not set: the docs session sets it after building")
+    html_dir = Path(folder)
+    assert (html_dir / "index.html").is_file(), f"no built documentation in {html_dir}"
+    _check_offline_math(html_dir, "api.html")

@@ -1,6 +1,7 @@
 """A first end-to-end check on every backend: the seed CNN takes a training step."""
 
 import numpy as np
+import pytest
 
 import nnx
 
@@ -22,3 +23,22 @@ def test_seed_cnn_step(backend, rng):
         last = float(np.mean(nnx.to_numpy(opt.step(X, y))))
     assert np.isfinite(first) and last < first
     assert nnx.backends.backend_of(net[0]._parameters["weight"]).name == backend
+
+
+def test_dir_nnx_shows_only_public_names():
+    import nnx
+
+    assert set(dir(nnx)) == {*nnx.__all__, "__version__"}
+    assert "annotations" not in dir(nnx)
+
+
+def test_old_model_name_is_an_alias():
+    import nnx
+
+    assert nnx.models.resolve("seed_cnn") == "simple_cnn"
+    assert nnx.models.seed_cnn is nnx.models.simple_cnn
+    assert repr(nnx.models.build("seed_cnn", 40, 1, 10)) == repr(
+        nnx.models.build("simple_cnn", 40, 1, 10)
+    )
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        nnx.models.build("resnet", 40, 1, 10)

@@ -236,6 +236,9 @@ def test_progress_silent_when_not_interactive_or_asked(backend, rng, capsys):
     opt.SGD_eval(X, y, 5, 2, 0.2, progress=True)
     err = capsys.readouterr().err
     assert "epochs: 100%" in err and "2/2" in err
+    # the held-out split is "validation" on the bar, as on the command line
+    assert "val_loss=" in err and "val_acc=" in err and "acc=" in err
+    assert "test" not in err
 
 
 # -- SGD_eval ------------------------------------------------------------------------

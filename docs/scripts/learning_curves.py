@@ -47,8 +47,8 @@ def main() -> None:
     title = (
         "MLP 64-64-10, 8x8 digits, eps=1e-3: "
         "SGD_eval(batch_size=32, test_size=0.2, patience=10)\n"
-        f"kept epoch {optim.best_epoch} (best test score); accuracy on the held-out "
-        f"digits: {accuracy:.3f}"
+        f"kept epoch {optim.best_epoch} (best validation accuracy); test accuracy "
+        f"(the data set's test digits): {accuracy:.3f}"
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     nnx.training.plot_history(history, OUT, title=title)

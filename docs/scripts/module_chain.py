@@ -1,7 +1,7 @@
 """Figure: a Sequential as a chain of modules, forward (top) and backward (bottom).
 
 Writes docs/_generated/module_chain.png. The chain drawn is the one the diagram's
-caption describes (the seed CNN); its shapes are computed by running nnx on a batch, so
+caption describes (the simple CNN of the original library); its shapes are computed by running nnx on a batch, so
 the figure cannot drift from the code.
 """
 

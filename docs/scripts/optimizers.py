@@ -1,6 +1,6 @@
 """Figure: plain updates, Momentum and Adam on the same network and data.
 
-Writes docs/_generated/optimizers.png: test accuracy and training loss per epoch of
+Writes docs/_generated/optimizers.png: validation accuracy and training loss per epoch of
 one MLP on the 8x8 digits (same initial weights, same batches) trained with
 ``Optim(eps=...)`` (plain gradient steps) and with ``nnx.optimizers.Momentum`` and
 ``nnx.optimizers.Adam``. A few seconds on a CPU.
@@ -56,10 +56,10 @@ def main() -> None:
         )
         ax_loss.plot(h["epoch"], h["loss_train"], marker=".", label=label)
         ax_acc.plot(h["epoch"], h["score_test"], marker=".", label=label)
-        print(f"{label:34s} final test accuracy {h['score_test'].iloc[-1]:.3f}")
+        print(f"{label:34s} final validation accuracy {h['score_test'].iloc[-1]:.3f}")
     ax_loss.set_ylabel("training loss (mean per sample)")
     ax_loss.set_yscale("log")
-    ax_acc.set_ylabel("test accuracy (SGD_eval split)")
+    ax_acc.set_ylabel("validation accuracy (SGD_eval split)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -1,7 +1,7 @@
 """Training: :class:`Optim` and its parts, one job per module.
 
 ================================  ====================================================
-:mod:`nnx.training.optim`         :class:`Optim`, the facade (the seed's API)
+:mod:`nnx.training.optim`         :class:`Optim`, the facade (the original library's API)
 :mod:`nnx.training.data`          data placement: host data to the network's backend
 :mod:`nnx.training.step`          one step (forward, loss, one read, backward, update)
 :mod:`nnx.training.loop`          the epoch loop: history, observers, Ctrl-C rollback
@@ -16,13 +16,21 @@ Optional dependencies (tqdm, matplotlib, pandas, IPython) are imported only wher
 from __future__ import annotations
 
 from .callbacks import EarlyStopping
-from .history import HISTORY_COLUMNS, LivePlot, history_frame, plot_history, write_csv
+from .history import (
+    HISTORY_COLUMNS,
+    VALIDATION_NAMES,
+    LivePlot,
+    history_frame,
+    plot_history,
+    write_csv,
+)
 from .optim import Optim
 from .progress import TRAIN_EXTRA, Progress, in_notebook, missing
 
 __all__ = [
     "HISTORY_COLUMNS",
     "TRAIN_EXTRA",
+    "VALIDATION_NAMES",
     "EarlyStopping",
     "LivePlot",
     "Optim",

@@ -17,10 +17,30 @@ from ..atomic import atomic_open
 from . import progress
 from .progress import missing
 
-__all__ = ["HISTORY_COLUMNS", "LivePlot", "history_frame", "plot_history", "write_csv"]
+__all__ = [
+    "HISTORY_COLUMNS",
+    "VALIDATION_NAMES",
+    "LivePlot",
+    "history_frame",
+    "plot_history",
+    "write_csv",
+]
 
-#: Columns of a training history, in order.
+#: Columns of a training history, in order: the names of the original library
+#: (NeuralNetworksDIY), kept by :meth:`~nnx.Optim.SGD_eval` and its DataFrame. There the
+#: ``*_test`` columns are measured on the held-out *validation split* of the training
+#: data, not on a data set's test set.
 HISTORY_COLUMNS = ("epoch", "loss_train", "loss_test", "score_train", "score_test")
+
+#: The same columns under the names the command line, the progress bars and
+#: ``nnx train``'s ``history.csv`` use (``acc``: accuracy).
+VALIDATION_NAMES = {
+    "epoch": "epoch",
+    "loss_train": "loss",
+    "loss_test": "val_loss",
+    "score_train": "acc",
+    "score_test": "val_acc",
+}
 
 
 def history_frame(history: Mapping[str, Sequence[float]]) -> Any:
@@ -32,8 +52,16 @@ def history_frame(history: Mapping[str, Sequence[float]]) -> Any:
     return pd.DataFrame({c: np.asarray(history[c]) for c in HISTORY_COLUMNS})
 
 
-def write_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike[str]) -> Path:
-    """Write the history to a CSV file (standard library only); returns the path."""
+def write_csv(
+    history: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    names: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the history to a CSV file (standard library only); returns the path.
+
+    ``names`` renames the header's columns, e.g. :data:`VALIDATION_NAMES` (``nnx train``
+    does) for ``epoch,loss,val_loss,acc,val_acc``.
+    """
     import csv
 
     path = Path(path)
@@ -41,7 +69,7 @@ def write_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike[st
     rows = zip(*(history[c] for c in cols), strict=True)
     with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols)
+        w.writerow([(names or {}).get(c, c) for c in cols])
         for row in rows:
             w.writerow(
                 [int(v) if c == "epoch" else repr(float(v)) for c, v in zip(cols, row, strict=True)]
@@ -52,7 +80,7 @@ def write_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike[st
 def _figure(
     history: Mapping[str, Sequence[float]],
     title: str | None = None,
-    labels: tuple[str, str] = ("train", "test"),
+    labels: tuple[str, str] = ("train", "validation"),
 ) -> Any:
     try:
         from matplotlib.figure import Figure
@@ -83,13 +111,14 @@ def plot_history(
     history: Any,
     path: str | os.PathLike[str] | None = None,
     title: str | None = None,
-    labels: tuple[str, str] = ("train", "test"),
+    labels: tuple[str, str] = ("train", "validation"),
 ) -> Any:
-    """Learning curves (loss and accuracy, train and test) of a training history.
+    """Learning curves (loss and accuracy, training and validation) of a training history.
 
     ``history`` is a mapping or DataFrame with :data:`HISTORY_COLUMNS`. With ``path``,
     the figure is written there as a PNG (atomically: a viewer never sees half a file).
-    ``labels`` name the two splits in the legends.
+    ``labels`` name the two splits in the legends (the ``*_test`` columns of
+    :meth:`~nnx.Optim.SGD_eval` are its validation split).
     Returns the matplotlib ``Figure`` (no pyplot state is touched).
 
     >>> import nnx, tempfile, os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -82,7 +83,13 @@ def run_epochs(
 
 
 def _postfix(record: dict[str, float]) -> dict[str, float]:
+    """What the epochs bar shows, under the names of the command line: the held-out split
+    of ``SGD_eval`` (its ``*_test`` columns) is the validation split, ``val_*``."""
     shown = {"loss": record["loss_train"]}
+    if math.isfinite(record.get("score_train", math.nan)):
+        shown["acc"] = record["score_train"]
     if "loss_test" in record:
-        shown.update(test_loss=record["loss_test"], test_score=record["score_test"])
+        shown["val_loss"] = record["loss_test"]
+        if math.isfinite(record.get("score_test", math.nan)):
+            shown["val_acc"] = record["score_test"]
     return shown

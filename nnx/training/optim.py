@@ -1,4 +1,4 @@
-"""The :class:`Optim` facade: the seed's training API, assembled from the parts of
+"""The :class:`Optim` facade: the original library's training API, assembled from the parts of
 :mod:`nnx.training` (data placement, step, epoch loop, early stopping, bars, history)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Optim:
     the per-sample losses. The gradient is that of the *sum* of the per-sample losses
     :math:`L = \sum_i \ell_i` (the :class:`~nnx.Loss` contract), so the plain update
     :math:`w \leftarrow w - \epsilon \nabla_w L` scales with the batch size, as in the
-    seed library. With an ``optimizer`` (:mod:`nnx.optimizers`), ``optimizer.step``
+    original library (NeuralNetworksDIY). With an ``optimizer`` (:mod:`nnx.optimizers`), ``optimizer.step``
     replaces ``network.update_parameters(eps)``.
 
     The loops :meth:`SGD` and :meth:`SGD_eval`:
@@ -391,15 +391,20 @@ class Optim:
     ) -> Any:
         """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
 
+        Words: the arguments and columns keep the original library's names
+        (NeuralNetworksDIY), in which "test" is the part held out of ``(X, y)``: what
+        the rest of nnx (bars, command line, ``history.csv``) calls the *validation
+        split*, ``val_loss`` and ``val_acc``; a data set's own test set is not involved.
+
         The last ``test_size`` part of the data (a fraction in (0, 1) or a count) is the
-        test set; with ``shuffle_test`` the split is drawn at random from
+        validation split; with ``shuffle_test`` the split is drawn at random from
         ``default_rng(seed)`` instead. The split is kept on the Optim as
         :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`.
 
         Every epoch trains on the training part (a new shuffle per epoch when
         ``shuffle_train``), then records ``loss_train``/``score_train`` (mean loss and
         accuracy over the epoch's batches, measured during the epoch, as Keras does)
-        and ``loss_test``/``score_test`` (a full pass over the test set).
+        and ``loss_test``/``score_test`` (a full pass over the validation split).
 
         Early stopping: when the monitored test quantity (``monitor="score"``: highest
         ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for

@@ -1,0 +1,68 @@
+"""The repository's own promises: the README's commands, CI, nox's environments."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    install, nox = _readme_commands()[1].split(" && ")
+    assert install == 'pip install "nox[uv]"' and nox == "nox"
+    script = (ROOT / ".ci" / "run").read_text()
+    steps = [line for line in script.splitlines() if line.startswith('"$PYTHON"')]
+    assert steps == ['"$PYTHON" -m pip install -q "nox[uv]"', '"$PYTHON" -m nox "$@"']
+
+
+@functools.cache
+def _load_noxfile():
+    spec = importlib.util.spec_from_file_location("nnx_noxfile", ROOT / "noxfile.py")
+    module = importlib.util.module_from_spec(spec)
+    saved = dict(os.environ)
+    try:
+        spec.loader.exec_module(module)  # sets UV_* variables: undone below
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return module
+
+
+def _noxfile(monkeypatch):
+    pytest.importorskip("nox")
+    return _load_noxfile()
+
+
+def test_nox_builds_environments_with_uv(monkeypatch):
+    noxfile = _noxfile(monkeypatch)
+    assert noxfile.nox.options.default_venv_backend.split("|")[0] == "uv"
+    assert noxfile.nox.options.reuse_venv == "yes"
+
+
+def test_pip_index_settings_are_handed_to_uv(monkeypatch, tmp_path):
+    noxfile = _noxfile(monkeypatch)
+    monkeypatch.setattr(os, "environ", {"PATH": os.environ.get("PATH", "")})
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no config files, only variables
+    monkeypatch.setenv("PIP_FIND_LINKS", f"{tmp_path}/a {tmp_path}/b")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///x/simple")
+    monkeypatch.setattr(noxfile.sys, "executable", sys.executable)
+    noxfile._hand_pip_settings_to_uv()
+    assert os.environ["UV_FIND_LINKS"] == f"{tmp_path}/a,{tmp_path}/b"
+    assert os.environ["UV_EXTRA_INDEX_URL"] == "file:///x/simple"
+    assert os.environ["UV_INDEX_STRATEGY"] == "unsafe-best-match"
+    # settings the user gave uv are left alone
+    monkeypatch.setattr(os, "environ", {"UV_FIND_LINKS": "mine", "PIP_FIND_LINKS": "/p"})
+    noxfile._hand_pip_settings_to_uv()
+    assert os.environ == {"UV_FIND_LINKS": "mine", "PIP_FIND_LINKS": "/p"}
