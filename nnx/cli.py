@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted run whose checkpoint is in --out (same arguments)",
+        help="continue the interrupted run whose checkpoint is in --out, with its arguments "
+        "(default: start a new run)",
     )
     _data_cache_arg(t)
     _threads_arg(t)
@@ -395,13 +396,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         out, note = Path(args.out or f"runs/{args.dataset}-{args.model}"), None
         _resolve(args, out)
     else:
+        leftover = args.out is not None and (Path(args.out) / CHECKPOINT).exists()
+        if leftover and not args.overwrite:
+            raise ValueError(
+                f"{args.out!r} holds the checkpoint of an interrupted run: pass --resume "
+                f"to continue it, or --overwrite to start over (or choose another --out)"
+            )
         out, note = output_folder(args)
-        if (out / CHECKPOINT).exists():
-            if not args.overwrite:
-                raise ValueError(
-                    f"{str(out)!r} holds the checkpoint of an interrupted run: pass --resume "
-                    f"to continue it, or --overwrite to start over (or choose another --out)"
-                )
+        if (out / CHECKPOINT).exists():  # --overwrite: start over, not from the checkpoint
             (out / CHECKPOINT).unlink()
     recipe = dict(RECIPES[args.model])
     for key in ("optimizer", "lr", "epochs", "batch_size", "patience"):
