@@ -504,8 +504,12 @@ class Env:
 
 
 def _git_commit() -> str | None:
-    """The commit of the nnx checkout being measured (``+dirty`` with local changes)."""
+    """The commit of the nnx checkout being measured (``+dirty`` with local changes);
+    ``NNX_COMMIT`` names it for a copy of the tree without its git history."""
     import subprocess
+
+    if os.environ.get("NNX_COMMIT"):
+        return os.environ["NNX_COMMIT"]
 
     try:
         run = lambda *cmd: subprocess.run(  # noqa: E731

@@ -83,7 +83,7 @@ def train(args: argparse.Namespace, backend: str, device: str | None) -> None:
     optim = nnx.Optim(net, nnx.BCELoss(), optimizer=nnx.optimizers.Adam(lr=args.lr))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loss_train, loss_val, _, _ = optim.SGD_eval(
+    loss_train, _, loss_val, _ = optim.SGD_eval(
         X,
         X,
         args.batch_size,
@@ -93,6 +93,7 @@ def train(args: argparse.Namespace, backend: str, device: str | None) -> None:
         shuffle_test=True,
         seed=args.seed,
         monitor="loss",
+        restore_best=True,
         callback=None if Progress.resolve(None) else _log,
     )
     nnx.training.plot_history(

@@ -104,6 +104,7 @@ def main() -> None:
             patience=recipe["patience"],
             shuffle_test=True,
             seed=args.seed,
+            restore_best=True,
             callback=None if bars else lambda r: print(epoch_line(r), flush=True),
         )
         seconds = time.perf_counter() - t0

@@ -36,7 +36,7 @@ from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
 from .convolution2d import AvgPool2D, Conv2D, MaxPool2D
 from .encapsulation import Optim, Sequential
 from .linear import Linear
-from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss
+from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Loss, Module
 from .serialization import load, save
 
@@ -58,6 +58,7 @@ __all__ = [
     "MSELoss",
     "MaxPool1D",
     "MaxPool2D",
+    "NLLLoss",
     "Module",
     "Optim",
     "ReLU",

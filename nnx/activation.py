@@ -41,7 +41,7 @@ class Activation(Module):
         if not (
             type(delta) is type(input) and delta.dtype == input.dtype and delta.shape == input.shape
         ):
-            self._check_input(delta, tuple(input.shape), "delta", like=input)
+            delta = self._check_input(delta, tuple(input.shape), "delta", like=input)
         xp = namespace(input)
         out = self._cache if cached else self._forward(xp, input)
         return self._backward(xp, input, out, delta)
@@ -270,7 +270,8 @@ class LogSoftmax(Activation):
         \frac{\partial L}{\partial x} = \delta - e^{z} \sum_j \delta_j
 
     (since :math:`\partial z_i / \partial x_j = \mathbb{1}[i=j] - \text{softmax}(x)_j`).
-    Use with :class:`~nnx.CrossEntropyLoss`.
+    Use with :class:`~nnx.NLLLoss` (or :class:`~nnx.CrossEntropyLoss`, which takes raw
+    scores and gives the same result after a LogSoftmax).
 
     Shape: ``(batch, K)`` (or any ``(..., K)``); the output has the input's shape.
 

@@ -472,6 +472,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 patience=patience,
                 shuffle_test=True,
                 seed=args.seed,
+                restore_best=True,
                 progress=False if args.quiet else args.progress,
                 callback=log,
                 checkpoint=out / CHECKPOINT,

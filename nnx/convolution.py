@@ -136,8 +136,9 @@ class _Windowed(Module):
         ((lo, hi),) = self.pads
         return (length + lo + hi - self.k_size) // self.stride + 1
 
-    def _check_x(self, X: Array, chan: Any, like: Array = None) -> int:
-        self._check_input(X, ("batch", "length", chan), like=like)
+    def _check_x(self, X: Array, chan: Any, like: Array = None) -> tuple[Array, int]:
+        """``(X, out_length)``: ``X`` checked, cast to ``like``'s float dtype if needed."""
+        X = self._check_input(X, ("batch", "length", chan), like=like)
         ((lo, hi),) = self.pads
         if X.shape[1] + lo + hi < self.k_size:
             padded = f" padded to {X.shape[1] + lo + hi}" if lo or hi else ""
@@ -145,14 +146,17 @@ class _Windowed(Module):
                 f"{self.name}: input length {X.shape[1]}{padded} is shorter than k_size "
                 f"{self.k_size} (input shape {tuple(X.shape)})"
             )
-        return self.out_length(X.shape[1])
+        return X, self.out_length(X.shape[1])
 
-    def _check_delta(self, input: Array, delta: Array, chan_out: int | None = None) -> int:
-        """Check ``delta`` against the output shape for ``input`` (already checked)."""
+    def _check_delta(
+        self, input: Array, delta: Array, chan_out: int | None = None
+    ) -> tuple[Array, int]:
+        """``(delta, out_length)``: ``delta`` checked against the output shape for
+        ``input`` (already checked), cast to ``input``'s float dtype if needed."""
         out_length = self.out_length(input.shape[1])
         chan = input.shape[2] if chan_out is None else chan_out
-        self._check_input(delta, (input.shape[0], out_length, chan), "delta", like=input)
-        return out_length
+        delta = self._check_input(delta, (input.shape[0], out_length, chan), "delta", like=input)
+        return delta, out_length
 
 
 class Conv1D(_Windowed):
@@ -283,26 +287,30 @@ class Conv1D(_Windowed):
 
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
-        out_length = self._check_x(X, self.chan_in, like=W)
+        key = X
+        X, out_length = self._check_x(X, self.chan_in, like=W)
         xp = namespace(X)
         cols = self._cols(xp, X, out_length)
         out = xp.matmul(cols, xp.reshape(W, (self.k_size * self.chan_in, self.chan_out)))
         if self.bias:
             out += self._parameters["bias"]
-        self._cache_key, self._cache = X, cols
+        # the backward pass on this very input reuses the checked windows (not if cast)
+        self._cache_key, self._cache = (key if key is X else None), cols
         return xp.reshape(out, (X.shape[0], out_length, self.chan_out))
 
-    def _check_backward(self, input: Array, delta: Array) -> int:
-        """Check ``input`` (unless the last forward checked it) and ``delta``."""
-        if input is not self._cache_key:
-            self._check_x(input, self.chan_in, like=self._parameters["weight"])
-        return self._check_delta(input, delta, self.chan_out)
+    def _check_backward(self, input: Array, delta: Array) -> tuple[Array, Array, int, bool]:
+        """``(input, delta, out_length, cached)``: ``input`` checked unless the last
+        forward checked it (``cached``), ``delta`` checked; both cast to W's dtype."""
+        cached = input is self._cache_key
+        if not cached:
+            input, _ = self._check_x(input, self.chan_in, like=self._parameters["weight"])
+        delta, out_length = self._check_delta(input, delta, self.chan_out)
+        return input, delta, out_length, cached
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
-        out_length = self._check_backward(input, delta)
+        input, delta, out_length, cached = self._check_backward(input, delta)
         xp = namespace(input)
         batch = input.shape[0]
-        cached = self._cache_key is input
         cols = self._cache if cached else self._cols(xp, input, out_length)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
         grad = xp.matmul(mT(cols), d2)
@@ -313,7 +321,7 @@ class Conv1D(_Windowed):
             self.accumulate_gradient("bias", xp.sum(d2, axis=0))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        out_length = self._check_backward(input, delta)
+        input, delta, out_length, _ = self._check_backward(input, delta)
         W = self._parameters["weight"]
         xp = namespace(input)
         batch, K, s, C = input.shape[0], self.k_size, self.stride, self.chan_in
@@ -377,7 +385,7 @@ class MaxPool1D(_Windowed):
         return {"k_size": self.k_size, "stride": self.stride}
 
     def forward(self, X: Array) -> Array:
-        out_length = self._check_x(X, None)
+        _, out_length = self._check_x(X, None)
         xp = namespace(X)
         out = X[:, _tap(0, self.stride, out_length), :]
         for k in range(1, self.k_size):
@@ -387,7 +395,7 @@ class MaxPool1D(_Windowed):
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_x(input, None)
-        out_length = self._check_delta(input, delta)
+        delta, out_length = self._check_delta(input, delta)
         xp = namespace(input)
         out = self._cache if self._cache_key is input else self.forward(input)
         K, s = self.k_size, self.stride
@@ -448,7 +456,7 @@ class AvgPool1D(_Windowed):
         return {"k_size": self.k_size, "stride": self.stride}
 
     def forward(self, X: Array) -> Array:
-        out_length = self._check_x(X, None)
+        _, out_length = self._check_x(X, None)
         out = X[:, _tap(0, self.stride, out_length), :]
         for k in range(1, self.k_size):
             out = out + X[:, _tap(k, self.stride, out_length), :]
@@ -456,7 +464,7 @@ class AvgPool1D(_Windowed):
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_x(input, None)
-        out_length = self._check_delta(input, delta)
+        delta, out_length = self._check_delta(input, delta)
         xp = namespace(input)
         share = delta / self.k_size
         dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
@@ -503,5 +511,5 @@ class Flatten(Module):
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         width = self._width(input)
-        self._check_input(delta, (input.shape[0], width), "delta", like=input)
+        delta = self._check_input(delta, (input.shape[0], width), "delta", like=input)
         return namespace(input).reshape(delta, tuple(input.shape))

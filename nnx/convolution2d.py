@@ -78,8 +78,9 @@ class _Windowed2D(Module):
         (kh, kw), (sh, sw) = self.k_size, self.stride
         return (h - kh) // sh + 1, (w - kw) // sw + 1
 
-    def _check_x(self, X: Array, chan: Any, like: Array = None) -> tuple[int, int]:
-        self._check_input(X, ("batch", "height", "width", chan), like=like)
+    def _check_x(self, X: Array, chan: Any, like: Array = None) -> tuple[Array, tuple[int, int]]:
+        """``(X, (out_h, out_w))``: ``X`` checked, cast to ``like``'s float dtype if needed."""
+        X = self._check_input(X, ("batch", "height", "width", chan), like=like)
         _, h, w, _ = self.padded_shape(tuple(X.shape))
         if h < self.k_size[0] or w < self.k_size[1]:
             padded = f" ({h}x{w} padded)" if any(a or b for a, b in self.pads) else ""
@@ -87,16 +88,17 @@ class _Windowed2D(Module):
                 f"{self.name}: the kernel {self.k_size[0]}x{self.k_size[1]} is larger than "
                 f"the input {X.shape[1]}x{X.shape[2]}{padded} (input shape {tuple(X.shape)})"
             )
-        return self.out_shape(X.shape[1], X.shape[2])
+        return X, self.out_shape(X.shape[1], X.shape[2])
 
     def _check_delta(
         self, input: Array, delta: Array, chan_out: int | None = None
-    ) -> tuple[int, int]:
-        """Check ``delta`` against the output shape for ``input`` (already checked)."""
+    ) -> tuple[Array, tuple[int, int]]:
+        """``(delta, (out_h, out_w))``: ``delta`` checked against the output shape for
+        ``input`` (already checked), cast to ``input``'s float dtype if needed."""
         oh, ow = self.out_shape(input.shape[1], input.shape[2])
         chan = input.shape[3] if chan_out is None else chan_out
-        self._check_input(delta, (input.shape[0], oh, ow, chan), "delta", like=input)
-        return oh, ow
+        delta = self._check_input(delta, (input.shape[0], oh, ow, chan), "delta", like=input)
+        return delta, (oh, ow)
 
     def _interleave(self, xp: Any, taps: Array, input: Array, out: tuple[int, int]) -> Array:
         """Gradient of the padded input from ``taps`` ``(B, P, Q, k_h, k_w, C)`` when
@@ -253,25 +255,32 @@ class Conv2D(_Windowed2D):
 
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
-        out = self._check_x(X, self.chan_in, like=W)
+        given = X
+        X, out = self._check_x(X, self.chan_in, like=W)
         xp = namespace(X)
         cols = self._cols(xp, X, out)
         Z = xp.matmul(cols, self._weight_matrix(xp))
         if self.bias:
             Z += self._parameters["bias"]
-        self._cache_key, self._cache = X, cols
+        # the backward pass on this very input reuses the checked windows (not if cast)
+        self._cache_key, self._cache = (given if given is X else None), cols
         return xp.reshape(Z, (X.shape[0], out[0], out[1], self.chan_out))
 
-    def _check_backward(self, input: Array, delta: Array) -> tuple[int, int]:
-        """Check ``input`` (unless the last forward checked it) and ``delta``."""
-        if input is not self._cache_key:
-            self._check_x(input, self.chan_in, like=self._parameters["weight"])
-        return self._check_delta(input, delta, self.chan_out)
+    def _check_backward(
+        self, input: Array, delta: Array
+    ) -> tuple[Array, Array, tuple[int, int], bool]:
+        """``(input, delta, (out_h, out_w), cached)``: ``input`` checked unless the last
+        forward checked it (``cached``), ``delta`` checked; both cast to W's dtype."""
+        cached = input is self._cache_key
+        if not cached:
+            input, _ = self._check_x(input, self.chan_in, like=self._parameters["weight"])
+        delta, out = self._check_delta(input, delta, self.chan_out)
+        return input, delta, out, cached
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
-        out = self._check_backward(input, delta)
+        input, delta, out, cached = self._check_backward(input, delta)
         xp = namespace(input)
-        cols = self._cache if self._cache_key is input else self._cols(xp, input, out)
+        cols = self._cache if cached else self._cols(xp, input, out)
         d2 = xp.reshape(delta, (input.shape[0] * out[0] * out[1], self.chan_out))
         grad = xp.matmul(mT(cols), d2)  # Vᵀ δ
         self.accumulate_gradient(
@@ -281,7 +290,7 @@ class Conv2D(_Windowed2D):
             self.accumulate_gradient("bias", xp.sum(d2, axis=0))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        out = self._check_backward(input, delta)
+        input, delta, out, _ = self._check_backward(input, delta)
         xp = namespace(input)
         (kh, kw), C, D = self.k_size, self.chan_in, self.chan_out
         batch = input.shape[0]
@@ -355,7 +364,7 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, X: Array) -> Array:
-        out = self._check_x(X, None)
+        _, out = self._check_x(X, None)
         xp = namespace(X)
         taps = _taps(self.k_size, self.stride, out)
         Z = X[taps[0]]
@@ -365,8 +374,8 @@ class MaxPool2D(_Pool2D):
         return Z
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        out = self._check_x(input, None)
-        self._check_delta(input, delta)
+        _, out = self._check_x(input, None)
+        delta, _ = self._check_delta(input, delta)
         xp = namespace(input)
         Z = self._cache if self._cache_key is input else self.forward(input)
         taps = _taps(self.k_size, self.stride, out)
@@ -409,7 +418,7 @@ class AvgPool2D(_Pool2D):
     """
 
     def forward(self, X: Array) -> Array:
-        out = self._check_x(X, None)
+        _, out = self._check_x(X, None)
         taps = _taps(self.k_size, self.stride, out)
         Z = X[taps[0]]
         for index in taps[1:]:
@@ -417,8 +426,8 @@ class AvgPool2D(_Pool2D):
         return Z / (self.k_size[0] * self.k_size[1])
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        out = self._check_x(input, None)
-        self._check_delta(input, delta)
+        _, out = self._check_x(input, None)
+        delta, _ = self._check_delta(input, delta)
         xp = namespace(input)
         share = delta / (self.k_size[0] * self.k_size[1])
         return _scatter(self, xp, [share] * (self.k_size[0] * self.k_size[1]), input, out)

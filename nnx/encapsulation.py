@@ -75,7 +75,8 @@ class Sequential(Module):
         return self
 
     def reset(self) -> Sequential:
-        """Restore every module's parameters to their values when it was added."""
+        """Restore every module's parameters to their values when it was added; returns
+        the network (``Optim(net.reset(), loss)``, as in the seed)."""
         for module, initial in zip(self._modules, self._initial, strict=True):
             module.load_state_dict(initial)
         self._inputs = None
@@ -83,6 +84,23 @@ class Sequential(Module):
 
     def children(self) -> list[Module]:
         return list(self._modules)
+
+    @property
+    def modules(self) -> list[Module]:
+        """The list of this network's modules, in order, as in the seed library
+        (``net.modules[0]``, ``len(net.modules)``, ``for m in net.modules``).
+
+        For every module at any depth (PyTorch's ``modules()``) use
+        :meth:`~nnx.Module.all_modules`. Assigning a list replaces the modules (each is
+        checked, and :meth:`reset` then returns to their parameters at that time).
+        """
+        return self._modules
+
+    @modules.setter
+    def modules(self, modules: list[Module]) -> None:
+        self._modules, self._initial, self._inputs = [], [], None
+        for m in modules:
+            self.add(m)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -149,9 +167,14 @@ class Sequential(Module):
             delta = self._modules[i].backward_delta(inputs[i], delta)
         return delta
 
-    def update_parameters(self, gradient_step: float = 1e-3) -> None:
+    def update_parameters(self, eps: float = 1e-3, *, learning_rate: float | None = None) -> None:
+        """Gradient descent step of every module: :math:`w \\leftarrow w - \\epsilon
+        \\nabla_w L`, :math:`\\epsilon` = ``eps`` (the seed's keyword for a
+        ``Sequential``) or ``learning_rate`` (the keyword of :meth:`Module.update_parameters`,
+        so that a ``Sequential`` can stand wherever a module does)."""
+        step = eps if learning_rate is None else learning_rate
         for module in self._modules:
-            module.update_parameters(gradient_step)
+            module.update_parameters(step)
 
     def zero_grad(self) -> None:
         for module in self._modules:

@@ -1,8 +1,9 @@
-"""Parameter initialisation, drawn on the host from nnx's seeded generator.
+"""Parameter initialisation, drawn on the host with NumPy.
 
-Values are drawn with NumPy from :func:`nnx.manual_seed`'s generator, in float64, then
-cast to the default dtype and moved to the current backend: the same seed gives the
-same weights on every backend. Fan-in / fan-out follow PyTorch (``Linear``: fan_in =
+Values are drawn in float64 from NumPy's global random state (``np.random.seed(42)``
+reproduces a network, as in the original library) or, once :func:`nnx.manual_seed` has
+been called, from nnx's own generator; then cast to the default dtype and moved to the
+current backend: the same seed gives the same weights on every backend. Fan-in / fan-out follow PyTorch (``Linear``: fan_in =
 input_size, fan_out = output_size; ``Conv1D``: fan_in = k_size * chan_in, fan_out =
 k_size * chan_out).
 

@@ -99,32 +99,39 @@ class Linear(Module):
 
     def forward(self, X: Array) -> Array:
         W = self._parameters["weight"]
+        given = X
         if not _rows_like(X, W, self.input_size):
-            self._check_input(X, ("batch", self.input_size), like=W)  # raises, says why
+            # another float dtype is cast; anything else raises, saying why
+            X = self._check_input(X, ("batch", self.input_size), like=W)
         out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
-        self._checked = (X, None)  # the backward pass on this input skips its check
+        # the backward pass on this input skips its check (unless it had to be cast)
+        self._checked = (given, None) if given is X else (None, None)
         return out
 
-    def _check_backward(self, input: Array, delta: Array) -> None:
-        """Check ``input`` and ``delta`` unless this very pair (or input) was checked."""
+    def _check_backward(self, input: Array, delta: Array) -> tuple[Array, Array]:
+        """``(input, delta)``, checked unless this very pair (or input) was checked;
+        floating arrays of another dtype are cast to the weight's."""
         checked_input, checked_delta = self._checked
         if input is checked_input and delta is checked_delta:
-            return  # the second backward method of a pair: checked by the first
+            return input, delta  # the second backward method of a pair: checked by the first
         W = self._parameters["weight"]
+        given = (input, delta)
         if input is not checked_input:
-            self._check_input(input, ("batch", self.input_size), like=W)
+            input = self._check_input(input, ("batch", self.input_size), like=W)
         if not (_rows_like(delta, W, self.output_size) and delta.shape[0] == input.shape[0]):
-            self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
-        self._checked = (input, delta)
+            delta = self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
+        cast = given[0] is not input or given[1] is not delta
+        self._checked = (None, None) if cast else given
+        return input, delta
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
-        self._check_backward(input, delta)
+        input, delta = self._check_backward(input, delta)
         self._add_gradients(input, delta)
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        self._check_backward(input, delta)
+        input, delta = self._check_backward(input, delta)
         return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
 
     def _add_gradients(self, input: Array, delta: Array) -> None:

@@ -2,8 +2,9 @@ r"""Losses. ``forward(y, yhat)`` returns one loss per sample, shape ``(batch,)``
 ``backward(y, yhat)`` returns :math:`\partial L / \partial \hat y` for
 :math:`L = \sum_i \ell_i`, the shape of ``yhat``.
 
-Targets ``y`` have the shape of ``yhat`` (one-hot or real targets), or, for a
-``(batch, K)`` prediction, may be integer class labels of shape ``(batch,)``.
+Targets ``y`` have the shape of ``yhat`` (one-hot or real targets; cast to ``yhat``'s
+dtype), or, for a ``(batch, K)`` prediction, may be integer class labels of shape
+``(batch,)``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from . import backends
 from .activation import log_softmax
 from .module import Array, Loss, check_array, constant_row, is_floating, namespace
 
-__all__ = ["BCELoss", "CELogSoftmax", "CrossEntropyLoss", "MSELoss", "one_hot_like"]
+__all__ = [
+    "BCELoss",
+    "CELogSoftmax",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "NLLLoss",
+    "one_hot_like",
+]
 
 
 def one_hot_like(labels: Array, yhat: Array) -> Array:
@@ -44,6 +52,8 @@ class _TargetLoss(Loss):
 
     #: required ``yhat.ndim`` (``None``: any ``ndim >= 1``)
     yhat_ndim: int | None = None
+    #: a softmax over the classes inside the loss: one class is refused (the loss is 0)
+    softmax_inside: bool = False
     #: ``(y, yhat)`` of the last ``forward`` and what it computed, for ``backward``
     _cache_key: tuple[Array, Array] | None = None
     _cache: Any = None
@@ -82,7 +92,14 @@ class _TargetLoss(Loss):
         ):
             check_array(name, yhat, self._yhat_shape(yhat), "yhat")
             yhat_shape = yhat.shape
-        if ndim == 2 and yhat_shape[1] == 0:
+        if ndim == 2 and yhat_shape[1] < 2 and (yhat_shape[1] == 0 or self.softmax_inside):
+            if yhat_shape[1] == 1:
+                raise ValueError(
+                    f"{name}: expected yhat with at least 2 classes, got shape "
+                    f"{tuple(yhat_shape)}: a softmax over one class is 1, so the loss is 0 "
+                    f"whatever the network does; for one probability per sample use "
+                    f"BCELoss after a Sigmoid"
+                )
             raise ValueError(
                 f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat_shape)}"
             )
@@ -95,14 +112,8 @@ class _TargetLoss(Loss):
             )
         y_shape, xp = y.shape, namespace(yhat)
         if y_shape == yhat_shape:
-            if is_floating(y):
-                if y.dtype != yhat.dtype:
-                    raise TypeError(
-                        f"{name}: y has dtype {backends.dtype_name(y)} but yhat has "
-                        f"{backends.dtype_name(yhat)}; convert the targets explicitly"
-                    )
-                return y
-            return xp.astype(y, yhat.dtype)
+            # floating targets of another dtype are cast, like a module's input
+            return y if y.dtype == yhat.dtype else xp.astype(y, yhat.dtype)
         if len(y_shape) == 1 and len(yhat_shape) == 2 and y_shape[0] == yhat_shape[0]:
             if is_floating(y) or y.dtype == xp.bool:
                 raise TypeError(
@@ -230,18 +241,21 @@ class BCELoss(_TargetLoss):
         return (yhat - y) / xp.maximum(yhat * (1.0 - yhat), 1e-12)
 
 
-class CrossEntropyLoss(_TargetLoss):
-    r"""Negative log-likelihood of log-probabilities (use after :class:`~nnx.LogSoftmax`).
+class NLLLoss(_TargetLoss):
+    r"""Negative log-likelihood of log-probabilities (PyTorch's ``nn.NLLLoss``): use it
+    after :class:`~nnx.LogSoftmax`.
 
     .. math::
         \ell_i = -\sum_k y_{ik}\, \hat y_{ik} \qquad
         \frac{\partial L}{\partial \hat y_{ik}} = -y_{ik}
 
-    With integer labels, :math:`\ell_i = -\hat y_{i, y_i}`.
+    With integer labels, :math:`\ell_i = -\hat y_{i, y_i}`. The loss is linear in
+    :math:`\hat y`, so it has no lower bound on raw scores: give it log-probabilities
+    only (:class:`CrossEntropyLoss` takes raw scores).
 
     >>> import nnx, numpy as np
     >>> logp = nnx.asarray(np.log([[0.25, 0.75]]))
-    >>> nnx.CrossEntropyLoss()(nnx.asarray(np.array([1])), logp)
+    >>> nnx.NLLLoss()(nnx.asarray(np.array([1])), logp)
     array([0.2876821], dtype=float32)
     """
 
@@ -255,12 +269,13 @@ class CrossEntropyLoss(_TargetLoss):
         return -self._targets(y, yhat)
 
 
-class CELogSoftmax(_TargetLoss):
-    r"""Cross-entropy of raw logits (a fused, stable LogSoftmax + CrossEntropyLoss).
+class CrossEntropyLoss(_TargetLoss):
+    r"""Cross-entropy of raw scores (logits), log-softmax inside: PyTorch's
+    ``nn.CrossEntropyLoss`` per sample.
 
     .. math::
         \ell_i = -\hat y_{i, y_i} + \log \sum_k e^{\hat y_{ik}}
-        \quad\Big(\text{soft targets: } -\sum_k y_{ik} \big(\hat y_{ik} -
+        \quad\Big(\text{one-hot or soft targets: } -\sum_k y_{ik} \big(\hat y_{ik} -
         \log \textstyle\sum_j e^{\hat y_{ij}}\big)\Big)
 
     .. math::
@@ -270,12 +285,26 @@ class CELogSoftmax(_TargetLoss):
     (:math:`\text{softmax}(\hat y_i) - y_i` for one-hot targets). Finite for logits of
     magnitude :math:`10^4` in float32.
 
+    Log-softmax is idempotent (:math:`\log\text{softmax}(\log\text{softmax}(z)) =
+    \log\text{softmax}(z)`), so after a :class:`~nnx.LogSoftmax` layer this loss gives
+    the negative log-likelihood of its log-probabilities, values and gradients alike
+    (what :class:`NLLLoss` computes). After a ``Linear``, ``Sigmoid`` or ``Softmax`` it
+    is the cross-entropy of the softmax of those outputs: bounded below by 0, so it
+    trains. At least 2 classes: with one, the softmax is 1 and the loss 0 whatever the
+    input (a ``ValueError`` says to use :class:`BCELoss` for one probability per sample).
+
+    The original library's ``CrossEntropyLoss`` computed :math:`1 - \sum_k y_k \hat y_k`
+    with the "gradient" :math:`\hat y - y`; these are not a function and its derivative
+    (the derivative of :math:`1 - y \cdot \hat y` is :math:`-y`), so nnx does not
+    reproduce them (see :doc:`/migration`).
+
     >>> import nnx, numpy as np
-    >>> nnx.CELogSoftmax()(nnx.asarray(np.array([1])), nnx.asarray([[1e4, -1e4]]))
+    >>> nnx.CrossEntropyLoss()(nnx.asarray(np.array([1])), nnx.asarray([[1e4, -1e4]]))
     array([20000.], dtype=float32)
     """
 
     yhat_ndim = 2
+    softmax_inside = True
 
     def forward(self, y: Array, yhat: Array) -> Array:
         target = self._targets(y, yhat)
@@ -297,3 +326,18 @@ class CELogSoftmax(_TargetLoss):
         if len(y.shape) == 1:  # integer labels: one-hot rows sum to 1
             return probs - target
         return probs * xp.sum(target, axis=-1, keepdims=True) - target
+
+
+class CELogSoftmax(CrossEntropyLoss):
+    r"""The original library's name for :class:`CrossEntropyLoss`: the same computation
+    (cross-entropy of raw scores, a fused, stable log-softmax inside).
+
+    .. math::
+        \ell_i = -\hat y_{i, y_i} + \log \sum_k e^{\hat y_{ik}} \qquad
+        \frac{\partial L}{\partial \hat y_{ik}} = \text{softmax}(\hat y_i)_k
+        \sum_j y_{ij} - y_{ik}
+
+    >>> import nnx, numpy as np
+    >>> nnx.CELogSoftmax()(nnx.asarray(np.array([0])), nnx.asarray([[0.0, 0.0]]))
+    array([0.6931472], dtype=float32)
+    """

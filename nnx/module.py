@@ -80,13 +80,14 @@ class Module:
         self.backward_update_gradient(input, delta)
         return self.backward_delta(input, delta) if input_grad else None
 
-    def update_parameters(self, gradient_step: float = 1e-3) -> None:
-        """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L`."""
+    def update_parameters(self, learning_rate: float = 1e-3) -> None:
+        """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L` with
+        :math:`\\epsilon` = ``learning_rate`` (the seed's keyword)."""
         for name, p in self._parameters.items():  # rebinds values, never keys
             if self._owned.get(name) is p:  # nnx's own writeable array: one fused update
-                fused.subtract_scaled_(p, gradient_step, self._gradient[name])
+                fused.subtract_scaled_(p, learning_rate, self._gradient[name])
             else:
-                self._subtract(name, p, gradient_step * self._gradient[name])
+                self._subtract(name, p, learning_rate * self._gradient[name])
 
     def zero_grad(self) -> None:
         """Reset the accumulated gradients to zero (in place where the arrays allow it)."""
@@ -241,11 +242,13 @@ class Module:
         """All parameters (recursively), in a stable order."""
         return [p for _, p in self.named_parameters()]
 
-    def modules(self) -> Iterator[Module]:
-        """This module and every descendant, depth first."""
+    def all_modules(self) -> Iterator[Module]:
+        """This module and every descendant, depth first (what PyTorch's
+        ``Module.modules()`` yields; the name ``modules`` is the seed's list of a
+        :class:`~nnx.Sequential`'s own modules)."""
         yield self
         for child in self.children():
-            yield from child.modules()
+            yield from child.all_modules()
 
     def num_parameters(self) -> int:
         """Total number of scalar parameters."""
@@ -307,7 +310,7 @@ class Module:
             raise ValueError(
                 f"{type(self).__name__}.to: dtype must be float32 or float64, got {dtype!r}"
             )
-        for module in self.modules():
+        for module in self.all_modules():
             for table in (module._parameters, module._gradient):
                 for name, value in list(table.items()):
                     host = backends.to_numpy(value)
@@ -340,16 +343,22 @@ class Module:
     # -- checks shared by the layers --------------------------------------------------
     def _check_input(
         self, X: Array, shape: tuple[Any, ...], what: str = "input", like: Array = None
-    ) -> None:
-        """Check that ``X`` is a floating array of ``shape`` (``None`` = any size).
+    ) -> Array:
+        """Check that ``X`` is a floating array of ``shape`` (``None`` = any size) and
+        return it, cast to ``like``'s dtype where it is a floating array of another dtype.
 
-        ``like`` (a parameter) fixes the expected backend and dtype. Entries of
+        ``like`` (a parameter, or the input a delta belongs to) fixes the expected
+        backend and dtype. A floating ``X`` of ``like``'s backend in another float dtype
+        is cast (the module boundary, as in Keras: float64 data into a float32 network);
+        integer or boolean data and arrays of another backend raise. Entries of
         ``shape`` may be strings used only in the message (any size accepted).
         """
         # Fast path for the common, valid case: no message (``self.name`` is a repr) is
         # built unless a check fails; check_array then raises with the full message.
         if like is not None:
             ok = type(X) is type(like) and X.dtype == like.dtype
+            if not ok and type(X) is type(like) and is_floating(X) and is_floating(like):
+                X, ok = namespace(like).astype(X, like.dtype), True
         else:
             ok = backends.backend_of(X) is not None and is_floating(X)
         if ok:
@@ -359,8 +368,9 @@ class Module:
                     if s != n and isinstance(s, int):
                         break
                 else:
-                    return
+                    return X
         check_array(self.name, X, shape, what, like)
+        return X
 
 
 def check_array(

@@ -438,8 +438,8 @@ def torch_loss_forward(loss: nnx.Loss, y: Any, yhat: Any) -> Any:
         return per_sample(F.mse_loss(yhat, y, reduction="none"))
     if isinstance(loss, nnx.BCELoss):
         return per_sample(F.binary_cross_entropy(yhat, y, reduction="none"))
-    if isinstance(loss, nnx.CrossEntropyLoss):
+    if isinstance(loss, nnx.NLLLoss):
         return F.nll_loss(yhat, y, reduction="none") if labels else -(y * yhat).sum(dim=1)
-    if isinstance(loss, nnx.CELogSoftmax):
+    if isinstance(loss, nnx.CrossEntropyLoss):  # CELogSoftmax too (a subclass)
         return F.cross_entropy(yhat, y, reduction="none")
     raise NotImplementedError(f"no torch reference for {loss!r}")

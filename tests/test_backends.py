@@ -492,8 +492,23 @@ class _NumpyAsCupy:
     reduction kernel ``a * b`` summed with ``+`` over ``axis`` is ``sum(a * b, axis)``."""
 
     swapaxes = staticmethod(np.swapaxes)
-    concatenate = staticmethod(np.concatenate)
-    zeros = staticmethod(np.zeros)
+    empty = staticmethod(np.empty)
+
+    class RawKernel:
+        """nnx's GEMM kernel as its launch promises: block z of the grid writes
+        ``A[:, chunk z] @ B[chunk z, :]`` into ``C[z]``, 64x64 outputs per block."""
+
+        def __init__(self, source: str, name: str) -> None:
+            assert name == "nnx_gemm" and "typedef" in source
+
+        def __call__(self, grid, block, args) -> None:
+            A, B, C, m, n, k, chunk, sam, sak, sbk, sbn = args
+            assert block == (16, 16) and grid[0] * 64 >= n and grid[1] * 64 >= m
+            assert (sam, sak) == tuple(s // A.itemsize for s in A.strides)
+            assert (sbk, sbn) == tuple(s // B.itemsize for s in B.strides)
+            assert C.shape == (grid[2], m, n) and (grid[2] - 1) * chunk < k <= grid[2] * chunk
+            for z in range(grid[2]):
+                C[z] = A[:, z * chunk : (z + 1) * chunk] @ B[z * chunk : (z + 1) * chunk, :]
 
     @staticmethod
     def ReductionKernel(in_params, out_params, map_expr, reduce_expr, post, identity, name):  # noqa: N802
@@ -508,8 +523,8 @@ class _NumpyAsCupy:
         ((1, 7), (7, 1)),
         ((2, 5, 3), (3, 4)),
         ((2, 5, 3), (2, 3, 6)),
-        ((3, 2000), (2000, 32)),  # a long sum into few outputs: split into chunks, padded
-        ((3, 1536), (1536, 4)),  # ... whose length is a multiple of the chunk
+        ((3, 20000), (20000, 32)),  # a long sum into few outputs: split into chunks
+        ((1000, 70), (70, 130)),  # many outputs: one chunk, several blocks
     ],
 )
 def test_cupy_graph_mode_matmul_arithmetic(shapes, rng, monkeypatch):
@@ -525,6 +540,9 @@ def test_cupy_graph_mode_matmul_arithmetic(shapes, rng, monkeypatch):
     np.testing.assert_array_equal(ns.matmul(a, b), np.matmul(a, b))  # not capturing: plain
     monkeypatch.setattr(_cupy._graph_state, "capturing", True, raising=False)
     np.testing.assert_allclose(ns.matmul(a, b), np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    if a.ndim == 2:  # the GEMM kernel reads any strides: transposed views too
+        at, bt = np.asfortranarray(a), np.asfortranarray(b)
+        np.testing.assert_allclose(ns.matmul(at, bt), np.matmul(a, b), rtol=1e-12, atol=1e-12)
     c = rng.standard_normal(shapes[0])
     np.testing.assert_allclose(ns.vecdot(a, c), np.sum(a * c, axis=-1), rtol=1e-12)
     np.testing.assert_allclose(ns.vecdot(a, c, axis=0), np.sum(a * c, axis=0), rtol=1e-12)
@@ -546,3 +564,25 @@ def test_cupy_fused_kernels_cover_the_fused_ops():
         assert kname == f"nnx_{op}" and body.startswith(outputs.split()[-1])
     for name in ("numpy", "torch", "array_api_strict"):
         assert backends.BACKENDS[name].fused_kernel("tanh_backward") is None
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_cupy_gemm_kernel_compiles(ctype, tmp_path):
+    """The CUDA source of the graph-mode GEMM compiles for Hopper (nvcc, where installed)."""
+    import shutil
+
+    from nnx.backends import _cupy
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    src = tmp_path / "gemm.cu"
+    src.write_text(f"typedef {ctype} T;\n{_cupy.GEMM_SOURCE}")
+    run = subprocess.run(
+        [nvcc, "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / "gemm.o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr

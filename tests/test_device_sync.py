@@ -138,7 +138,7 @@ def test_the_counter_sees_reads():
     assert seen == ["__float__", "__int__", "__bool__"]
 
 
-@pytest.mark.parametrize("loss_cls", [nnx.CELogSoftmax, nnx.CrossEntropyLoss])
+@pytest.mark.parametrize("loss_cls", [nnx.CELogSoftmax, nnx.CrossEntropyLoss, nnx.NLLLoss])
 def test_labels_checked_in_the_step_read(backend, loss_cls):
     """The deferred label check (device backends) raises like the immediate one (NumPy):
     ValueError naming the loss and the bad values, parameters untouched."""

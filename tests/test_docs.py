@@ -227,6 +227,7 @@ def test_loss_classes_found():
         "BCELoss",
         "CrossEntropyLoss",
         "CELogSoftmax",
+        "NLLLoss",
     }
 
 

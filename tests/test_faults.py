@@ -255,7 +255,7 @@ def test_sgd_eval_interrupt_returns_finished_epochs(backend, bars):
 
     assert opt.interrupted
     assert list(hist.columns) == ["epoch", "loss_train", "loss_test", "score_train", "score_test"]
-    assert list(hist["epoch"]) == [1, 2, 3]
+    assert list(hist["epoch"]) == [0, 1, 2]
     np.testing.assert_allclose(hist.to_numpy(), ref_hist.to_numpy(), rtol=1e-6)
     assert_close_state(net.state_dict(), ref.network.state_dict())
     assert_closed(bars)

@@ -3,7 +3,7 @@
 ``forward(y, yhat)`` returns per-sample losses ``(batch,)``; ``backward(y, yhat)`` is
 dL/dyhat for L = sum of them. Both are checked with random per-sample weights ``w``
 (:math:`L = \\sum_i w_i \\ell_i`), so row ``i`` of ``backward`` must be the derivative of
-sample ``i``'s loss alone. Class losses take one-hot, soft (CELogSoftmax) or integer
+sample ``i``'s loss alone. Class losses take one-hot, soft (CrossEntropyLoss) or integer
 targets; every test runs on each backend.
 """
 
@@ -47,10 +47,22 @@ def make_case(name: str, rng: np.random.Generator) -> tuple[nnx.Loss, np.ndarray
         return nnx.BCELoss(), y, rng.uniform(0.05, 0.95, (BATCH, K))
     if name == "bce_soft":
         return nnx.BCELoss(), rng.uniform(0, 1, (BATCH, K)), rng.uniform(0.05, 0.95, (BATCH, K))
+    if name == "nll_onehot":
+        return nnx.NLLLoss(), one_hot, _log_softmax(logits)
+    if name == "nll_labels":
+        return nnx.NLLLoss(), labels, _log_softmax(logits)
     if name == "ce_onehot":
-        return nnx.CrossEntropyLoss(), one_hot, _log_softmax(logits)
+        return nnx.CrossEntropyLoss(), one_hot, logits
     if name == "ce_labels":
+        return nnx.CrossEntropyLoss(), labels, logits
+    if name == "ce_soft":
+        soft = rng.uniform(0.1, 1.0, (BATCH, K))
+        return nnx.CrossEntropyLoss(), soft / soft.sum(axis=1, keepdims=True), logits
+    if name == "ce_after_logsoftmax":  # log-softmax is idempotent: the NLL of logp
         return nnx.CrossEntropyLoss(), labels, _log_softmax(logits)
+    if name == "ce_after_softmax":  # probabilities as scores: bounded, trains
+        p = np.exp(_log_softmax(logits))
+        return nnx.CrossEntropyLoss(), one_hot, p
     if name == "celsm_onehot":
         return nnx.CELogSoftmax(), one_hot, logits
     if name == "celsm_labels":
@@ -68,8 +80,13 @@ CASES = [
     "mse_3d",
     "bce",
     "bce_soft",
+    "nll_onehot",
+    "nll_labels",
     "ce_onehot",
     "ce_labels",
+    "ce_soft",
+    "ce_after_logsoftmax",
+    "ce_after_softmax",
     "celsm_onehot",
     "celsm_labels",
     "celsm_soft",
@@ -133,7 +150,7 @@ def test_loss_finite_differences(backend, float64, rng, case):
 
 
 @pytest.mark.parametrize("label_dtype", ["int64", "int32", "uint8"])
-@pytest.mark.parametrize("loss_type", [nnx.CrossEntropyLoss, nnx.CELogSoftmax])
+@pytest.mark.parametrize("loss_type", [nnx.NLLLoss, nnx.CrossEntropyLoss, nnx.CELogSoftmax])
 def test_integer_labels_equal_one_hot(backend, float64, rng, loss_type, label_dtype):
     labels = rng.integers(0, K, BATCH).astype(label_dtype)
     yhat = nnx.asarray(_log_softmax(rng.standard_normal((BATCH, K))))
@@ -159,22 +176,62 @@ def test_formulas_by_hand(backend, float64):
 
     logp = nnx.asarray(np.log([[0.2, 0.3, 0.5]]))
     labels = nnx.asarray(np.array([2]))
+    assert_close(nnx.NLLLoss()(labels, logp), [-np.log(0.5)], 1e-14)
+    assert_close(nnx.NLLLoss().backward(labels, logp), [[0.0, 0.0, -1.0]])
+    # the same log-probabilities as scores: CrossEntropyLoss gives the same loss, and
+    # the gradient softmax(logp) - y = p - y
     assert_close(nnx.CrossEntropyLoss()(labels, logp), [-np.log(0.5)], 1e-14)
-    assert_close(nnx.CrossEntropyLoss().backward(labels, logp), [[0.0, 0.0, -1.0]])
+    assert_close(nnx.CrossEntropyLoss().backward(labels, logp), [[0.2, 0.3, -0.5]], 1e-14)
 
     logits = nnx.asarray([[0.0, 0.0, np.log(2.0)]])  # softmax = (1/4, 1/4, 1/2)
-    assert_close(nnx.CELogSoftmax()(labels, logits), [np.log(2.0)], 1e-14)
-    assert_close(nnx.CELogSoftmax().backward(labels, logits), [[0.25, 0.25, -0.5]], 1e-14)
+    for loss in (nnx.CrossEntropyLoss(), nnx.CELogSoftmax()):
+        assert_close(loss(labels, logits), [np.log(2.0)], 1e-14)
+        assert_close(loss.backward(labels, logits), [[0.25, 0.25, -0.5]], 1e-14)
 
 
-def test_celogsoftmax_equals_logsoftmax_then_crossentropy(backend, float64, rng):
+@pytest.mark.parametrize("fused_type", [nnx.CrossEntropyLoss, nnx.CELogSoftmax])
+def test_fused_equals_logsoftmax_then_nll(backend, float64, rng, fused_type):
     logits = nnx.asarray(rng.standard_normal((6, 5)) * 3)
     labels = nnx.asarray(rng.integers(0, 5, 6))
-    lsm, ce, fused = nnx.LogSoftmax(), nnx.CrossEntropyLoss(), nnx.CELogSoftmax()
+    lsm, nll, fused = nnx.LogSoftmax(), nnx.NLLLoss(), fused_type()
     logp = lsm(logits)
-    assert_close(fused(labels, logits), ce(labels, logp), 1e-12, 1e-12)
-    chained = lsm.backward_delta(logits, ce.backward(labels, logp))
+    assert_close(fused(labels, logits), nll(labels, logp), 1e-12, 1e-12)
+    chained = lsm.backward_delta(logits, nll.backward(labels, logp))
     assert_close(fused.backward(labels, logits), chained, 1e-12, 1e-12)
+
+
+def test_crossentropy_after_logsoftmax_is_unchanged(backend, float64, rng):
+    """The seed's head LogSoftmax + CrossEntropyLoss: the loss and the gradient reaching
+    the logits are those of NLLLoss after LogSoftmax (log-softmax is idempotent)."""
+    logits = nnx.asarray(rng.standard_normal((6, 5)) * 3)
+    labels = nnx.asarray(rng.integers(0, 5, 6))
+    lsm = nnx.LogSoftmax()
+    logp = lsm(logits)
+    ce, nll = nnx.CrossEntropyLoss(), nnx.NLLLoss()
+    assert_close(ce(labels, logp), nll(labels, logp), 1e-12, 1e-12)
+    via_ce = lsm.backward_delta(logits, ce.backward(labels, logp))
+    via_nll = lsm.backward_delta(logits, nll.backward(labels, logp))
+    assert_close(via_ce, via_nll, 1e-12, 1e-12)
+
+
+@pytest.mark.parametrize("head", ["linear", "sigmoid", "softmax"])
+def test_crossentropy_trains_after_any_head(backend, head):
+    """The seed's recipes put CrossEntropyLoss after a Linear, a Sigmoid or a Softmax:
+    the loss is bounded below (>= 0), finite, and training lowers it and classifies.
+    (After a Sigmoid the scores lie in (0, 1): the loss cannot go below
+    -log(e / (e + K - 1)), so it is compared with its first epoch only.)"""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 8)) * 3
+    y = rng.integers(0, 3, 300)
+    X = centers[y] + rng.standard_normal((300, 8))
+    nnx.manual_seed(0)
+    layers = [nnx.Linear(8, 16), nnx.TanH(), nnx.Linear(16, 3)]
+    layers += {"linear": [], "sigmoid": [nnx.Sigmoid()], "softmax": [nnx.Softmax()]}[head]
+    opt = nnx.Optim(nnx.Sequential(*layers), nnx.CrossEntropyLoss(), eps=0.01)
+    losses = opt.SGD(X, y, 16, 15, progress=False)
+    assert np.all(np.isfinite(losses)) and np.all(losses >= 0)
+    assert losses[-1] < losses[0] - 0.2
+    assert opt.score(X, y) > 0.9
 
 
 def test_bce_saturated_predictions_are_finite(backend, float64):

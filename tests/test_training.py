@@ -223,7 +223,7 @@ def test_keyboard_interrupt_in_sgd_eval(backend, rng):
     X, y = _data(rng, n=40)
     opt = nnx.Optim(_net(), FailingLoss(at=11), eps=0.05)  # 3 train batches + 1 test pass
     out = opt.SGD_eval(X, y, 10, 5, 0.25, progress=False, return_dataframe=True)
-    assert opt.interrupted and list(out["epoch"]) == [1, 2]
+    assert opt.interrupted and list(out["epoch"]) == [0, 1]
 
 
 def test_progress_silent_when_not_interactive_or_asked(backend, rng, capsys):
@@ -246,8 +246,13 @@ def test_sgd_eval_split_is_kept_and_reproducible(backend, rng):
     X, y = _data(rng, n=50)
     opt = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.01)
     opt.SGD_eval(X, y, 10, 1, test_size=0.2, progress=False)
-    np.testing.assert_array_equal(nnx.to_numpy(opt.X_test), X[40:])  # tail, as unshuffled
-    np.testing.assert_array_equal(nnx.to_numpy(opt.y_train), y[:40])
+    # a random split (seed 42), both parts in the data's order
+    test_rows = np.flatnonzero(np.isin(X[:, 0], nnx.to_numpy(opt.X_test)[:, 0]))
+    assert len(test_rows) == 10 and not np.array_equal(test_rows, np.arange(40, 50))
+    np.testing.assert_array_equal(nnx.to_numpy(opt.X_test), X[test_rows])
+    np.testing.assert_array_equal(nnx.to_numpy(opt.y_test), y[test_rows])
+    train_rows = np.setdiff1d(np.arange(50), test_rows)
+    np.testing.assert_array_equal(nnx.to_numpy(opt.y_train), y[train_rows])
     opt.SGD_eval(X, y, 10, 1, test_size=7, shuffle_test=True, seed=9, progress=False)
     first = nnx.to_numpy(opt.X_test).copy()
     assert first.shape == (7, 4) and nnx.to_numpy(opt.X_train).shape == (43, 4)
@@ -255,6 +260,8 @@ def test_sgd_eval_split_is_kept_and_reproducible(backend, rng):
     np.testing.assert_array_equal(nnx.to_numpy(opt.X_test), first)
     together = np.concatenate([nnx.to_numpy(opt.X_train), first])
     np.testing.assert_array_equal(np.sort(together[:, 0]), np.sort(X[:, 0]))
+    opt.SGD_eval(X, y, 10, 1, test_size=7, shuffle_test=True, seed=10, progress=False)
+    assert not np.array_equal(nnx.to_numpy(opt.X_test), first)  # another seed, another split
 
 
 def test_sgd_eval_returns_arrays_or_dataframe(backend, rng):
@@ -262,11 +269,17 @@ def test_sgd_eval_returns_arrays_or_dataframe(backend, rng):
     opt = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.05)
     arrays = opt.SGD_eval(X, y, 10, 3, 0.2, patience=None, progress=False)
     assert len(arrays) == 4 and all(a.shape == (3,) for a in arrays)
-    loss_train, loss_test, score_train, score_test = arrays
+    assert opt.train_df is arrays
+    loss_train, score_train, loss_test, score_test = arrays  # the seed's order
+    np.testing.assert_array_equal(loss_train, opt.history["loss_train"])
+    np.testing.assert_array_equal(score_train, opt.history["score_train"])
+    np.testing.assert_array_equal(loss_test, opt.history["loss_test"])
+    np.testing.assert_array_equal(score_test, opt.history["score_test"])
     assert np.all((score_test >= 0) & (score_test <= 1)) and np.all(loss_test > 0)
     df = opt.SGD_eval(X, y, 10, 3, 0.2, patience=None, return_dataframe=True, progress=False)
+    assert opt.train_df is df
     assert list(df.columns) == ["epoch", "loss_train", "loss_test", "score_train", "score_test"]
-    assert list(df["epoch"]) == [1, 2, 3]
+    assert list(df["epoch"]) == [0, 1, 2]  # from 0, as the seed and Keras's History
     # the test columns are a real evaluation of the kept split
     loss, acc = opt.evaluate(opt.X_test, opt.y_test)
     assert acc == pytest.approx(opt.score(opt.X_test, opt.y_test))
@@ -285,6 +298,7 @@ def test_early_stopping_with_patience_and_restore_best(backend, rng):
         40,
         0.3,
         patience=3,
+        restore_best=True,
         return_dataframe=True,
         progress=False,
         callback=lambda r: snapshots.setdefault(r["epoch"], _params(net)),
@@ -294,10 +308,11 @@ def test_early_stopping_with_patience_and_restore_best(backend, rng):
     assert opt.best_epoch == best
     assert len(scores) == min(40, best + 3)  # stopped 3 epochs without improvement
     _same(_params(net), snapshots[best])
-    # never stops without patience; restore_best=False keeps the last epoch
-    opt2 = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.0)
-    h2 = opt2.SGD_eval(X, y, 20, 6, 0.3, patience=None, restore_best=False, progress=False)
-    assert len(h2[0]) == 6 and opt2.best_epoch == 6
+    # never stops without patience (None or 0); restore_best=False keeps the last epoch
+    for no_patience in (None, 0):
+        opt2 = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.0)
+        h2 = opt2.SGD_eval(X, y, 20, 6, 0.3, patience=no_patience, progress=False)
+        assert len(h2[0]) == 6 and opt2.best_epoch == 6
     # eps=0: nothing improves after epoch 1, patience 2 stops at epoch 3
     h3 = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.0).SGD_eval(
         X, y, 20, 9, 0.3, patience=2, progress=False
@@ -309,7 +324,9 @@ def test_monitor_loss_for_regression(backend, rng):
     X = rng.standard_normal((40, 3))
     net = nnx.Sequential(nnx.Linear(3, 3))
     opt = nnx.Optim(net, nnx.MSELoss(), eps=0.01)
-    lt, lte, st, ste = opt.SGD_eval(X, X, 8, 5, 0.25, monitor="loss", progress=False)
+    lt, st, lte, ste = opt.SGD_eval(
+        X, X, 8, 5, 0.25, monitor="loss", restore_best=True, progress=False
+    )
     assert lte[-1] < lte[0]
     assert opt.best_epoch == int(np.argmin(lte)) + 1
 
@@ -340,7 +357,7 @@ def test_online_plot_writes_png(backend, rng, tmp_path):
         ({"epochs": 1.5}, TypeError, "epochs"),
         ({"test_size": 1.0}, ValueError, "test_size"),
         ({"test_size": 30}, ValueError, "test_size"),
-        ({"patience": 0}, ValueError, "patience"),
+        ({"patience": -1}, ValueError, "patience"),
         ({"monitor": "acc"}, ValueError, "monitor"),
     ],
 )
@@ -470,7 +487,9 @@ def test_online_plot_in_a_notebook_redraws_one_display(backend, rng, tmp_path, m
     opt = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.05)
     opt.SGD_eval(X, y, 10, 3, 0.2, patience=None, online_plot=True, progress=False)
     assert [c[0] for c in calls] == ["display", "update", "update"]
-    assert type(calls[0][1]).__name__ == "Figure"
+    # a PNG image (a Figure shows as an image only once pyplot's inline backend is on)
+    assert type(calls[0][1]).__name__ == "Image"
+    assert calls[0][1].data.startswith(b"\x89PNG")
     assert list(tmp_path.iterdir()) == []  # no PNG in a notebook
 
 
@@ -505,6 +524,6 @@ def test_single_output_regression_has_no_accuracy_and_stops_on_loss(backend, rng
     X = rng.standard_normal((40, 3))
     t = X @ np.array([[1.0], [-2.0], [0.5]])
     opt = nnx.Optim(nnx.Sequential(nnx.Linear(3, 1)), nnx.MSELoss(), eps=0.005)
-    lt, lte, st, ste = opt.SGD_eval(X, t, 8, 6, 0.25, patience=2, progress=False)
+    lt, st, lte, ste = opt.SGD_eval(X, t, 8, 6, 0.25, patience=2, restore_best=True, progress=False)
     assert np.all(np.isnan(st)) and np.all(np.isnan(ste))
     assert len(lte) == 6 and opt.best_epoch == int(np.argmin(lte)) + 1  # monitored the loss

@@ -39,6 +39,7 @@ def main() -> None:
         epochs=40,
         test_size=0.2,
         patience=10,
+        restore_best=True,
         return_dataframe=True,
         progress=False,
     )

@@ -83,10 +83,11 @@ _default = _Selection(BACKENDS["numpy"], None, "float32")
 _selection: contextvars.ContextVar[_Selection | None] = contextvars.ContextVar(
     "nnx_selection", default=None
 )
-_default_rng: np.random.Generator = np.random.default_rng()
-_rng: contextvars.ContextVar[np.random.Generator | None] = contextvars.ContextVar(
-    "nnx_rng", default=None
-)
+# nnx's generator: None means NumPy's global state (until manual_seed); _UNSET: this
+# context never chose, the process default applies
+_UNSET: Any = object()
+_default_rng: np.random.Generator | None = None
+_rng: contextvars.ContextVar[Any] = contextvars.ContextVar("nnx_rng", default=_UNSET)
 
 
 def _current() -> _Selection:
@@ -168,7 +169,9 @@ def _restore(var: contextvars.ContextVar[Any], token: contextvars.Token[Any], mi
         var.reset(token)
     except ValueError:  # resumed in another context (a generator moved between threads)
         if var.get() is mine:
-            var.set(token.old_value if token.old_value is not contextvars.Token.MISSING else None)
+            old = token.old_value
+            unset = _UNSET if var is _rng else None  # each variable's own default
+            var.set(old if old is not contextvars.Token.MISSING else unset)
 
 
 @contextlib.contextmanager
@@ -243,33 +246,55 @@ def dtype_name(x: Any) -> str:
     return _dtype_name(x.dtype)
 
 
-def manual_seed(seed: int) -> None:
-    """Seed nnx's random generator (initialisation, shuffles without explicit seed).
+def manual_seed(seed: int | None) -> None:
+    """Seed nnx's own random generator (initial weights, and any later random draw).
 
-    The generator is context-local (:mod:`contextvars`): seeding in one thread never
-    shifts the draws of another thread that seeded itself. See :func:`get_rng`.
+    Until this is called, nnx draws from NumPy's global random state, so
+    ``np.random.seed(42)`` at the top of a notebook makes its networks reproducible, as
+    in the original library. After ``manual_seed(n)`` nnx uses its own generator
+    (``numpy.random.default_rng(n)``), which nothing else touches: the same ``n`` gives
+    the same weights on every backend, whatever else the program draws.
+    ``manual_seed(None)`` goes back to NumPy's global state.
+
+    The choice is context-local (:mod:`contextvars`): it applies to the calling thread
+    (or asyncio task), and becomes the default of threads that never chose, so that
+    seeding in one thread never shifts the draws of another thread that seeded itself.
+
+    >>> import nnx, numpy as np
+    >>> np.random.seed(42); a = nnx.Linear(3, 2).state_dict()["weight"]
+    >>> np.random.seed(42); b = nnx.Linear(3, 2).state_dict()["weight"]
+    >>> bool((a == b).all())
+    True
     """
+    global _default_rng
+    if seed is None:
+        _default_rng = None
+        _rng.set(None)
+        return
     if isinstance(seed, bool) or not hasattr(seed, "__index__"):
         raise TypeError(
-            f"nnx.manual_seed: seed must be a non-negative int, got {type(seed).__name__} {seed!r}"
+            f"nnx.manual_seed: seed must be a non-negative int or None, got "
+            f"{type(seed).__name__} {seed!r}"
         )
     if int(seed) < 0:
         raise ValueError(f"nnx.manual_seed: seed must be a non-negative int, got {seed!r}")
-    global _default_rng
     rng = np.random.default_rng(seed)
     _default_rng = rng
     _rng.set(rng)
 
 
-def get_rng() -> np.random.Generator:
-    """The NumPy ``Generator`` nnx draws initial weights from, in this context.
+def get_rng() -> Any:
+    """What nnx draws random numbers from, in this thread or task: its own
+    ``numpy.random.Generator`` after :func:`manual_seed`, else the ``numpy.random``
+    module (NumPy's global state).
 
-    :func:`manual_seed` gives the calling thread (or task) its own generator and makes
-    it the process default for threads that never seeded; so two threads that each
-    seed build the same weights as two serial runs, whatever the interleaving.
+    Both offer ``standard_normal``, ``random``, ``normal``, ``uniform`` and
+    ``permutation`` with the same signatures.
     """
     rng = _rng.get()
-    return _default_rng if rng is None else rng
+    if rng is _UNSET:
+        rng = _default_rng
+    return np.random if rng is None else rng
 
 
 @contextlib.contextmanager

@@ -144,10 +144,63 @@ FUSED_SOURCES = {
     "subtract_scaled": ("T g, T a", "T p", "p -= a * g", "nnx_subtract_scaled"),
 }
 
-#: graph-mode matmul: reductions longer than this, into fewer outputs than FEW_OUTPUTS,
-#: are split into chunks of this many terms
-SPLIT_K = 512
-FEW_OUTPUTS = 1 << 15
+#: graph-mode matmul of two 2-D float arrays: a tiled GEMM kernel of nnx's own, its sum
+#: split into chunks (one partial product each, then summed) until about GEMM_BLOCKS
+#: blocks keep the GPU busy, each chunk at least GEMM_MIN_CHUNK terms long
+GEMM_BLOCKS = 256
+GEMM_MIN_CHUNK = 256
+GEMM_SOURCE = r"""
+extern "C" __global__ void nnx_gemm(
+    const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
+    const int M, const int N, const int K, const int kchunk,
+    const long long sam, const long long sak, const long long sbk, const long long sbn)
+{
+    // C[z] = A[:, kz] @ B[kz, :] over the z-th chunk of kchunk terms; 64x64 outputs per
+    // block, 4x4 per thread, tiles of 16 terms staged in shared memory
+    __shared__ T As[16][65];
+    __shared__ T Bs[16][65];
+    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
+    const int m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
+    const int kbeg = blockIdx.z * kchunk;
+    const int kend = min(K, kbeg + kchunk);
+    T acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = (T)0;
+    for (int k0 = kbeg; k0 < kend; k0 += 16) {
+        for (int e = tid; e < 1024; e += 256) {
+            const int mm = e >> 4, kk = e & 15;
+            const int gm = m0 + mm, gk = k0 + kk;
+            As[kk][mm] = (gm < M && gk < kend) ? A[gm * sam + gk * sak] : (T)0;
+            const int kb = e >> 6, nn = e & 63;
+            const int gkb = k0 + kb, gn = n0 + nn;
+            Bs[kb][nn] = (gkb < kend && gn < N) ? B[gkb * sbk + gn * sbn] : (T)0;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int kk = 0; kk < 16; ++kk) {
+            T a[4], b[4];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i)
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+    T* Cz = C + (long long)blockIdx.z * M * N;
+    for (int i = 0; i < 4; ++i) {
+        const int gm = m0 + ty + 16 * i;
+        if (gm >= M) continue;
+        for (int j = 0; j < 4; ++j) {
+            const int gn = n0 + tx + 16 * j;
+            if (gn < N) Cz[(long long)gm * N + gn] = acc[i][j];
+        }
+    }
+}
+"""
 
 
 def _capturing() -> bool:
@@ -167,28 +220,38 @@ def capturable_namespace(base: Any, cupy: Any) -> types.ModuleType:
         "T a, T b", "T c", "a * b", "a + b", "c = a", "0", "nnx_sum_of_products"
     )
 
+    gemm_kernels: dict[Any, Any] = {}
+
     def matmul(x1: Any, x2: Any, /) -> Any:
         if not _capturing() or x1.ndim < 2 or x2.ndim < 2 or x1.dtype != x2.dtype:
             return plain_matmul(x1, x2)
-        m, k, n = x1.shape[-2], x1.shape[-1], x2.shape[-1]
-        if x1.ndim == x2.ndim == 2 and k > SPLIT_K and m * n < FEW_OUTPUTS:
-            return _split_k(x1, x2)
+        if x1.ndim == x2.ndim == 2 and x1.dtype.char in "fd" and 0 not in (*x1.shape, x2.shape[1]):
+            return gemm(x1, x2)
         return products(x1[..., :, None, :], cupy.swapaxes(x2, -1, -2)[..., None, :, :], axis=-1)
 
-    def _split_k(x1: Any, x2: Any) -> Any:
-        # few outputs, long sums (a weight gradient over batch x positions): one kernel
-        # would keep a handful of GPU blocks busy; sum chunks of SPLIT_K terms in
-        # parallel, then the chunks' partial products
-        (m, k), n = x1.shape, x2.shape[-1]
-        chunks = -(-k // SPLIT_K)
-        pad = chunks * SPLIT_K - k
-        if pad:
-            x1 = cupy.concatenate([x1, cupy.zeros((m, pad), dtype=x1.dtype)], axis=1)
-            x2 = cupy.concatenate([x2, cupy.zeros((pad, n), dtype=x2.dtype)], axis=0)
-        a = cupy.swapaxes(x1.reshape(m, chunks, SPLIT_K), 0, 1)  # (chunks, m, SPLIT_K)
-        b = cupy.swapaxes(x2.reshape(chunks, SPLIT_K, n), -1, -2)  # (chunks, n, SPLIT_K)
-        partial = products(a[:, :, None, :], b[:, None, :, :], axis=-1)  # (chunks, m, n)
-        return partial.sum(axis=0)
+    def gemm(x1: Any, x2: Any) -> Any:
+        # C = A B with A, B any strided 2-D views; blockIdx.z sums its own chunk of terms
+        (m, k), n = x1.shape, x2.shape[1]
+        kernel = gemm_kernels.get(x1.dtype.char)
+        if kernel is None:
+            ctype = "float" if x1.dtype.char == "f" else "double"
+            kernel = cupy.RawKernel(f"typedef {ctype} T;\n{GEMM_SOURCE}", "nnx_gemm")
+            gemm_kernels[x1.dtype.char] = kernel
+        tiles = -(-m // 64) * -(-n // 64)
+        chunks = max(1, min(-(-k // GEMM_MIN_CHUNK), -(-GEMM_BLOCKS // tiles)))
+        chunk = -(-k // chunks)
+        chunks = -(-k // chunk)
+        out = cupy.empty((chunks, m, n), dtype=x1.dtype)
+        i1, i2 = x1.itemsize, x2.itemsize
+        args = (x1, x2, out, *map(np.int32, (m, n, k, chunk)))
+        strides = (
+            x1.strides[0] // i1,
+            x1.strides[1] // i1,
+            x2.strides[0] // i2,
+            x2.strides[1] // i2,
+        )
+        kernel((-(-n // 64), -(-m // 64), chunks), (16, 16), args + tuple(map(np.int64, strides)))
+        return out[0] if chunks == 1 else out.sum(axis=0)
 
     def vecdot(x1: Any, x2: Any, /, *, axis: int = -1) -> Any:
         if not _capturing() or x1.dtype != x2.dtype:

@@ -7,7 +7,8 @@ present resumes from it; a run that ends normally (all epochs, or early stopping
 removes it. A run killed with ``kill -9`` at any moment and started again with the
 same call therefore ends with the same parameters and history as an uninterrupted
 run: bit for bit on NumPy (same operations in the same order), to rounding on the
-other backends.
+other backends. Exactness needs an integer ``seed`` (with ``seed=None`` the
+validation split of a restarted ``SGD_eval`` is drawn afresh).
 
 A checkpoint is an nnx model file (:func:`nnx.load` reads its network) whose header
 metadata holds, under ``"checkpoint"``: the loop (``"SGD"`` or ``"SGD_eval"``) and the

@@ -141,10 +141,16 @@ def take(A: Any, idx: Any) -> Any:
 
 
 def split(
-    owner: str, n: int, test_size: float | int, shuffle: bool, seed: int | None
+    owner: str, n: int, test_size: float | int, shuffle_test: bool, seed: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and test parts of ``n`` samples: the last ``test_size``
-    (a fraction in (0, 1) or a count), or a random part drawn from ``seed``."""
+    """Indices of the training and test parts of ``n`` samples: a random test part of
+    ``test_size`` samples (a fraction in (0, 1), rounded up, or a count), drawn from
+    ``numpy.random.default_rng(seed)`` (``seed=None``: from :func:`nnx.backends.get_rng`,
+    NumPy's global state unless :func:`nnx.manual_seed` was called).
+
+    Both parts keep the data's order, unless ``shuffle_test``: then the test part comes
+    in the random order of the draw (as scikit-learn's ``train_test_split`` returns it).
+    """
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
         raise TypeError(f"{owner}: test_size must be a float or an int, got {test_size!r}")
     if isinstance(test_size, float):
@@ -158,8 +164,22 @@ def split(
             f"{owner}: test_size={test_size!r} leaves {n_test} test and "
             f"{n - n_test} training samples out of {n}; both must be at least 1"
         )
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    return order[: n - n_test], order[n - n_test :]
+    rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
+    order = rng.permutation(n)
+    train, test = np.sort(order[: n - n_test]), order[n - n_test :]
+    return train, (test if shuffle_test else np.sort(test))
+
+
+def is_class_target(y: Any) -> bool:
+    """Whether ``y`` holds class targets: integer labels ``(n,)`` or one-hot rows
+    ``(n, K)`` (every entry 0 or 1, one 1 per row). An autoencoder's targets are not."""
+    y = backends.to_numpy(y) if backends.is_array(y) else np.asarray(y)
+    if y.ndim == 1:
+        return y.dtype.kind in "iu"
+    if y.ndim != 2 or y.dtype.kind not in "iubf" or y.shape[0] == 0:
+        return False
+    ones = y == 1
+    return bool(np.all(ones | (y == 0)) and np.all(ones.sum(axis=1) == 1))
 
 
 def check_finite(owner: str, name: str, A: Any) -> None:

@@ -157,12 +157,18 @@ class LivePlot:
 
     def update(self, history: Mapping[str, Sequence[float]]) -> None:
         if self.notebook:
-            from IPython.display import display
+            import io
 
-            fig = _figure(history)
+            from IPython.display import Image, display
+
+            # a PNG, not the Figure: a Figure renders as an image only once pyplot's
+            # inline backend has registered its formatter
+            buf = io.BytesIO()
+            _figure(history).savefig(buf, format="png", dpi=100)
+            image = Image(data=buf.getvalue(), format="png")
             if self._handle is None:
-                self._handle = display(fig, display_id=True)
+                self._handle = display(image, display_id=True)
             else:
-                self._handle.update(fig)
+                self._handle.update(image)  # the same output, redrawn in place
         else:
             plot_history(history, self.path)

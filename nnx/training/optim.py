@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends
 from ..module import Array, Loss, Module, check_positive_int, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
@@ -133,8 +134,12 @@ class Optim:
         self.interrupted = False
         #: Whether the last loop was stopped by SIGTERM (:mod:`nnx.training.signals`).
         self.terminated = False
-        #: Epoch (1-based) whose parameters the last :meth:`SGD_eval` kept.
+        #: Epoch (1-based, as the bars count) whose parameters the last :meth:`SGD_eval`
+        #: kept: the last one, or the best one with ``restore_best=True``.
         self.best_epoch: int | None = None
+        #: What the last :meth:`SGD_eval` returned (the seed's attribute): its DataFrame
+        #: with ``return_dataframe=True``, else its four arrays.
+        self.train_df: Any = None
 
     @property
     def network(self) -> Module:
@@ -312,8 +317,9 @@ class Optim:
             Train this network instead (it becomes ``self.network``).
         shuffle : bool, default True
             Draw a new order every epoch from ``default_rng(seed)``.
-        seed : int, default 42
-            Seed of the shuffles.
+        seed : int or None, default 42
+            Seed of the shuffles; ``None``: drawn from NumPy's global random state (or
+            from nnx's generator after :func:`nnx.manual_seed`).
         progress : bool, optional
             Progress bars: ``None`` shows them in a terminal or notebook only.
         checkpoint : path, optional
@@ -331,7 +337,7 @@ class Optim:
         check_positive_int("Optim.SGD", "epochs", epochs)
         self._use_network(network)
         train = self._place().prepare("Optim.SGD", X, y)
-        rng = np.random.default_rng(seed)
+        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
         run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, rng)
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
         observers: list[Callable[[int, dict[str, float], Any], Any]] = []
@@ -384,8 +390,8 @@ class Optim:
         return_dataframe: bool = False,
         online_plot: bool | str | os.PathLike[str] = False,
         progress: bool | None = None,
-        restore_best: bool = True,
-        monitor: str = "score",
+        restore_best: bool = False,
+        monitor: str | None = None,
         callback: Callable[[dict[str, float]], Any] | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Any:
@@ -396,23 +402,29 @@ class Optim:
         the rest of nnx (bars, command line, ``history.csv``) calls the *validation
         split*, ``val_loss`` and ``val_acc``; a data set's own test set is not involved.
 
-        The last ``test_size`` part of the data (a fraction in (0, 1) or a count) is the
-        validation split; with ``shuffle_test`` the split is drawn at random from
-        ``default_rng(seed)`` instead. The split is kept on the Optim as
-        :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`.
+        A random part of ``test_size`` samples (a fraction in (0, 1), rounded up, or a
+        count) is the validation split, drawn from ``numpy.random.default_rng(seed)``:
+        the same seed gives the same split (``seed=None``: fresh randomness from NumPy's
+        global state, or nnx's generator after :func:`nnx.manual_seed`). Both parts keep
+        the data's order (with ``shuffle_test``, the held-out part comes in random order,
+        as scikit-learn's ``train_test_split`` gives it). The split is kept on the Optim
+        as :attr:`X_train`, :attr:`y_train`, :attr:`X_test`, :attr:`y_test`, as given
+        (NumPy stays NumPy, float64 stays float64).
 
         Every epoch trains on the training part (a new shuffle per epoch when
-        ``shuffle_train``), then records ``loss_train``/``score_train`` (mean loss and
-        accuracy over the epoch's batches, measured during the epoch, as Keras does)
-        and ``loss_test``/``score_test`` (a full pass over the validation split).
+        ``shuffle_train``, reproducible from ``seed``), then records
+        ``loss_train``/``score_train`` (mean loss and accuracy over the epoch's batches,
+        measured during the epoch, as Keras does) and ``loss_test``/``score_test`` (a
+        full pass over the validation split).
 
-        Early stopping: when the monitored test quantity (``monitor="score"``: highest
-        ``score_test``; ``"loss"``: lowest ``loss_test``) has not improved for
-        ``patience`` epochs, training stops (``patience=None``: never). Without an
-        accuracy (outputs that are not ``(n, K)``), the test loss is monitored. With
-        ``restore_best`` (default) the network ends with the parameters of the best
-        epoch (:attr:`best_epoch`), also after Ctrl-C; otherwise with the last
-        finished epoch's.
+        Early stopping: when the monitored test quantity has not improved for
+        ``patience`` epochs, training stops (``patience`` None or 0: never). The
+        monitored quantity (``monitor=None``) is the test accuracy for class targets
+        (integer labels or one-hot rows) and the test loss otherwise (an autoencoder's
+        targets); ``monitor="score"`` (highest ``score_test``) or ``"loss"`` (lowest
+        ``loss_test``) chooses. The network ends with the last finished epoch's
+        parameters, or, with ``restore_best=True`` (Keras's ``restore_best_weights``),
+        with those of the best epoch (:attr:`best_epoch`), also after Ctrl-C.
 
         Parameters
         ----------
@@ -434,17 +446,19 @@ class Optim:
         Returns
         -------
         pandas.DataFrame or tuple of numpy.ndarray
-            With ``return_dataframe``, a DataFrame with columns ``epoch, loss_train,
-            loss_test, score_train, score_test``; otherwise the four arrays
-            ``(loss_train, loss_test, score_train, score_test)``, one value per epoch.
+            With ``return_dataframe``, a DataFrame with columns ``epoch`` (counted from
+            0, as the seed and Keras's ``History.epoch`` do), ``loss_train``,
+            ``loss_test``, ``score_train``, ``score_test``; otherwise the four arrays in
+            the seed's order ``(loss_train, score_train, loss_test, score_test)``, one
+            value per epoch. Also kept as :attr:`train_df`.
         """
         owner = "Optim.SGD_eval"
         check_positive_int(owner, "batch_size", batch_size)
         check_positive_int(owner, "epochs", epochs)
-        if patience is not None:
+        if patience is not None and patience != 0:
             check_positive_int(owner, "patience", patience)
-        if monitor not in ("score", "loss"):
-            raise ValueError(f"{owner}: monitor must be 'score' or 'loss', got {monitor!r}")
+        if monitor not in (None, "score", "loss"):
+            raise ValueError(f"{owner}: monitor must be None, 'score' or 'loss', got {monitor!r}")
         if return_dataframe:
             history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
         plot = LivePlot(online_plot) if online_plot else None
@@ -456,6 +470,9 @@ class Optim:
                 f"and y {tuple(y.shape)}"
             )
         n = int(X.shape[0]) if len(X.shape) else 0
+        for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
+            if n:
+                placement.check_finite(owner, name, A)
         train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
         train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
         self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
@@ -463,10 +480,12 @@ class Optim:
         place = self._place()
         train = place.prepare(owner, self.X_train, self.y_train)
         test = place.prepare(owner, self.X_test, self.y_test)
-        rng = np.random.default_rng(seed)
+        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
         run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, rng)
         self.history = {c: [] for c in HISTORY_COLUMNS}
-        stopping = EarlyStopping(monitor, patience)
+        if monitor is None:
+            monitor = "score" if placement.is_class_target(y) else "loss"
+        stopping = EarlyStopping(monitor, patience or None)
         saver, first = None, 1
         if checkpoint is not None:
             call = call_signature(
@@ -550,8 +569,12 @@ class Optim:
         elif not restore_best:
             self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
         if return_dataframe:
-            return history_frame(self.history)
-        return tuple(
-            np.asarray(self.history[c], dtype=np.float64)
-            for c in ("loss_train", "loss_test", "score_train", "score_test")
-        )
+            frame = history_frame(self.history)
+            frame["epoch"] -= 1  # counted from 0, as the seed and Keras's History do
+            self.train_df = frame
+        else:
+            self.train_df = tuple(
+                np.asarray(self.history[c], dtype=np.float64)
+                for c in ("loss_train", "score_train", "loss_test", "score_test")
+            )
+        return self.train_df
