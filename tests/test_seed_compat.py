@@ -298,3 +298,61 @@ def test_pickled_network_predicts_the_same(backend, rng):
     np.testing.assert_array_equal(host(clone.reset()(X)), out)  # reset survives too
     layer = pickle.loads(pickle.dumps(nnx.Linear(3, 2)))
     assert layer(nnx.asarray(np.ones((1, 3)))).shape == (1, 2)
+
+
+# -- SGD_eval: what is monitored, and the split without a seed ---------------------------------
+def _monitored_run(X, y, net, loss, **kw):
+    nnx.manual_seed(7)
+    opt = nnx.Optim(net(), loss, eps=0.3)
+    out = opt.SGD_eval(X, y, 4, 10, 0.25, patience=2, restore_best=True, progress=False, **kw)
+    return len(out[0]), opt.best_epoch
+
+
+def test_default_monitor_follows_the_targets(backend, rng):
+    """Class targets: the validation accuracy drives early stopping; an autoencoder's
+    real-valued targets (even with (n, K) outputs, where an argmax "accuracy" can be
+    computed): the validation loss."""
+    X = rng.uniform(0.0, 1.0, (48, 6))
+
+    def auto():
+        return nnx.Sequential(nnx.Linear(6, 6), nnx.Sigmoid())
+
+    runs = {m: _monitored_run(X, X, auto, nnx.MSELoss(), monitor=m) for m in ("loss", "score")}
+    assert runs["loss"] != runs["score"]  # the two choices differ here...
+    assert _monitored_run(X, X, auto, nnx.MSELoss()) == runs["loss"]  # ...the loss is used
+
+    y = np.eye(3)[rng.integers(0, 3, 48)]
+
+    def clf():
+        return nnx.Sequential(nnx.Linear(6, 3))
+
+    runs = {
+        m: _monitored_run(X, y, clf, nnx.CrossEntropyLoss(), monitor=m) for m in ("loss", "score")
+    }
+    assert _monitored_run(X, y, clf, nnx.CrossEntropyLoss()) == runs["score"]
+    labels = y.argmax(axis=1)
+    assert _monitored_run(X, labels, clf, nnx.CrossEntropyLoss()) == runs["score"]
+
+
+def test_class_targets_are_recognised():
+    from nnx.training.data import is_class_target
+
+    assert is_class_target(np.array([0, 2, 1]))
+    assert is_class_target(np.eye(3)[[0, 2, 1]])
+    assert is_class_target(np.eye(3, dtype=np.float32))
+    assert not is_class_target(np.array([0.0, 1.0]))  # 1-D floats: regression targets
+    assert not is_class_target(np.array([[0.2, 0.8], [1.0, 0.0]]))  # soft / real targets
+    assert not is_class_target(np.array([[1.0, 1.0], [0.0, 1.0]]))  # two ones in a row
+    assert not is_class_target(np.zeros((2, 3, 1)))
+
+
+def test_split_without_seed_comes_from_numpy_global_state(backend, numpy_global_rng, rng):
+    X, y = rng.standard_normal((30, 4)), rng.integers(0, 2, 30)
+    splits = []
+    for s in (5, 5, 6):
+        np.random.seed(s)
+        opt = nnx.Optim(nnx.Sequential(nnx.Linear(4, 2)), nnx.CrossEntropyLoss(), eps=0.01)
+        opt.SGD_eval(X, y, 8, 1, 0.3, seed=None, progress=False)
+        splits.append(host(opt.X_test).copy())
+    np.testing.assert_array_equal(splits[0], splits[1])
+    assert not np.array_equal(splits[0], splits[2])
