@@ -345,3 +345,43 @@ def test_cli_blow_up_writes_history_and_last_good_model(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "non-finite" in metrics["error"]
     assert host is not None
+
+
+def test_resume_with_numpy_global_state(tmp_path, monkeypatch):
+    """seed=None with NumPy's global state (before manual_seed): the checkpoint keeps
+    that state too, and the resumed run is the uninterrupted one."""
+    X, y = data()
+
+    def fresh() -> nnx.Optim:
+        opt = make("adam")  # seeded weights, then back to NumPy's global state
+        nnx.manual_seed(None)
+        assert nnx.backends.get_rng() is np.random
+        return opt
+
+    try:
+        straight = fresh()
+        np.random.seed(3)  # noqa: NPY002 - the legacy global state is the subject
+        ref = straight.SGD(X, y, 16, 4, seed=None, progress=False)
+        path = tmp_path / "g.npz"
+        real_step, calls = nnx.Optim._step, []
+
+        def interrupted_step(self, bx, by):
+            calls.append(1)
+            if len(calls) == 8 + 3:
+                raise KeyboardInterrupt
+            return real_step(self, bx, by)
+
+        first = fresh()
+        np.random.seed(3)  # noqa: NPY002 - the legacy global state is the subject
+        monkeypatch.setattr(nnx.Optim, "_step", interrupted_step)
+        first.SGD(X, y, 16, 4, seed=None, progress=False, checkpoint=path)
+        monkeypatch.undo()
+        assert first.interrupted and path.exists()
+        again = fresh()
+        np.random.seed(99)  # noqa: NPY002 - the legacy global state is the subject  # whatever the global state is now, the checkpoint has its own
+        np.testing.assert_array_equal(
+            again.SGD(X, y, 16, 4, seed=None, progress=False, checkpoint=path), ref
+        )
+        same(again.network.state_dict(), straight.network.state_dict(), exact=True)
+    finally:
+        nnx.manual_seed(0)

@@ -33,13 +33,13 @@ import numpy as np
 from .. import backends, serialization
 from ..module import Module
 
-__all__ = ["Checkpoint", "call_signature"]
+__all__ = ["Checkpoint", "call_signature", "rng_state", "set_rng_state"]
 
 _OPT = "opt/"
 _BEST = "best/"
 
 
-def _rng_state(rng: Any) -> Any:
+def rng_state(rng: Any) -> Any:
     """JSON-serialisable state of a NumPy ``Generator`` or ``RandomState`` (or None)."""
     if isinstance(rng, np.random.Generator):
         return {"kind": "generator", "state": rng.bit_generator.state}
@@ -50,7 +50,8 @@ def _rng_state(rng: Any) -> Any:
     return None
 
 
-def _set_rng_state(rng: Any, saved: Any) -> None:
+def set_rng_state(rng: Any, saved: Any) -> None:
+    """Put back a state :func:`rng_state` returned (``None``: nothing to do)."""
     if saved is None:
         return
     if saved["kind"] == "generator" and isinstance(rng, np.random.Generator):
@@ -108,8 +109,8 @@ class Checkpoint:
             "checkpoint": {
                 "call": self.call,
                 "epoch": epoch,
-                "rng": _rng_state(rng),
-                "nnx_rng": _rng_state(backends.get_rng()),
+                "rng": rng_state(rng),
+                "nnx_rng": rng_state(backends.get_rng()),
                 "history": history,
                 "early": early,
                 "has_best": best_state is not None,
@@ -159,8 +160,8 @@ class Checkpoint:
                     param, _, name = key[len(_OPT) :].rpartition("/")
                     state.setdefault(param, {})[name] = value
             optimizer.load_state_dict({**opt_meta, "state": state})
-        _set_rng_state(rng, info.get("rng"))
-        _set_rng_state(backends.get_rng(), info.get("nnx_rng"))
+        set_rng_state(rng, info.get("rng"))
+        set_rng_state(backends.get_rng(), info.get("nnx_rng"))
         best = {k[len(_BEST) :]: v for k, v in extra.items() if k.startswith(_BEST)}
         return {
             "epoch": int(info["epoch"]),

@@ -14,7 +14,6 @@ per-step cost: the snapshot is taken once per epoch.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from .. import backends
 from ..module import Array, Module, namespace
+from .checkpoint import rng_state, set_rng_state
 
 __all__ = ["EpochStart", "non_finite_parameter", "replay"]
 
@@ -49,15 +49,13 @@ class EpochStart:
         self.parameters = network.state_dict()
         has_state = callable(getattr(optimizer, "state_dict", None))
         self.optimizer_state = optimizer.state_dict() if has_state else None
-        rng = backends.get_rng()
-        self.rng = copy.deepcopy(rng.bit_generator.state) if hasattr(rng, "bit_generator") else None
+        self.rng = rng_state(backends.get_rng())
 
     def restore(self) -> None:
         self.network.load_state_dict(self.parameters)
         if self.optimizer_state is not None:
             self.optimizer.load_state_dict(self.optimizer_state)
-        if self.rng is not None:
-            backends.get_rng().bit_generator.state = self.rng
+        set_rng_state(backends.get_rng(), self.rng)
 
 
 def replay(
