@@ -2,7 +2,8 @@
 
 ``nox`` runs every session that can run on a CPU-only machine: ``lint``, the four
 ``tests(backend=...)`` sessions (the CuPy one skips, with a message, when there is no
-NVIDIA GPU) and ``docs``. ``bench`` runs only when asked for.
+NVIDIA GPU), ``distributed`` (2 MPI ranks, mpich from PyPI) and ``docs``. ``bench`` runs
+only when asked for.
 
 Select sessions by name or by tag::
 
@@ -10,6 +11,7 @@ Select sessions by name or by tag::
     nox -t cpu                       # numpy, array_api_strict, torch
     nox -t gpu                       # cupy (fails instead of skipping if NNX_REQUIRE_GPU=1)
     nox -s docs
+    nox -s distributed               # mpiexec -n 2 python -m pytest -m mpi, numpy and torch
     nox -s bench -- --quick          # arguments after -- go to benchmarks/run.py
     nox -s "tests(backend='torch')" -- -k conv -x   # ... or to pytest
 
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "docs"]
+nox.options.sessions = ["lint", "tests", "distributed", "docs"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 # uv builds the session environments (installed with nox by `pip install "nox[uv]"`):
@@ -193,6 +195,48 @@ def tests(session: nox.Session, backend: str) -> None:
         # Docstring examples of the installed package, and the examples of the guides.
         session.run("pytest", "--doctest-modules", "--pyargs", "nnx", "-q")
         session.run("pytest", "--doctest-glob=*.rst", "-q", "docs")
+
+
+@nox.session(tags=["cpu", "mpi"])
+def distributed(session: nox.Session) -> None:
+    """Data-parallel training on 2 MPI ranks (mpi4py + mpich from PyPI), numpy and torch.
+
+    First the tests that launch ``mpiexec -n 2`` jobs themselves (a rank that raises,
+    hangs or is killed), then ``mpiexec -n 2 python -m pytest -m mpi`` on both backends:
+    every rank runs the ``mpi`` tests (parameters equal to the one-process run).
+    Arguments after ``--`` go to both pytest runs.
+    """
+    if sys.platform == "win32":
+        session.skip("mpich from PyPI has no Windows wheels (use MS-MPI and mpi4py by hand)")
+    session.install(".[tests,mpi]", *_torch_requirement())
+    launcher = shutil.which("mpiexec", path=session.bin) if session.bin else None
+    launcher = launcher or shutil.which("mpiexec")
+    if launcher is None:
+        session.error(
+            "mpiexec not found after installing mpich from PyPI (session bin: "
+            f"{session.bin}); install an MPI library that provides mpiexec"
+        )
+    session.log(f"launcher: {launcher}")
+    files = sorted(glob.glob("tests/test_distributed*.py"))
+    codes = _pytest_success_codes(session)
+    session.run("pytest", "-q", "-m", "not mpi", *files, *session.posargs, success_codes=codes)
+    # -p no:cacheprovider: two pytest processes would race on .pytest_cache
+    session.run(
+        launcher,
+        "-n",
+        "2",
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "mpi",
+        *(session.posargs or files),
+        env={"NNX_TEST_BACKENDS": "numpy,torch", "OMP_NUM_THREADS": "1"},
+        success_codes=codes,
+    )
 
 
 @nox.session

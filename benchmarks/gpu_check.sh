@@ -18,6 +18,9 @@
 #   profile    benchmarks/gpu_profile.py: phase times (eager and as a graph records them),
 #              CUDA graphs of nnx and PyTorch, launch costs, fused kernels
 #   parity-torch  the parity check for PyTorch tensors on CUDA
+#   nccl       benchmarks/gpu_nccl_check.py: nnx.distributed's NCCL engine on one GPU
+#   mpi-cupy   mpiexec -n 2 python -m pytest -m mpi on cupy: two ranks sharing the GPU,
+#              gradients staged through the host by MPI (needs mpi4py and mpich)
 # Writes DIR/summary.txt (one line per stage: PASS / FAIL / SKIP and seconds) and exits
 # non-zero if a stage failed. DIR is --out, else $OUT, else gpu-check-<UTC time>.
 #
@@ -29,11 +32,13 @@
 # Environment: PYTHON (default python, else python3), GPU_CHECK_BUDGET (seconds, 470),
 # GPU_CHECK_BENCH_SECTIONS (default step,batch,length,memory), GPU_CHECK_BENCH_MODELS
 # (default seed_cnn,mlp,mnist1d_cnn,lenet), GPU_CHECK_PYTEST_WORKERS (default 4: test
-# processes sharing the GPU, with pytest-xdist; 1 runs the suites in one process).
+# processes sharing the GPU, with pytest-xdist; 1 runs the suites in one process),
+# GPU_CHECK_SKIP (comma-separated stage names not to run, e.g. profile,mpi-cupy).
 # Wheels, fetched on a machine with pip access, for a CUDA image that already has
 # NumPy, CuPy, PyTorch, pytest, hypothesis, pandas, tqdm, matplotlib and scikit-learn:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       array-api-compat array-api-strict mnist1d
+#   and for the nccl and mpi-cupy stages: ... mpi4py mpich nvidia-nccl-cu12
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,6 +90,9 @@ log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT_DIR/gpu_check.
 # stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log, record the outcome
 stage() {
     local name="$1" limit="$2"; shift 2
+    case ",${GPU_CHECK_SKIP:-}," in
+        *",$name,"*) skip "$name" "GPU_CHECK_SKIP"; return 0 ;;
+    esac
     local elapsed=$(( $(date +%s) - START ))
     if [ $(( elapsed + 10 )) -ge "$BUDGET" ]; then
         log "SKIP $name: time budget spent (${elapsed}s of ${BUDGET}s)"
@@ -159,7 +167,7 @@ sed 's/^/    /' "$OUT_DIR/env.txt" | tail -n 12 | tee -a "$OUT_DIR/gpu_check.log
 SITE="${NNX_GPU_SITE:-/tmp/nnx-gpu-site}"
 install() {
     local pipargs=(--no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE")
-    [ "$DRY" = 1 ] && pipargs=(--no-index --no-deps --dry-run)
+    [ "$DRY" = 1 ] && pipargs=(--no-index --no-deps --dry-run --only-binary=:all: --python-version 3.12 --target "$SITE")
     echo "wheels in $WHEELS:"; ls "$WHEELS"
     "$PY" -m pip install -q "${pipargs[@]}" "$WHEELS"/*.whl
 }
@@ -230,6 +238,21 @@ grep -h "accuracy" "$OUT_DIR"/train*.log 2> /dev/null | tee -a "$OUT_DIR/gpu_che
 # -- the test suite on PyTorch CUDA tensors ----------------------------------------------
 stage tests-torch 90 env NNX_TEST_BACKENDS=torch NNX_TORCH_DEVICE="$TORCH_DEVICE" \
     "$PY" -m pytest "${TEST_ARGS[@]}" "${XDIST[@]}" --junitxml "$OUT_DIR/tests-torch.xml"
+
+# -- nnx.distributed on the GPU: NCCL on one rank, MPI host staging on two -------------
+if [ "$DRY" = 0 ]; then
+    stage nccl 60 "$PY" benchmarks/gpu_nccl_check.py
+fi
+MPIEXEC="$SITE/bin/mpiexec"   # the mpich wheel unpacked by the install stage
+[ -x "$MPIEXEC" ] || MPIEXEC="$(dirname "$(command -v "$PY")")/mpiexec"
+[ -x "$MPIEXEC" ] || MPIEXEC="$(command -v mpiexec || true)"
+if [ "$DRY" = 0 ] && [ -n "$MPIEXEC" ]; then
+    stage mpi-cupy 120 "$MPIEXEC" -n 2 env NNX_TEST_BACKENDS=cupy NNX_REQUIRE_GPU=1 \
+        "$PY" -m pytest -q -p no:cacheprovider -m mpi tests/test_distributed.py \
+        tests/test_distributed_training.py
+elif [ "$DRY" = 0 ]; then
+    skip mpi-cupy "no mpiexec (pip install mpi4py mpich)"
+fi
 
 # -- where a step's time goes on the GPU (phases, CUDA graphs, launches, fused kernels) -
 if [ "$DRY" = 0 ]; then

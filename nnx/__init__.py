@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from . import backends, datasets, init, models, optimizers, serialization, training
+from . import backends, datasets, distributed, init, models, optimizers, serialization, training
 from .activation import (
     LeakyReLU,
     LogSoftmax,
@@ -71,6 +71,7 @@ __all__ = [
     "asarray",
     "backends",
     "datasets",
+    "distributed",
     "get_backend",
     "get_default_dtype",
     "get_device",

@@ -27,6 +27,11 @@ Example (the README's main job, about a minute on a 2-core CPU)::
     nnx train --model mlp
     nnx train --dataset digits --model mlp --backend torch --dtype float64
     nnx evaluate runs/mnist1d-cnn/model.npz --backend array_api_strict
+
+Data-parallel on several processes, with the same arguments (``batch_size`` stays the
+global batch; rank 0 prints and writes the files)::
+
+    mpiexec -n 4 nnx train --model cnn --batch-size 256
 """
 
 from __future__ import annotations
@@ -94,7 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Train a model on a data set, holding out a validation split of the training "
             "set for early stopping; report the accuracy on the data set's test set. "
-            "Unset hyper-parameters take the model's recipe: "
+            "Started by an MPI launcher (mpiexec -n 4 nnx train ..., srun), the processes "
+            "train data-parallel with the same arguments: --batch-size is the global batch, "
+            "each process takes its share, rank 0 prints one result and writes the files "
+            "(pip install mpi4py mpich). Unset hyper-parameters take the model's recipe: "
             + "; ".join(
                 f"{m}: {r['optimizer']} lr={r['lr']} epochs={r['epochs']} "
                 f"batch={r['batch_size']} patience={r['patience']}"
@@ -277,8 +285,13 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _fail(msg: str) -> int:
-    print(f"nnx: error: {msg}", file=sys.stderr)
+def _fail(msg: str, exc: BaseException | None = None) -> int:
+    rank = ""
+    if exc is not None:  # under mpiexec: the other ranks stop now, not at their timeout
+        from .distributed import notify_failure
+
+        rank = notify_failure(exc)
+    print(f"nnx: error: {rank}{msg}", file=sys.stderr)
     return 2
 
 
@@ -417,7 +430,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--val-size must lie in (0, 1), got {args.val_size}")
     if recipe["patience"] < 0:
         raise ValueError(f"--patience must be >= 0, got {recipe['patience']}")
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    comm = nnx.distributed.init()  # one process unless started by mpiexec / srun
+    root = comm.rank == 0
+    quiet = args.quiet or not root
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if note:
         say(f"nnx train: {note}")
 
@@ -433,24 +449,34 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         net = nnx.models.build(args.model, X.shape[1], X.shape[2], classes)
         name = recipe["optimizer"]
         opt = None if name == "sgd" else nnx.optimizers.get(name, recipe["lr"])
-        optim = nnx.Optim(net, nnx.CELogSoftmax(), eps=recipe["lr"], optimizer=opt)
+        optim = nnx.Optim(
+            net,
+            nnx.CELogSoftmax(),
+            eps=recipe["lr"],
+            optimizer=opt,
+            comm=comm if comm.size > 1 else None,
+        )
         itemsize = 8 if args.dtype == "float64" else 4
-        _check_writable(out, net.num_parameters() * itemsize * 6 + (1 << 20))
-        if not args.resume:
+        if root:
+            _check_writable(out, net.num_parameters() * itemsize * 6 + (1 << 20))
+        if root and not args.resume:
             run_args = {k: getattr(args, k) for k in _RUN_ARGS}
             with atomic_open(out / ARGS, "w") as f:
                 f.write(json.dumps(run_args, indent=2) + "\n")
         stopping = f"early stopping patience {patience}" if patience else "no early stopping"
+        ranks = f", {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""
         say(
             f"nnx train: {args.dataset} ({X.shape[0]} train / {X_test.shape[0]} test, "
             f"shape {X.shape[1:]}), model {args.model} ({net.num_parameters():,} "
             f"parameters), backend {args.backend}/{args.dtype}, {name} lr={recipe['lr']}, "
             f"up to {recipe['epochs']} epochs of batch {recipe['batch_size']} "
-            f"({stopping}), validation split {args.val_size:g}, seed {args.seed}"
+            f"({stopping}), validation split {args.val_size:g}, seed {args.seed}{ranks}"
             + (f", resuming from {out / CHECKPOINT}" if args.resume else "")
         )
 
         def log(r: dict[str, float]) -> None:
+            if not root:
+                return
             # the history so far, every epoch: a run killed with -9 keeps it
             nnx.training.write_csv(
                 optim.history, out / "history.csv", names=nnx.training.VALIDATION_NAMES
@@ -460,7 +486,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         from .training import Progress
 
-        bars_shown = not args.quiet and Progress.resolve(args.progress) is not None
+        bars_shown = not quiet and Progress.resolve(args.progress) is not None
         t1 = time.perf_counter()
         try:
             optim.SGD_eval(
@@ -473,9 +499,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 shuffle_test=True,
                 seed=args.seed,
                 restore_best=True,
-                progress=False if args.quiet else args.progress,
+                progress=False if quiet else args.progress,
                 callback=log,
-                checkpoint=out / CHECKPOINT,
+                checkpoint=out / CHECKPOINT if comm.size == 1 else None,
             )
         except FloatingPointError as exc:
             failure = exc
@@ -507,7 +533,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": round(t_train, 3),
         "data_seconds": round(t_data, 3),
         "parameters": net.num_parameters(),
+        "ranks": comm.size,
     }
+    if not root:  # every rank holds the same result; rank 0 reports it
+        return metrics
     nnx.training.write_csv(history, out / "history.csv", names=nnx.training.VALIDATION_NAMES)
     if epochs_run:
         try:
@@ -597,9 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 evaluate(args)
     except (ValueError, ImportError, RuntimeError, OSError) as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc)
     except FloatingPointError as exc:
-        return _fail(f"{exc} (try a smaller --lr)")
+        return _fail(f"{exc} (try a smaller --lr)", exc)
     except TrainingFailed as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
         return 1

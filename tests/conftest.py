@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -24,6 +25,26 @@ from nnx import backends
 pytest.register_assert_rewrite("helpers")
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under mpiexec every rank is a pytest process: separate temporary folders, so that
+    # the ranks do not race for pytest's numbered ones.
+    if nnx.distributed.in_launcher() and not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="nnx-pytest-rank-")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked ``mpi`` need the ranks of an MPI job (mpiexec -n 2): in a plain run
+    # they are skipped with the command that runs them.
+    if nnx.distributed.in_launcher():
+        return
+    skip = pytest.mark.skip(
+        reason="needs 2 MPI ranks: mpiexec -n 2 python -m pytest -m mpi (nox -s distributed)"
+    )
+    for item in items:
+        if item.get_closest_marker("mpi") is not None:
+            item.add_marker(skip)
 
 
 def _selected() -> tuple[str, ...]:

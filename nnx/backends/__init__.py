@@ -57,6 +57,7 @@ __all__ = [
     "sliding_window_2d",
     "strided_windows",
     "strided_windows_2d",
+    "synchronize",
     "to_numpy",
     "uniform",
     "use_backend",
@@ -433,6 +434,13 @@ def from_numpy(a: np.ndarray, like: Any) -> Any:
         xp = namespace_of(like)
         return xp.asarray(a)
     return backend.from_numpy(a, backend.device_of(like))
+
+
+def synchronize(x: Any) -> None:
+    """Wait for the device work queued on ``x`` (GPU backends); a no-op on the host."""
+    backend = backend_of(x)
+    if backend is not None:
+        backend.synchronize(x)
 
 
 def sliding_window(x: Any, k_size: int, stride: int) -> Any:

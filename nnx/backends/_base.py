@@ -68,6 +68,10 @@ class Backend:
         """``(batch, out_length, channels, k_size)`` sliding windows of ``x``."""
         raise NotImplementedError
 
+    def synchronize(self, x: Any) -> None:
+        """Wait until the work queued on ``x``'s device is done (before another library,
+        such as MPI, reads its memory). Host libraries have nothing to wait for."""
+
     def graphs_supported(self, device: Any) -> bool:
         """Whether :meth:`capture` works for arrays on ``device``."""
         return False

@@ -67,6 +67,10 @@ class CupyBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return self._cupy.asnumpy(x)
 
+    def synchronize(self, x: Any) -> None:
+        with self._cupy.cuda.Device(x.device.id):
+            self._cupy.cuda.get_current_stream().synchronize()
+
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         return strided_windows(self._cupy.lib.stride_tricks.as_strided, x, k_size, stride)
 

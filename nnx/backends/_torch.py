@@ -52,6 +52,10 @@ class TorchBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    def synchronize(self, x: Any) -> None:
+        if x.device.type == "cuda":
+            self._torch.cuda.synchronize(x.device)
+
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         # Tensor.unfold(dim, size, step) appends the window axis: (B, O, C, K), no copy.
         return x.unfold(1, k_size, stride)

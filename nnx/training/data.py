@@ -9,7 +9,7 @@ loop (:meth:`Placement.prepare`); batches are then cut by :func:`batches`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -112,15 +112,22 @@ class Placement:
         return Data(backends.to_numpy(X), backends.to_numpy(y), n, False)
 
     def batches(
-        self, data: Data, batch_size: int, order: np.ndarray | None
+        self,
+        data: Data,
+        batch_size: int,
+        order: np.ndarray | None,
+        shard: Callable[[int, int], tuple[int, int]] | None = None,
     ) -> Iterator[tuple[Array, Array]]:
         """Consecutive batches of ``batch_size`` in ``order`` (``None``: as stored), on
-        the network's backend."""
+        the network's backend; with ``shard`` (data-parallel), only this rank's part
+        ``shard(start, stop)`` of each batch."""
         X, y, n, on_device = data
         idx = None if order is None else to_index(order, X)
         like = self.like()
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
+            if shard is not None:
+                start, stop = shard(start, stop)
             if idx is None:
                 bx, by = X[start:stop, ...], y[start:stop, ...]
             else:

@@ -9,7 +9,7 @@ from typing import Any
 from ..module import Array, Module
 from .progress import Progress
 from .signals import sigterm_as_interrupt
-from .step import Tally
+from .step import Reduce, Tally
 
 #: Called after every epoch with ``(epoch, record, parameters)``; ``True`` stops.
 Observer = Callable[[int, dict[str, float], Any], Any]
@@ -23,10 +23,12 @@ def train_epoch(
     n: int,
     batch_size: int,
     bars: Progress,
+    reduce: Reduce | None = None,
 ) -> tuple[float, float]:
     """Run ``step`` on every batch; returns (mean per-sample loss, running accuracy).
 
-    A non-finite loss raises ``FloatingPointError`` naming the epoch and the batch."""
+    A non-finite loss raises ``FloatingPointError`` naming the epoch and the batch.
+    With ``reduce`` (data-parallel), the sums of every rank's shares."""
     count = -(-n // batch_size)
     bars.start_epoch(epoch, count)
     tally = Tally()
@@ -39,7 +41,7 @@ def train_epoch(
             ) from None
         tally.add(total, yhat, by)
         bars.batch_bar.update(1)
-    return tally.means(n)
+    return tally.means(n, reduce)
 
 
 def run_epochs(
@@ -50,6 +52,7 @@ def run_epochs(
     bars: Progress,
     observers: Iterable[Observer] = (),
     first: int = 1,
+    rollback: bool = True,
 ) -> KeyboardInterrupt | None:
     """Epochs ``first..epochs`` of ``run_epoch`` (which returns the epoch's record),
     appended to ``history``; after each, every observer sees the record and the
@@ -57,7 +60,8 @@ def run_epochs(
 
     Ctrl-C (``KeyboardInterrupt``), or SIGTERM (:class:`~nnx.training.signals.Terminated`,
     a ``KeyboardInterrupt``), puts back the parameters of the last finished epoch and
-    is returned (``None``: not interrupted); the bars are closed in every case.
+    is returned (``None``: not interrupted; with ``rollback=False``, as on several
+    ranks, it propagates); the bars are closed in every case.
     """
     observers = list(observers)
     last = network.state_dict()
@@ -75,6 +79,8 @@ def run_epochs(
                 if stop:
                     break
     except KeyboardInterrupt as exc:
+        if not rollback:
+            raise
         network.load_state_dict(last)
         return exc
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends
+from .. import backends, distributed
 from ..module import Array, Loss, Module, check_positive_int, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
@@ -63,6 +63,20 @@ class Optim:
         Step size of the plain update (unused with an ``optimizer``).
     optimizer : nnx.optimizers.Optimizer, optional
         Update rule used after each backward pass.
+    comm : nnx.distributed.Communicator, optional
+        Train data-parallel on the ranks of ``comm`` (:func:`nnx.distributed.init`,
+        :doc:`/scaling`): ``step``, ``SGD`` and ``SGD_eval`` first check that every
+        rank built the same network and runs the loop with the same arguments, and
+        give every rank rank 0's parameters (once per network); each rank then takes
+        its contiguous share of every global batch (``batch_size`` is the global batch,
+        every rank draws the same shuffle), the gradients are summed with one allreduce
+        per step and every rank applies the same update: the parameters are those of
+        one process training on the global batches, up to float rounding. The
+        non-finite check and the label checks see every rank's share (every rank stops
+        at the same batch with the same error); ``evaluate``, ``score`` and the test
+        passes of ``SGD_eval`` are computed on shares and summed; only rank 0 shows
+        progress bars and draws ``online_plot``. Ctrl-C, or an error on one rank only,
+        stops every rank (see :class:`nnx.distributed.MPICommunicator`).
     cuda_graph : bool, default False
         Replay each step as CUDA graphs (:mod:`nnx.training.graph`): the first batch of
         each shape runs eagerly and is recorded, later ones cost a few launches instead
@@ -94,6 +108,7 @@ class Optim:
         loss: Loss,
         eps: float = 1e-3,
         optimizer: Any = None,
+        comm: Any = None,
         cuda_graph: bool = False,
     ) -> None:
         if not isinstance(network, Module):
@@ -119,8 +134,16 @@ class Optim:
                 f"{type(optimizer).__name__}'s step changes its scalars every step (use "
                 f"SGD or Momentum, or cuda_graph=False)"
             )
+        if cuda_graph and comm is not None:
+            raise ValueError(
+                "Optim: cuda_graph=True with comm= is not supported: a data-parallel step "
+                "sums the gradients over the ranks between the backward pass and the update"
+            )
         self.loss, self.eps = loss, float(eps)
         self.optimizer = optimizer
+        #: The communicator of data-parallel training (``None``: this process alone).
+        self.comm = comm
+        self._dp = None if comm is None else distributed.DataParallel(comm)
         self.cuda_graph = bool(cuda_graph)
         self.network = network
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
@@ -164,6 +187,8 @@ class Optim:
             self.network.update_parameters(self.eps)
 
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        if self._dp is not None:
+            return self._dp.train_step(self.network, self.loss, self._update, X, y)
         if self._graphed is not None:
             return self._graphed(X, y)
         return train_step(self.network, self.loss, self._update, X, y)
@@ -172,7 +197,15 @@ class Optim:
         """One training step on a batch; returns the per-sample losses (backend array).
 
         Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
+        With a communicator, ``batch_x`` is the global batch: this rank trains on its
+        share and returns that share's losses.
         """
+        dp = self._dp
+        if dp is not None:
+            dp.sync("Optim.step", self.network)
+            batch_x, batch_y = placement.host(batch_x), placement.host(batch_y)
+            lo, hi = dp.shard(0, int(batch_x.shape[0]) if len(batch_x.shape) else 0)
+            batch_x, batch_y = batch_x[lo:hi, ...], batch_y[lo:hi, ...]
         place = self._placement
         like = place.like()
         X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
@@ -186,6 +219,10 @@ class Optim:
                     f"this step (an earlier update overflowed: lower the learning rate)"
                 ) from None
             raise FloatingPointError(f"Optim.step: {exc}") from None
+        except BaseException as exc:
+            if dp is not None:
+                dp.failed(exc)
+            raise
         if self._graphed is not None:  # a graph's buffer: the next replay overwrites it
             return namespace(losses).asarray(losses, copy=True)
         return losses
@@ -206,8 +243,12 @@ class Optim:
         return namespace(parts[0]).concat(parts, axis=0)
 
     def _evaluate(self, data: placement.Data) -> tuple[float, float]:
-        batches = self._placement.batches(data, self.eval_batch_size, None)
-        return evaluate(self.network, self.loss, batches, data.n)
+        dp = self._dp
+        if dp is None:
+            batches = self._placement.batches(data, self.eval_batch_size, None)
+            return evaluate(self.network, self.loss, batches, data.n)
+        batches = self._placement.batches(dp.part(data), self.eval_batch_size, None)
+        return evaluate(self.network, self.loss, batches, data.n, dp.reduce)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -230,15 +271,42 @@ class Optim:
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
         True
+
+        With a communicator, every rank scores its share and the counts are summed.
         """
-        data = self._place().prepare("Optim.score", X, y)
-        _, accuracy = self._evaluate(data)
-        if math.isnan(accuracy):
+        if self._dp is None:  # one process: the checks and the passes of evaluate
+            data = self._place().prepare("Optim.score", X, y)
+            _, accuracy = self._evaluate(data)
+            if not math.isnan(accuracy):
+                return accuracy
             raise ValueError(
                 f"Optim.score: accuracy needs (n, K) outputs (K >= 2) and integer labels "
                 f"(n,) or one-hot targets (n, K); got y of shape {tuple(data.y.shape)}"
             )
-        return accuracy
+        X, y = placement.host(X), placement.host(y)
+        n = int(X.shape[0])
+        if n == 0:
+            raise ValueError(f"Optim.score: no samples (X has shape {tuple(X.shape)})")
+        lo, hi = self._dp.comm.shard(n)
+        X, y = X[lo:hi, ...], y[lo:hi, ...]
+        yhat = self.predict(X)
+        xp = namespace(yhat)
+        if len(yhat.shape) != 2:
+            raise ValueError(
+                f"Optim.score: accuracy needs (batch, classes) outputs, got shape "
+                f"{tuple(yhat.shape)}"
+            )
+        pred = backends.to_numpy(xp.argmax(yhat, axis=-1))
+        target = backends.to_numpy(y) if backends.is_array(y) else np.asarray(y)
+        if target.ndim == 2:
+            target = target.argmax(axis=1)
+        if target.shape != pred.shape:
+            raise ValueError(
+                f"Optim.score: expected labels of shape {pred.shape} or one-hot "
+                f"({pred.shape[0]}, K), got shape {target.shape}"
+            )
+        (right,) = self._dp.sum(int(np.count_nonzero(pred == target)))
+        return right / n
 
     # -- loops ------------------------------------------------------------------------
     def _use_network(self, network: Module | None) -> None:
@@ -265,6 +333,9 @@ class Optim:
 
         Non-finite parameters (checked when a loss is not finite and after the epoch)
         are traced to their step by replaying the epoch (:mod:`nnx.training.guard`)."""
+        dp = self._dp
+        shard = None if dp is None else dp.shard
+        reduce = None if dp is None else dp.reduce
 
         def run(epoch: int, bars: Progress) -> tuple[float, float]:
             order = rng.permutation(train.n) if shuffle else None
@@ -272,12 +343,14 @@ class Optim:
             count = -(-train.n // batch_size)
 
             def again() -> None:
-                batches = self._placement.batches(train, batch_size, order)
+                batches = self._placement.batches(train, batch_size, order, shard)
                 replay(owner, epoch, start, self._step, batches, count)
 
-            batches = self._placement.batches(train, batch_size, order)
+            batches = self._placement.batches(train, batch_size, order, shard)
             try:
-                result = train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars)
+                result = train_epoch(
+                    owner, epoch, self._step, batches, train.n, batch_size, bars, reduce
+                )
             except FloatingPointError:
                 if non_finite_parameter(self.network) is not None:
                     again()
@@ -291,6 +364,33 @@ class Optim:
     def _interrupted(self, stop: KeyboardInterrupt | None) -> None:
         self.interrupted = stop is not None
         self.terminated = isinstance(stop, Terminated)
+
+    # -- data-parallel hooks ------------------------------------------------------------
+    def _sync(self, owner: str, loop: str) -> None:
+        """Same network and loop arguments on every rank; rank 0's parameters (once)."""
+        if self._dp is not None:
+            self._dp.sync(owner, self.network, loop)
+
+    def _common_seed(self, seed: int | None) -> int | None:
+        """The same seed on every rank (rank 0's draw for ``seed=None``)."""
+        return seed if self._dp is None else self._dp.common_seed(seed)
+
+    def _shows(self, progress: bool | None) -> bool | None:
+        """Bars (and plots) only on rank 0."""
+        return progress if self._dp is None or self._dp.root else False
+
+    def _run_epochs(self, *args: Any) -> KeyboardInterrupt | None:
+        """:func:`run_epochs`; on several ranks an error on this rank is told to the
+        others, and Ctrl-C propagates (the ranks may be at different batches: there is
+        no common state to roll back to)."""
+        dp = self._dp
+        if dp is None:
+            return run_epochs(*args)
+        try:
+            return run_epochs(*args, rollback=dp.comm.size == 1)
+        except BaseException as exc:
+            dp.failed(exc)
+            raise
 
     def SGD(
         self,
@@ -337,6 +437,11 @@ class Optim:
         check_positive_int("Optim.SGD", "epochs", epochs)
         self._use_network(network)
         train = self._place().prepare("Optim.SGD", X, y)
+        seed = self._common_seed(seed)
+        self._sync(
+            "Optim.SGD",
+            f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
+        )
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
         run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, rng)
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
@@ -355,23 +460,24 @@ class Optim:
             if saver.exists():
                 resumed = saver.restore(self.network, self.optimizer, rng)
                 self.history, first = resumed["history"], resumed["epoch"] + 1
-            observers.append(
-                lambda epoch, record, state: saver.save(
-                    self.network, self.optimizer, epoch, rng, self.history
+            if self._dp is None or self._dp.root:  # one writer; every rank resumes
+                observers.append(
+                    lambda epoch, record, state: saver.save(
+                        self.network, self.optimizer, epoch, rng, self.history
+                    )
                 )
-            )
-        bars = Progress(progress, int(epochs))
+        bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss, score = run(epoch, bars)
             return {"epoch": epoch, "loss_train": loss, "score_train": score}
 
         self._interrupted(None)
-        stop = run_epochs(
+        stop = self._run_epochs(
             self.network, int(epochs), epoch_record, self.history, bars, observers, first
         )
         self._interrupted(stop)
-        if saver is not None and stop is None:
+        if saver is not None and stop is None and (self._dp is None or self._dp.root):
             saver.remove()
         return np.asarray(self.history["loss_train"], dtype=np.float64)
 
@@ -461,7 +567,7 @@ class Optim:
             raise ValueError(f"{owner}: monitor must be None, 'score' or 'loss', got {monitor!r}")
         if return_dataframe:
             history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
-        plot = LivePlot(online_plot) if online_plot else None
+        plot = LivePlot(online_plot) if online_plot and self._shows(True) else None
         self._use_network(network)
         X, y = placement.host(X), placement.host(y)
         if int(y.shape[0]) != int(X.shape[0]):
@@ -473,6 +579,7 @@ class Optim:
         for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
             if n:
                 placement.check_finite(owner, name, A)
+        seed = self._common_seed(seed)
         train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
         train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
         self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
@@ -480,6 +587,11 @@ class Optim:
         place = self._place()
         train = place.prepare(owner, self.X_train, self.y_train)
         test = place.prepare(owner, self.X_test, self.y_test)
+        self._sync(
+            owner,
+            f"n={train.n}+{test.n} batch_size={batch_size} epochs={epochs} "
+            f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
+        )
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
         run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, rng)
         self.history = {c: [] for c in HISTORY_COLUMNS}
@@ -511,7 +623,7 @@ class Optim:
                 stopping.best_state = resumed["best_state"]
                 if plot is not None:
                     plot.update(self.history)
-        bars = Progress(progress, int(epochs))
+        bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss_train, score_train = run(epoch, bars)
@@ -530,7 +642,7 @@ class Optim:
         if callback is not None:
             observers.append(lambda epoch, record, state: callback(dict(record)) and None)
         observers.append(stopping.on_epoch_end)
-        if saver is not None:
+        if saver is not None and (self._dp is None or self._dp.root):
             early = stopping  # its state after this epoch's verdict
 
             def save(epoch: int, record: dict[str, float], state: Any) -> None:
@@ -552,7 +664,7 @@ class Optim:
         self._interrupted(None)
         self.best_epoch = None
         try:
-            stop = run_epochs(
+            stop = self._run_epochs(
                 self.network, int(epochs), epoch_record, self.history, bars, observers, first
             )
         except FloatingPointError:
@@ -561,7 +673,7 @@ class Optim:
                 self.network.load_state_dict(stopping.best_state)
             raise
         self._interrupted(stop)
-        if saver is not None and stop is None:
+        if saver is not None and stop is None and (self._dp is None or self._dp.root):
             saver.remove()
         self.best_epoch = stopping.best_epoch
         if restore_best and stopping.best_state is not None:

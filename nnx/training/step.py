@@ -15,6 +15,10 @@ from typing import Any
 from .. import backends
 from ..module import Array, Loss, Module, is_floating, namespace
 
+#: ``reduce(loss_sum, correct, uncounted)`` -> the same three summed over the ranks of a
+#: data-parallel job (see :mod:`nnx.distributed`)
+Reduce = Callable[[float, int, int], list[float]]
+
 
 @backends.quiet_float_errors  # a non-finite loss is reported as FloatingPointError
 def forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, Array, float]:
@@ -89,24 +93,35 @@ class Tally:
         self.correct: Any = 0
         self.counted = True
 
-    def add(self, loss_sum: Any, yhat: Array, y: Array) -> None:
+    def add(self, loss_sum: Any, yhat: Array | None, y: Array) -> None:
+        """Add a batch; ``yhat`` ``None``: a rank's empty share of a batch."""
         self.loss = self.loss + loss_sum
+        if yhat is None:
+            return
         c = correct(yhat, y)
         if c is None:
             self.counted = False
         elif self.counted:
             self.correct = self.correct + c
 
-    def means(self, n: int) -> tuple[float, float]:
-        """Mean per-sample loss and accuracy (NaN when not a classification)."""
-        return float(self.loss) / n, (int(self.correct) / n if self.counted else math.nan)
+    def means(self, n: int, reduce: Reduce | None = None) -> tuple[float, float]:
+        """Mean per-sample loss and accuracy (NaN when not a classification) of ``n``
+        samples; with ``reduce``, the sums of every rank's tally."""
+        total, right, counted = float(self.loss), int(self.correct), self.counted
+        if reduce is not None:
+            total, right, uncounted = reduce(total, right, 0 if counted else 1)
+            counted = uncounted == 0
+        return total / n, (right / n if counted else math.nan)
 
 
-def evaluate(net: Module, loss: Loss, batches: Any, n: int) -> tuple[float, float]:
-    """Mean per-sample loss and accuracy over ``batches`` (no update); one read."""
+def evaluate(
+    net: Module, loss: Loss, batches: Any, n: int, reduce: Reduce | None = None
+) -> tuple[float, float]:
+    """Mean per-sample loss and accuracy over ``batches`` of ``n`` samples (no update);
+    one read. With ``reduce``, ``batches`` are this rank's share."""
     tally = Tally()
     for bx, by in batches:
         yhat = net.forward(bx)
         losses = loss.forward(by, yhat)
         tally.add(namespace(losses).sum(losses), yhat, by)
-    return tally.means(n)
+    return tally.means(n, reduce)

@@ -1,0 +1,282 @@
+#!/usr/bin/env python
+"""Data-parallel scaling: samples per second of 1 and N MPI ranks, one thread each.
+
+One command runs the whole comparison (it launches ``mpiexec`` itself)::
+
+    python benchmarks/scaling.py                       # seed CNN, global batch 256, 1 and 2 ranks
+    python benchmarks/scaling.py --ranks 1,2,4 --rounds 7
+    python benchmarks/scaling.py --save benchmarks/results/scaling-cpu.json \\
+        --markdown benchmarks/results/scaling-cpu.md --rst benchmarks/results/scaling-cpu.rst
+
+Every configuration trains the same model on the same synthetic data with
+``nnx.Optim.SGD`` (plain SGD, float32, NumPy backend): 1 rank is the plain
+one-process run (``comm=None``), N ranks run ``mpiexec -n N`` with ``comm=`` (each rank
+takes its contiguous share of every global batch of ``--batch``, one packed allreduce
+of the gradients per step). Every rank is limited to one BLAS thread
+(``OMP_NUM_THREADS=1`` ...), so N ranks use N cores. Each rank times ``--rounds``
+epochs of ``--steps`` global batches after one warm-up epoch; the figure is the median
+epoch of rank 0, as samples per second. The allreduce is timed inside the epochs
+(``allreduce incl. wait``: the call, including the wait for the slower rank) and alone
+after training (``allreduce alone``: the ranks meet at a barrier, then one allreduce of
+the same gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="seed_cnn", help="a name of nnx.models")
+    p.add_argument("--length", type=int, default=256, help="input length (1 channel)")
+    p.add_argument("--batch", type=int, default=256, help="global batch size")
+    p.add_argument("--steps", type=int, default=20, help="global batches per timed epoch")
+    p.add_argument("--rounds", type=int, default=5, help="timed epochs")
+    p.add_argument("--ranks", default="1,2", help="comma-separated numbers of ranks")
+    p.add_argument("--save", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown")
+    p.add_argument("--rst", type=Path, default=None, help="write the table as reStructuredText")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- one configuration (runs on every rank) ---------------------------------------------------
+def worker(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import nnx
+
+    comm = nnx.distributed.init() if args.distributed else None
+    rank = 0 if comm is None else comm.rank
+    nnx.manual_seed(0)
+    net = nnx.models.build(args.model, args.length, 1, 10)
+    rng = np.random.default_rng(0)
+    n = args.batch * args.steps
+    X = rng.normal(size=(n, args.length, 1)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    waits: list[float] = []
+    if comm is not None:  # time every allreduce of the training (including the wait)
+        plain = comm.allreduce_sum
+
+        def timed(arrays: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return plain(arrays)
+            finally:
+                waits.append(time.perf_counter() - t0)
+
+        comm.allreduce_sum = timed  # type: ignore[method-assign]
+    optim = nnx.Optim(net, nnx.CELogSoftmax(), eps=1e-4, comm=comm)
+    optim.SGD(X, y, args.batch, 1, shuffle=True, progress=False)  # warm-up
+    epochs, fractions = [], []
+    for r in range(args.rounds):
+        if comm is not None:
+            comm.barrier()
+        waits.clear()
+        t0 = time.perf_counter()
+        optim.SGD(X, y, args.batch, 1, seed=r, progress=False)
+        seconds = time.perf_counter() - t0
+        epochs.append(seconds)
+        fractions.append(sum(waits) / seconds)
+    alone = []
+    if comm is not None:
+        comm.allreduce_sum = plain  # type: ignore[method-assign]
+        grads = [g for _, g in net.named_gradients()]
+        for _ in range(20):
+            comm.barrier()
+            t0 = time.perf_counter()
+            comm.allreduce_sum(grads)
+            alone.append(time.perf_counter() - t0)
+    if rank == 0:
+        median = statistics.median(epochs)
+        result = {
+            "ranks": 1 if comm is None else comm.size,
+            "samples_per_s": n / median,
+            "step_ms": 1e3 * median / args.steps,
+            "epoch_s": epochs,
+            "allreduce_fraction": statistics.median(fractions) if comm is not None else 0.0,
+            "allreduce_alone_ms": 1e3 * statistics.median(alone) if alone else 0.0,
+            "gradient_mib": sum(4 * int(np.prod(p.shape)) for p in net.parameters()) / 2**20,
+        }
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- the driver -----------------------------------------------------------------------------
+def mpiexec() -> str:
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if found is None:
+        raise SystemExit("scaling.py: mpiexec not found (pip install mpi4py mpich)")
+    return found
+
+
+def run_config(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.update({v: "1" for v in THREAD_VARIABLES})
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    own = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--model",
+        args.model,
+        "--length",
+        str(args.length),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--rounds",
+        str(args.rounds),
+    ]
+    cmd = own if ranks == 1 else [mpiexec(), "-n", str(ranks), *own, "--distributed"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(
+            f"scaling.py: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def machine() -> dict[str, Any]:
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from mpi4py import MPI
+
+        mpi = " ".join(MPI.Get_library_version().splitlines()[0].split())
+    except ImportError:
+        mpi = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "mpi": mpi,
+        "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def table(
+    args: argparse.Namespace, rows: list[dict[str, Any]]
+) -> tuple[list[str], list[list[str]]]:
+    base = rows[0]["samples_per_s"]
+    header = [
+        "ranks",
+        "samples/s",
+        "ms per global step",
+        "speed-up",
+        "allreduce incl. wait",
+        "allreduce alone ms",
+    ]
+    body = [
+        [
+            str(r["ranks"]),
+            f"{r['samples_per_s']:.0f}",
+            f"{r['step_ms']:.2f}",
+            f"{r['samples_per_s'] / base:.2f}x",
+            f"{100 * r['allreduce_fraction']:.1f} %" if r["ranks"] > 1 else "-",
+            f"{r['allreduce_alone_ms']:.2f}" if r["ranks"] > 1 else "-",
+        ]
+        for r in rows
+    ]
+    return header, body
+
+
+def render(
+    header: list[str], body: list[list[str]], kind: str, title: str, notes: list[str]
+) -> str:
+    if kind == "markdown":
+        lines = [f"**{title}**", ""] + [f"- {n}" for n in notes] + [""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    rule = "   " + " ".join("=" * w for w in widths)
+    fmt = "   " + " ".join(f"{{:<{w}}}" for w in widths)
+    lines = [f"- {n}" for n in notes] + ["", f".. table:: {title}", ""]
+    lines += [rule, fmt.format(*header), rule]
+    lines += [fmt.format(*row) for row in body]
+    lines.append(rule)
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    ranks = [int(r) for r in args.ranks.split(",")]
+    if ranks[0] != 1:
+        ranks.insert(0, 1)
+    info = machine()
+    rows = []
+    for n in ranks:
+        print(f"scaling: {n} rank(s) ...", flush=True)
+        rows.append(run_config(args, n))
+    info["load_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    title = (
+        f"{args.model} (length {args.length}), global batch {args.batch}, plain SGD, float32, "
+        f"1 thread per rank"
+    )
+    load = info["load"]
+    notes = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, "
+        f"NumPy {info['numpy']}; {info['mpi']}",
+        f"Load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in load or [])}; "
+        f"at end: {', '.join(f'{v:.2f}' for v in info['load_end'] or [])}",
+        f"Median of {args.rounds} epochs of {args.steps} global batches; gradients "
+        f"{rows[0]['gradient_mib']:.2f} MiB per allreduce",
+    ]
+    header, body = table(args, rows)
+    print(render(header, body, "markdown", title, notes))
+    if args.save:
+        args.save.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"save": None, "markdown": None, "rst": None},
+                    "machine": info,
+                    "rows": rows,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
+    if args.markdown:
+        args.markdown.write_text(render(header, body, "markdown", title, notes))
+    if args.rst:
+        args.rst.write_text(render(header, body, "rst", title, notes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,389 @@
+"""nnx.distributed: communicators, packing, failure behaviour.
+
+Three kinds of tests:
+
+- plain tests (every session): the single-process communicator, the packing of arrays
+  into one buffer per dtype on every backend (through a two-rank stand-in), the NCCL
+  engine with stand-in NCCL calls, the errors;
+- ``@pytest.mark.mpi`` tests: run by every rank of ``mpiexec -n 2 python -m pytest -m mpi``
+  (``nox -s distributed``), skipped otherwise;
+- job tests: launch ``mpiexec -n 2`` on a small script and check how the job ends (a rank
+  that raises, hangs or is killed); skipped without ``mpiexec`` and ``mpi4py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import backends
+from nnx.distributed import Communicator, DistributedError, SingleProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER_VARIABLES = ("PMI_", "OMPI_", "PMIX_", "MV2_", "SLURM_", "MPI_LOCALRANKID", "HYDRA_")
+
+
+# -- helpers ------------------------------------------------------------------------------
+class TwoRanks(Communicator):
+    """Rank 0 of two ranks whose other rank holds the same values: a sum doubles the
+    buffer, a broadcast keeps it. Counts the collectives."""
+
+    engine = "stand-in"
+
+    def __init__(self) -> None:
+        super().__init__(0, 2)
+        self.calls: list[tuple[str, str]] = []
+
+    def _allreduce_flat(self, buf):
+        self.calls.append(("allreduce", backends.dtype_name(buf)))
+        buf *= 2
+        return buf
+
+    def _broadcast_flat(self, buf, root):
+        self.calls.append(("broadcast", backends.dtype_name(buf)))
+        return buf
+
+    def allgather_bytes(self, data):
+        return [bytes(data), bytes(data)]
+
+    def barrier(self):
+        pass
+
+
+def mpiexec() -> str | None:
+    """The ``mpiexec`` next to this Python (a venv with mpich) or on the PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.exists() else shutil.which("mpiexec")
+
+
+needs_mpi_job = pytest.mark.skipif(
+    mpiexec() is None or importlib.util.find_spec("mpi4py") is None,
+    reason="needs mpiexec and mpi4py (pip install mpi4py mpich)",
+)
+
+
+def job_command(script: str, tmp_path: Path, n: int = 2, rank_dirs: bool = False):
+    """The ``mpiexec`` command line and environment running ``script`` on ``n`` ranks
+    (with ``rank_dirs``, rank r works in ``tmp_path/rank<r>``)."""
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(script))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARIABLES)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    if not rank_dirs:
+        return [mpiexec(), "-n", str(n), sys.executable, str(path)], env
+    cmd = [mpiexec()]
+    for r in range(n):
+        (tmp_path / f"rank{r}").mkdir()
+        cmd += [*([":"] if r else []), "-n", "1", "-wdir", str(tmp_path / f"rank{r}")]
+        cmd += [sys.executable, str(path)]
+    return cmd, env
+
+
+def run_job(script: str, tmp_path: Path, n: int = 2, limit: float = 120.0, rank_dirs=False):
+    """Run ``script`` on ``n`` ranks; returns (CompletedProcess, seconds)."""
+    cmd, env = job_command(script, tmp_path, n, rank_dirs)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=env, cwd=tmp_path)
+    return proc, time.monotonic() - t0
+
+
+def world():
+    return nnx.distributed.init("mpi")
+
+
+# -- plain tests --------------------------------------------------------------------------
+def test_init_outside_a_launcher_is_single_process(monkeypatch):
+    for name in nnx.distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    comm = nnx.distributed.init()
+    assert isinstance(comm, SingleProcess)
+    assert (comm.rank, comm.size, comm.engine) == (0, 1, "single")
+    assert nnx.distributed.init() is comm
+    assert nnx.distributed.init(timeout=5).timeout == 5.0
+
+
+def test_in_launcher_reads_the_launchers_variables(monkeypatch):
+    for name in nnx.distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not nnx.distributed.in_launcher()
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not nnx.distributed.in_launcher()
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert nnx.distributed.in_launcher()
+
+
+def test_init_rejects_bad_arguments(monkeypatch):
+    with pytest.raises(ValueError, match="engine must be"):
+        nnx.distributed.init("gloo")
+    with pytest.raises(ValueError, match="timeout must be a positive"):
+        nnx.distributed.init("single", timeout=0)
+    monkeypatch.setenv("NNX_DISTRIBUTED_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="NNX_DISTRIBUTED_TIMEOUT"):
+        nnx.distributed.init("single")
+    monkeypatch.setenv("NNX_DISTRIBUTED_TIMEOUT", "2.5")
+    assert nnx.distributed.default_timeout() == 2.5
+
+
+def test_missing_mpi4py_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setattr(nnx.distributed, "_COMMUNICATORS", {})
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(ImportError, match="pip install mpi4py mpich"):
+        nnx.distributed.init()
+    with pytest.raises(ImportError, match="mpi4py"):
+        nnx.distributed.init("mpi")
+
+
+def test_nccl_without_gpu_is_a_clear_error(monkeypatch):
+    reason = nnx.distributed._nccl_usable()
+    if reason is None:
+        pytest.skip("NCCL is usable here")
+    monkeypatch.setattr(nnx.distributed, "_COMMUNICATORS", {})
+    with pytest.raises(RuntimeError, match="engine 'nccl' unavailable"):
+        nnx.distributed.init("nccl")
+
+
+def test_single_process_collectives_return_at_once():
+    comm = SingleProcess()
+    a, b = np.arange(3.0), np.ones((2, 2), dtype=np.float32)
+    out = comm.allreduce_sum([a, b])
+    assert out[0] is a and out[1] is b
+    np.testing.assert_array_equal(a, [0.0, 1.0, 2.0])
+    assert comm.broadcast([a])[0] is a
+    assert comm.sum_floats([1.5, 2.0]) == [1.5, 2.0]
+    assert comm.allgather_bytes(b"x") == [b"x"]
+    comm.check_same("test", "anything", "text")
+    comm.barrier()
+    comm.fail(ValueError("nobody to tell"))
+    assert comm.shard(7) == (0, 7)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_shards_are_contiguous_and_cover_the_batch(size):
+    for n in range(0, 20):
+        bounds = [Communicator(r, size).shard(n) for r in range(size)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        for (_, stop), (start, _) in zip(bounds, bounds[1:]):  # noqa: B905
+            assert stop == start
+        sizes = [stop - start for start, stop in bounds]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_packing_one_collective_per_dtype_in_place(backend, xp):
+    comm = TwoRanks()
+    w32 = nnx.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    b32 = nnx.asarray(np.ones((1, 3)), dtype="float32")
+    w64 = nnx.asarray(np.arange(4.0), dtype="float64")
+    out = comm.allreduce_sum([w32, w64, b32])
+    assert sorted(comm.calls) == [("allreduce", "float32"), ("allreduce", "float64")]
+    assert out[0] is w32 and out[1] is w64 and out[2] is b32
+    np.testing.assert_array_equal(nnx.to_numpy(w32), 2 * np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(nnx.to_numpy(b32), 2 * np.ones((1, 3)))
+    np.testing.assert_array_equal(nnx.to_numpy(w64), 2 * np.arange(4.0))
+    assert backends.dtype_name(w32) == "float32" and tuple(w32.shape) == (2, 3)
+    comm.calls.clear()
+    comm.broadcast([w32, b32])
+    assert comm.calls == [("broadcast", "float32")]
+    np.testing.assert_array_equal(nnx.to_numpy(b32), 2 * np.ones((1, 3)))
+
+
+def test_read_only_arrays_are_replaced_not_written():
+    comm = TwoRanks()
+    a = np.arange(3.0)
+    a.flags.writeable = False
+    out = comm.allreduce_sum([a])
+    np.testing.assert_array_equal(a, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(out[0], [0.0, 2.0, 4.0])
+
+
+def test_packing_refuses_non_arrays():
+    with pytest.raises(TypeError, match="expected arrays"):
+        TwoRanks().allreduce_sum([np.ones(2), [1.0, 2.0]])
+    with pytest.raises(ValueError, match="root must be"):
+        TwoRanks().broadcast([np.ones(2)], root=2)
+
+
+def test_check_same_names_the_first_difference():
+    class Disagree(TwoRanks):
+        def allgather_bytes(self, data):
+            return [
+                b"Linear(4, 3)\n0.weight (4, 3) float32",
+                b"Linear(4, 3)\n0.weight (4, 3) float64",
+            ]
+
+    with pytest.raises(ValueError, match=r"rank 1 has '0.weight \(4, 3\) float64' where rank 0"):
+        Disagree().check_same("Optim.SGD", "the network", "ignored")
+    TwoRanks().check_same("Optim.SGD", "the network", "same everywhere")
+
+
+def test_signature_covers_architecture_and_dtype(backend):
+    net = nnx.Sequential(nnx.Linear(4, 3), nnx.ReLU())
+    text = nnx.distributed.signature(net)
+    assert "0.weight (4, 3) float32" in text and "Linear(4, 3" in text
+    assert text != nnx.distributed.signature(nnx.Sequential(nnx.Linear(4, 3), nnx.TanH()))
+    assert text != nnx.distributed.signature(net.to(dtype="float64"))
+
+
+class FakeMPI:
+    """What NCCLCommunicator needs of its MPI communicator."""
+
+    def __init__(self, timeout=60.0):
+        self.rank, self.size, self.timeout, self.local_rank = 0, 2, timeout, 0
+        self._broken = None
+        self._timed_out = False
+        self.host_calls = 0
+
+    def _usable(self):
+        if self._broken:
+            raise DistributedError(self._broken)
+
+    def _allreduce_flat(self, buf):
+        self.host_calls += 1
+        buf *= 2
+        return buf
+
+
+class FakeStream:
+    def __init__(self, done):
+        self.done = done
+
+
+class FakeNccl:
+    """Stands in for CupyNccl: torch tensors play the device arrays."""
+
+    def __init__(self, done=True):
+        self.done, self.calls, self.aborted = done, [], False
+
+    def is_device_array(self, x):
+        return type(x).__module__.startswith("torch")
+
+    def allreduce(self, buf):
+        self.calls.append(("allreduce", backends.dtype_name(buf), tuple(buf.shape)))
+        buf *= 2
+        return FakeStream(self.done)
+
+    def broadcast(self, buf, root):
+        self.calls.append(("broadcast", backends.dtype_name(buf), tuple(buf.shape)))
+        return FakeStream(self.done)
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_nccl_engine_packs_device_arrays_and_sends_host_arrays_to_mpi():
+    torch = pytest.importorskip("torch")
+    from nnx.distributed._nccl import NCCLCommunicator
+
+    mpi, ops = FakeMPI(), FakeNccl()
+    comm = NCCLCommunicator(mpi, ops=ops)
+    g = [torch.ones(2, 3, dtype=torch.float32), torch.arange(4, dtype=torch.float32)]
+    out = comm.allreduce_sum([*g, np.ones(2)])
+    assert ops.calls == [("allreduce", "float32", (10,))]
+    assert mpi.host_calls == 1
+    assert out[0] is g[0]
+    np.testing.assert_array_equal(g[1].numpy(), 2 * np.arange(4.0))
+    np.testing.assert_array_equal(out[2], [2.0, 2.0])
+    comm.timeout = 3.0
+    assert mpi.timeout == 3.0
+
+
+def test_nccl_engine_gives_up_after_the_timeout():
+    torch = pytest.importorskip("torch")
+    from nnx.distributed._nccl import NCCLCommunicator
+
+    mpi, ops = FakeMPI(timeout=0.2), FakeNccl(done=False)
+    comm = NCCLCommunicator(mpi, ops=ops)
+    t0 = time.monotonic()
+    with pytest.raises(DistributedError, match="waited 0.2 s in NCCL allreduce"):
+        comm.allreduce_sum([torch.ones(3)])
+    assert time.monotonic() - t0 < 5
+    assert ops.aborted and mpi._timed_out
+    with pytest.raises(DistributedError):
+        comm.allreduce_sum([torch.ones(3)])
+
+
+def test_synchronize_is_a_no_op_on_the_host(backend, xp):
+    backends.synchronize(nnx.asarray(np.ones(2)))
+
+
+# -- on the ranks of mpiexec -n 2 ---------------------------------------------------------
+@pytest.mark.mpi
+def test_mpi_allreduce_and_broadcast(backend):
+    comm = world()
+    assert comm.size == 2
+    a = nnx.asarray(np.full((2, 3), comm.rank + 1.0), dtype="float64")
+    b = nnx.asarray(np.full(4, 10.0 * (comm.rank + 1)), dtype="float32")
+    out = comm.allreduce_sum([a, b])
+    assert out[0] is a and out[1] is b
+    np.testing.assert_array_equal(nnx.to_numpy(a), np.full((2, 3), 3.0))
+    np.testing.assert_array_equal(nnx.to_numpy(b), np.full(4, 30.0))
+    for root in (0, 1):
+        c = nnx.asarray(np.full(3, float(comm.rank)))
+        comm.broadcast([c], root=root)
+        np.testing.assert_array_equal(nnx.to_numpy(c), np.full(3, float(root)))
+    assert comm.sum_floats([1.0, comm.rank]) == [2.0, 1.0]
+    comm.barrier()
+
+
+@pytest.mark.mpi
+def test_mpi_allgather_and_disagreement():
+    comm = world()
+    assert comm.allgather_bytes(b"r%d" % comm.rank * (comm.rank + 1)) == [b"r0", b"r1r1"]
+    comm.check_same("test", "the network", "same")
+    with pytest.raises(ValueError, match="rank 1 has 'float64' where rank 0 has 'float32'"):
+        comm.check_same("test", "the network", "Linear\n" + ("float32", "float64")[comm.rank])
+
+
+@pytest.mark.mpi
+def test_mpi_shards():
+    comm = world()
+    assert comm.shard(5) == ((0, 2), (2, 5))[comm.rank]
+
+
+# -- whole jobs ---------------------------------------------------------------------------
+@needs_mpi_job
+def test_job_a_rank_that_raises_stops_the_others_at_once(tmp_path):
+    proc, seconds = run_job(
+        """
+        import numpy as np, nnx
+        comm = nnx.distributed.init(timeout=60)
+        comm.allreduce_sum([np.ones(3)])
+        if comm.rank == 1:
+            raise ValueError("bad data on rank 1")
+        comm.allreduce_sum([np.ones(3)])
+        """,
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "ValueError: bad data on rank 1" in out
+    assert "rank 1 of 2 failed with ValueError: bad data on rank 1; rank 0 stops too" in out
+    assert seconds < 30  # the notice, not the 60 s timeout
+
+
+@needs_mpi_job
+def test_job_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path):
+    proc, seconds = run_job(
+        """
+        import time, numpy as np, nnx
+        comm = nnx.distributed.init(timeout=2)
+        comm.allreduce_sum([np.ones(3)])
+        if comm.rank == 1:
+            time.sleep(600)
+        comm.allreduce_sum([np.ones(3)])
+        """,
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "rank 0 of 2 waited 2 s in allreduce_sum" in proc.stdout + proc.stderr
+    assert seconds < 60
