@@ -1,5 +1,5 @@
 r"""The container :class:`Sequential`; :class:`Optim` (in :mod:`nnx.training`) is
-re-exported here, where the seed had both."""
+re-exported here, where the original library had both."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class Sequential(Module):
 
     def reset(self) -> Sequential:
         """Restore every module's parameters to their values when it was added; returns
-        the network (``Optim(net.reset(), loss)``, as in the seed)."""
+        the network (``Optim(net.reset(), loss)``, as in the original library)."""
         for module, initial in zip(self._modules, self._initial, strict=True):
             module.load_state_dict(initial)
         self._inputs = None
@@ -87,7 +87,7 @@ class Sequential(Module):
 
     @property
     def modules(self) -> list[Module]:
-        """The list of this network's modules, in order, as in the seed library
+        """The list of this network's modules, in order, as in the original library
         (``net.modules[0]``, ``len(net.modules)``, ``for m in net.modules``).
 
         For every module at any depth (PyTorch's ``modules()``) use
@@ -169,7 +169,7 @@ class Sequential(Module):
 
     def update_parameters(self, eps: float = 1e-3, *, learning_rate: float | None = None) -> None:
         """Gradient descent step of every module: :math:`w \\leftarrow w - \\epsilon
-        \\nabla_w L`, :math:`\\epsilon` = ``eps`` (the seed's keyword for a
+        \\nabla_w L`, :math:`\\epsilon` = ``eps`` (the original library's keyword for a
         ``Sequential``) or ``learning_rate`` (the keyword of :meth:`Module.update_parameters`,
         so that a ``Sequential`` can stand wherever a module does)."""
         step = eps if learning_rate is None else learning_rate

@@ -82,7 +82,7 @@ class Module:
 
     def update_parameters(self, learning_rate: float = 1e-3) -> None:
         """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L` with
-        :math:`\\epsilon` = ``learning_rate`` (the seed's keyword)."""
+        :math:`\\epsilon` = ``learning_rate`` (the original library's keyword)."""
         for name, p in self._parameters.items():  # rebinds values, never keys
             if self._owned.get(name) is p:  # nnx's own writeable array: one fused update
                 fused.subtract_scaled_(p, learning_rate, self._gradient[name])
@@ -134,7 +134,7 @@ class Module:
     def set_parameter(self, name: str, value: Array) -> None:
         """Bind parameter ``name`` (dotted for a descendant's) to the array ``value``.
 
-        Same as assigning ``_parameters[name]``, as the seed documents: ``value`` must
+        Same as assigning ``_parameters[name]``, as the original library (NeuralNetworksDIY) documents: ``value`` must
         keep the shape, it is used from the next call on, and it is never modified in
         place (the next update binds a new array).
         """
@@ -244,7 +244,7 @@ class Module:
 
     def all_modules(self) -> Iterator[Module]:
         """This module and every descendant, depth first (what PyTorch's
-        ``Module.modules()`` yields; the name ``modules`` is the seed's list of a
+        ``Module.modules()`` yields; the name ``modules`` is the original library's list of a
         :class:`~nnx.Sequential`'s own modules)."""
         yield self
         for child in self.children():

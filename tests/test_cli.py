@@ -166,6 +166,20 @@ def test_a_run_folder_is_never_overwritten_silently(tmp_path, capsys, monkeypatc
     assert (tmp_path / "runs" / "digits-mlp" / "history.csv").read_bytes() != first
 
 
+@pytest.mark.once
+def test_data_cache_option(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    monkeypatch.setenv("NNX_DATA_CACHE", "off")
+    nnx.datasets._mnist1d_split.cache_clear()
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--quiet", "--out"]
+    assert cli.main([*argv, str(tmp_path / "a"), "--data-cache", str(tmp_path / "c")]) == 0
+    assert len(list((tmp_path / "c").glob("mnist1d-*.npz"))) == 1  # the option wins
+    assert cli.main([*argv, str(tmp_path / "b"), "--data-cache", "off"]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["data_seconds"] >= 0
+    nnx.datasets._mnist1d_split.cache_clear()
+
+
 def test_run_files_get_the_umask_mode(tmp_path):
     old = os.umask(0o027)
     try:
@@ -173,7 +187,7 @@ def test_run_files_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert code == 0
-    for name in ("history.csv", "learning_curve.png", "metrics.json"):
+    for name in ("history.csv", "learning_curve.png", "metrics.json", "model.npz"):
         assert (out / name).stat().st_mode & 0o777 == 0o640, name
 
 

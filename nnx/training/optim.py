@@ -160,7 +160,7 @@ class Optim:
         #: Epoch (1-based, as the bars count) whose parameters the last :meth:`SGD_eval`
         #: kept: the last one, or the best one with ``restore_best=True``.
         self.best_epoch: int | None = None
-        #: What the last :meth:`SGD_eval` returned (the seed's attribute): its DataFrame
+        #: What the last :meth:`SGD_eval` returned (the original library's attribute): its DataFrame
         #: with ``return_dataframe=True``, else its four arrays.
         self.train_df: Any = None
 
@@ -553,9 +553,9 @@ class Optim:
         -------
         pandas.DataFrame or tuple of numpy.ndarray
             With ``return_dataframe``, a DataFrame with columns ``epoch`` (counted from
-            0, as the seed and Keras's ``History.epoch`` do), ``loss_train``,
+            0, as the original library and Keras's ``History.epoch`` do), ``loss_train``,
             ``loss_test``, ``score_train``, ``score_test``; otherwise the four arrays in
-            the seed's order ``(loss_train, score_train, loss_test, score_test)``, one
+            the original library's order ``(loss_train, score_train, loss_test, score_test)``, one
             value per epoch. Also kept as :attr:`train_df`.
         """
         owner = "Optim.SGD_eval"
@@ -682,7 +682,7 @@ class Optim:
             self.best_epoch = self.history["epoch"][-1] if self.history["epoch"] else None
         if return_dataframe:
             frame = history_frame(self.history)
-            frame["epoch"] -= 1  # counted from 0, as the seed and Keras's History do
+            frame["epoch"] -= 1  # counted from 0, as the original library and Keras's History do
             self.train_df = frame
         else:
             self.train_df = tuple(
