@@ -37,6 +37,7 @@ def test_train_writes_history_curve_model_and_metrics(backend, tmp_path, capsys)
     stdout = capsys.readouterr().out
     assert "test accuracy: 0." in stdout and "epoch   3" in stdout  # one line per epoch, no bars
     assert sorted(p.name for p in out.iterdir()) == [
+        "args.json",
         "history.csv",
         "learning_curve.png",
         "metrics.json",
