@@ -176,7 +176,11 @@ class Optim:
     def network(self, network: Module) -> None:
         self._network = network
         self._placement = placement.Placement(network)
-        self._graphed = GraphedStep(network, self.loss, self._update) if self.cuda_graph else None
+        self._graphed = (
+            GraphedStep(network, self.loss, self._update, self._recorded_state)
+            if self.cuda_graph
+            else None
+        )
 
     def _place(self) -> placement.Placement:
         self._placement.max_device_bytes = self.max_device_bytes
@@ -188,6 +192,13 @@ class Optim:
             self.optimizer.step(self.network)
         else:
             self.network.update_parameters(self.eps)
+
+    def _recorded_state(self) -> list[Array]:
+        """What a recorded step updates in place: parameters and optimiser state."""
+        arrays = [p for _, p, _ in self.network.parameters_and_gradients()]
+        if self.optimizer is not None:
+            arrays += [a for st in self.optimizer.state.values() for a in st.values()]
+        return arrays
 
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
         if self._dp is not None:
