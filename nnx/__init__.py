@@ -48,6 +48,7 @@ from .encapsulation import Optim, Sequential
 from .linear import Linear
 from .loss import BCELoss, CELogSoftmax, CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Loss, Module
+from .regularization import BatchNorm, Dropout
 from .serialization import load, save
 
 __version__ = "0.1.0"
@@ -56,10 +57,12 @@ __all__ = [
     "AvgPool1D",
     "AvgPool2D",
     "BCELoss",
+    "BatchNorm",
     "CELogSoftmax",
     "Conv1D",
     "Conv2D",
     "CrossEntropyLoss",
+    "Dropout",
     "Flatten",
     "LeakyReLU",
     "Linear",

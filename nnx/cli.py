@@ -9,13 +9,24 @@ held-out test set, and writes to the output folder:
   split, a held-out part of the training set; ``acc``: accuracy);
 - ``learning_curve.png``: loss and accuracy curves;
 - ``model.npz``: the trained network (:func:`nnx.save`), loadable with :func:`nnx.load`;
-- ``metrics.json``: the run's settings, test accuracy, times.
+- ``metrics.json``: the run's settings, test accuracy, times;
+- ``args.json``: the run's arguments, and, while the run is going,
+  ``checkpoint.npz`` (:mod:`nnx.training.checkpoint`), written after every epoch:
+  ``nnx train --resume --out FOLDER`` continues a run killed in any way (even
+  ``kill -9``) with its arguments and ends as the uninterrupted run would have.
+
+The output folder is checked (writable, free space) before training starts.
+Ctrl-C or SIGTERM stops at the last finished epoch and still writes every output
+(exit status 130 and 143, i.e. 128 + the signal); a numerical blow-up writes the
+history and the model of the last good step, then exits with status 1; bad
+arguments exit with status 2.
 
 Example (the README's main job, about a minute on a 2-core CPU)::
 
     nnx train                      # MNIST-1D, deeper CNN, Adam, NumPy backend
     nnx train --model mlp
     nnx train --dataset digits --model mlp --backend torch --dtype float64
+    nnx train --dataset digits --model cnn2d   # 8x8 images, Conv2D + BatchNorm + Dropout
     nnx evaluate runs/mnist1d-cnn/model.npz --backend array_api_strict
 
 Data-parallel on several processes, with the same arguments (``batch_size`` stays the
@@ -29,11 +40,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_open
+from .training import signals
 
 #: Default hyper-parameters per model (used when the option is not given).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -41,11 +59,22 @@ RECIPES: dict[str, dict[str, Any]] = {
     "simple_cnn": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32, "patience": 10},
     # the MNIST-1D paper's MLP recipe (Adam 1e-2); it overfits fast: early stopping
     "mlp": {"optimizer": "adam", "lr": 1e-2, "epochs": 200, "batch_size": 64, "patience": 20},
+    # images (--dataset digits): 98.3-99.2% test accuracy (seeds 0-2), about 20 s
+    "cnn2d": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 32, "patience": 8},
 }
 
 
 #: The files ``nnx train`` writes into its output folder.
-RUN_FILES = ("history.csv", "learning_curve.png", "model.npz", "metrics.json")
+CHECKPOINT = "checkpoint.npz"
+ARGS = "args.json"
+RUN_FILES = (
+    "history.csv",
+    "learning_curve.png",
+    "model.npz",
+    "metrics.json",
+    CHECKPOINT,
+    ARGS,
+)
 
 
 def _recipe_default(key: str) -> str:
@@ -152,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace the run files of an existing --out folder (default: refuse)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose checkpoint is in --out, with its arguments "
+        "(default: start a new run)",
     )
     _data_cache_arg(t)
     _threads_arg(t)
@@ -268,6 +303,52 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(f"--{name} must be positive, got {value}")
 
 
+#: Arguments saved in ``args.json`` and taken back by ``--resume``.
+_RUN_ARGS = (
+    "dataset", "model", "backend", "device", "dtype", "optimizer", "lr", "epochs",
+    "batch_size", "val_size", "patience", "seed",
+)  # fmt: skip
+
+
+class TrainingFailed(Exception):
+    """Training stopped by an error after the outputs were written (exit status 1)."""
+
+
+def _check_writable(out: Path, need: int) -> None:
+    """Fail before training when ``out`` cannot take the outputs (read-only, full)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out) as f:
+            f.write(b"nnx")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ValueError(f"output folder {str(out)!r} is not writable: {exc}") from None
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise ValueError(
+            f"output folder {str(out)!r} has {free:,} bytes free; the model, its checkpoint "
+            f"and the history need about {need:,}"
+        )
+
+
+def _resolve(args: argparse.Namespace, out: Path) -> None:
+    """``--resume``: take the run's arguments back from ``args.json``."""
+    path = out / ARGS
+    if not (out / CHECKPOINT).exists():
+        raise ValueError(
+            f"--resume: no checkpoint in {str(out)!r} (the run finished, or never started); "
+            f"run without --resume to start a new one"
+        )
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--resume: cannot read {str(path)!r}: {exc}") from None
+    for key in _RUN_ARGS:
+        if key in saved:
+            setattr(args, key, saved[key])
+
+
 def epoch_line(record: dict[str, float]) -> str:
     """The line printed after each epoch when no progress bars are shown.
 
@@ -317,20 +398,41 @@ def output_folder(args: argparse.Namespace) -> tuple[Path, str | None]:
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``nnx train``; returns the metrics written to ``metrics.json``."""
+    """Run ``nnx train``; returns the metrics written to ``metrics.json``.
+
+    The output folder is checked (writable, enough space) before training; a
+    checkpoint is written there after every epoch (``--resume`` continues from it) and
+    removed at the end. Ctrl-C or SIGTERM keeps the finished epochs (SIGTERM: exit 143,
+    see :func:`main`); a numerical blow-up writes the history and the last good model,
+    then fails.
+    """
     import nnx
 
+    if args.resume:
+        out, note = Path(args.out or f"runs/{args.dataset}-{args.model}"), None
+        _resolve(args, out)
+    else:
+        leftover = args.out is not None and (Path(args.out) / CHECKPOINT).exists()
+        if leftover and not args.overwrite:
+            raise ValueError(
+                f"{args.out!r} holds the checkpoint of an interrupted run: pass --resume "
+                f"to continue it, or --overwrite to start over (or choose another --out)"
+            )
+        out, note = output_folder(args)
+        if (out / CHECKPOINT).exists():  # --overwrite: start over, not from the checkpoint
+            (out / CHECKPOINT).unlink()
     recipe = dict(RECIPES[args.model])
     for key in ("optimizer", "lr", "epochs", "batch_size", "patience"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
     for key in ("lr", "epochs", "batch_size"):
         _positive(key.replace("_", "-"), recipe[key])
+    if not math.isfinite(recipe["lr"]):
+        raise ValueError(f"--lr must be finite, got {recipe['lr']}")
     if not 0.0 < args.val_size < 1.0:
         raise ValueError(f"--val-size must lie in (0, 1), got {args.val_size}")
     if recipe["patience"] < 0:
         raise ValueError(f"--patience must be >= 0, got {recipe['patience']}")
-    out, note = output_folder(args)
     comm = nnx.distributed.init()  # one process unless started by mpiexec / srun
     root = comm.rank == 0
     quiet = args.quiet or not root
@@ -339,43 +441,63 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         say(f"nnx train: {note}")
 
     t0 = time.perf_counter()
-    X, y, X_test, y_test = nnx.datasets.load(args.dataset, cache=args.data_cache)
+    images = args.model in nnx.models.IMAGE_MODELS
+    if images and args.dataset not in nnx.datasets.IMAGE_DATASETS:
+        raise ValueError(
+            f"--model {args.model} takes images; --dataset {args.dataset} holds 1-D signals "
+            f"(image data sets: {', '.join(nnx.datasets.IMAGE_DATASETS)})"
+        )
+    X, y, X_test, y_test = nnx.datasets.load(args.dataset, cache=args.data_cache, images=images)
     t_data = time.perf_counter() - t0
     classes = int(max(y.max(), y_test.max())) + 1
     patience = recipe["patience"] or None
+    failure: FloatingPointError | None = None
     with nnx.use_backend(args.backend, args.device):
-        saved_dtype = nnx.get_default_dtype()
-        nnx.set_default_dtype(args.dtype)
+        nnx.set_default_dtype(args.dtype)  # this block's only (context-local)
+        nnx.manual_seed(args.seed)
+        net = nnx.models.for_input(args.model, X.shape[1:], classes)
+        name = recipe["optimizer"]
+        opt = None if name == "sgd" else nnx.optimizers.get(name, recipe["lr"])
+        optim = nnx.Optim(
+            net,
+            nnx.CELogSoftmax(),
+            eps=recipe["lr"],
+            optimizer=opt,
+            comm=comm if comm.size > 1 else None,
+        )
+        itemsize = 8 if args.dtype == "float64" else 4
+        if root:
+            _check_writable(out, net.num_parameters() * itemsize * 6 + (1 << 20))
+        if root and not args.resume:
+            run_args = {k: getattr(args, k) for k in _RUN_ARGS}
+            with atomic_open(out / ARGS, "w") as f:
+                f.write(json.dumps(run_args, indent=2) + "\n")
+        stopping = f"early stopping patience {patience}" if patience else "no early stopping"
+        ranks = f", {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""
+        say(
+            f"nnx train: {args.dataset} ({X.shape[0]} train / {X_test.shape[0]} test, "
+            f"shape {X.shape[1:]}), model {args.model} ({net.num_parameters():,} "
+            f"parameters), backend {args.backend}/{args.dtype}, {name} lr={recipe['lr']}, "
+            f"up to {recipe['epochs']} epochs of batch {recipe['batch_size']} "
+            f"({stopping}), validation split {args.val_size:g}, seed {args.seed}{ranks}"
+            + (f", resuming from {out / CHECKPOINT}" if args.resume else "")
+        )
+
+        def log(r: dict[str, float]) -> None:
+            if not root:
+                return
+            # the history so far, every epoch: a run killed with -9 keeps it
+            nnx.training.write_csv(
+                optim.history, out / "history.csv", names=nnx.training.VALIDATION_NAMES
+            )
+            if not bars_shown:
+                say(epoch_line(r))
+
+        from .training import Progress
+
+        bars_shown = not quiet and Progress.resolve(args.progress) is not None
+        t1 = time.perf_counter()
         try:
-            nnx.manual_seed(args.seed)
-            net = nnx.models.build(args.model, X.shape[1], X.shape[2], classes)
-            name = recipe["optimizer"]
-            opt = None if name == "sgd" else nnx.optimizers.get(name, recipe["lr"])
-            optim = nnx.Optim(
-                net,
-                nnx.CELogSoftmax(),
-                eps=recipe["lr"],
-                optimizer=opt,
-                comm=comm if comm.size > 1 else None,
-            )
-            stopping = f"early stopping patience {patience}" if patience else "no early stopping"
-            ranks = f", {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""
-            say(
-                f"nnx train: {args.dataset} ({X.shape[0]} train / {X_test.shape[0]} test, "
-                f"shape {X.shape[1:]}), model {args.model} ({net.num_parameters():,} "
-                f"parameters), backend {args.backend}/{args.dtype}, {name} lr={recipe['lr']}, "
-                f"up to {recipe['epochs']} epochs of batch {recipe['batch_size']} "
-                f"({stopping}), validation split {args.val_size:g}, seed {args.seed}{ranks}"
-            )
-
-            def log(r: dict[str, float]) -> None:
-                if not bars_shown:
-                    say(epoch_line(r))
-
-            from .training import Progress
-
-            bars_shown = not quiet and Progress.resolve(args.progress) is not None
-            t1 = time.perf_counter()
             optim.SGD_eval(
                 X,
                 y,
@@ -388,17 +510,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 restore_best=True,
                 progress=False if quiet else args.progress,
                 callback=log,
+                checkpoint=out / CHECKPOINT if comm.size == 1 else None,
             )
-            t_train = time.perf_counter() - t1
-            history = dict(optim.history)
-            test_acc = optim.score(X_test, y_test)
-            loss_te, _ = optim.evaluate(X_test, y_test)
-        finally:
-            nnx.set_default_dtype(saved_dtype)
+        except FloatingPointError as exc:
+            failure = exc
+        t_train = time.perf_counter() - t1
+        history = dict(optim.history)
+        test_acc = optim.score(X_test, y_test)
+        loss_te, _ = optim.evaluate(X_test, y_test)
     epochs_run = len(history["epoch"])
-    best = optim.best_epoch
+    best = optim.best_epoch if failure is None else None
     val_acc = float(history["score_test"][best - 1]) if best else None
-    stopped_early = not optim.interrupted and epochs_run < recipe["epochs"]
+    stopped_early = failure is None and not optim.interrupted and epochs_run < recipe["epochs"]
     metrics = {
         "dataset": args.dataset,
         "model": args.model,
@@ -411,6 +534,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "stopped_early": stopped_early,
         "best_epoch": best,
         "interrupted": optim.interrupted,
+        "terminated": optim.terminated,
+        "error": None if failure is None else str(failure),
         "val_accuracy": val_acc,
         "test_accuracy": test_acc,
         "test_loss": loss_te,
@@ -421,21 +546,31 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not root:  # every rank holds the same result; rank 0 reports it
         return metrics
-    out.mkdir(parents=True, exist_ok=True)
     nnx.training.write_csv(history, out / "history.csv", names=nnx.training.VALIDATION_NAMES)
-    try:
-        nnx.training.plot_history(
-            history,
-            out / "learning_curve.png",
-            title=f"{args.model} on {args.dataset}",
-            labels=("train", "validation"),
-        )
-    except ImportError as exc:
-        say(f"nnx train: no learning-curve PNG: {exc}")
+    if epochs_run:
+        try:
+            nnx.training.plot_history(
+                history,
+                out / "learning_curve.png",
+                title=f"{args.model} on {args.dataset}",
+                labels=("train", "validation"),
+            )
+        except ImportError as exc:
+            say(f"nnx train: no learning-curve PNG: {exc}")
     nnx.save(net, out / "model.npz", metadata=metrics)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_open(out / "metrics.json", "w") as f:
+        f.write(json.dumps(metrics, indent=2) + "\n")
+    if failure is not None:
+        raise TrainingFailed(
+            f"{failure} (try a smaller --lr); the history and the model of the last good "
+            f"step are in {out}/"
+        )
     if optim.interrupted:
-        say(f"interrupted after {epochs_run} finished epoch(s)")
+        how = "terminated (SIGTERM)" if optim.terminated else "interrupted"
+        say(
+            f"{how} after {epochs_run} finished epoch(s); continue with: nnx train --resume "
+            f"--out {out}"
+        )
     if stopped_early:
         say(
             f"early stopping after epoch {epochs_run} of {recipe['epochs']}: no better "
@@ -476,7 +611,8 @@ def evaluate(args: argparse.Namespace) -> float:
     dataset = args.dataset or header.get("metadata", {}).get("dataset")
     if dataset is None:
         raise ValueError("the model file records no data set; pass --dataset")
-    _, _, X_test, y_test = nnx.datasets.load(dataset, cache=args.data_cache)
+    images = header.get("metadata", {}).get("model") in nnx.models.IMAGE_MODELS
+    _, _, X_test, y_test = nnx.datasets.load(dataset, cache=args.data_cache, images=images)
     with nnx.use_backend(args.backend, args.device):
         net = nnx.load(args.model_path, dtype=args.dtype)
         acc = nnx.Optim(net, nnx.CELogSoftmax()).score(X_test, y_test)
@@ -489,15 +625,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        with limit_threads(args.threads, torch=args.backend == "torch"):
+        with (
+            signals.sigterm_as_interrupt(),
+            limit_threads(args.threads, torch=args.backend == "torch"),
+        ):
             if args.command == "train":
-                train(args)
+                metrics = train(args)
+                if metrics["terminated"]:
+                    return 128 + int(signals.Terminated.signum)
             else:
                 evaluate(args)
     except (ValueError, ImportError, RuntimeError, OSError) as exc:
         return _fail(str(exc), exc)
     except FloatingPointError as exc:
         return _fail(f"{exc} (try a smaller --lr)", exc)
+    except TrainingFailed as exc:
+        print(f"nnx: error: {exc}", file=sys.stderr)
+        return 1
+    except signals.Terminated:
+        return 128 + int(signals.Terminated.signum)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

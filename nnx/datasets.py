@@ -54,7 +54,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_ENV", "DATASETS", "cache_dir", "digits", "load", "mnist1d", "one_hot"]
+__all__ = [
+    "CACHE_ENV",
+    "DATASETS",
+    "IMAGE_DATASETS",
+    "cache_dir",
+    "digits",
+    "load",
+    "mnist1d",
+    "one_hot",
+]
 
 DATASETS_EXTRA = 'pip install "nnx-backprop[datasets]"'
 
@@ -235,44 +244,69 @@ def _digits_cached(test_size: float, seed: int) -> Split:
     return out
 
 
-def digits(flatten: bool = False, test_size: float = 0.2, seed: int = 0) -> Split:
+def digits(
+    flatten: bool = False, test_size: float = 0.2, seed: int = 0, images: bool = False
+) -> Split:
     r"""The 1,797 8x8 hand-written digits bundled with scikit-learn.
 
     Pixels are scaled from 0..16 to :math:`[0, 1]` (ready for a sigmoid output and
-    :class:`~nnx.BCELoss`); images are read row by row into sequences of length 64.
+    :class:`~nnx.BCELoss`); images are read row by row into sequences of length 64, or
+    kept as 8x8 images, channels last, with ``images=True`` (for :class:`~nnx.Conv2D`).
     The train/test split is stratified and reproducible (``test_size``, ``seed``):
     1,437 / 360 samples by default.
 
     Returns ``X_train (1437, 64, 1)``, ``y_train (1437,)``, ``X_test (360, 64, 1)``,
-    ``y_test (360,)`` (``(n, 64)`` inputs with ``flatten=True``).
+    ``y_test (360,)`` (``(n, 64)`` inputs with ``flatten=True``, ``(n, 8, 8, 1)`` with
+    ``images=True``).
 
     >>> import nnx
     >>> X, y, Xt, yt = nnx.datasets.digits(flatten=True)
     >>> X.shape, Xt.shape, float(X.max())
     ((1437, 64), (360, 64), 1.0)
+    >>> nnx.datasets.digits(images=True)[0].shape
+    (1437, 8, 8, 1)
     """
     if not isinstance(test_size, float) or not 0.0 < test_size < 1.0:
         raise ValueError(
             f"nnx.datasets.digits: test_size must be a float in (0, 1), got {test_size!r}"
         )
-    return _shape(_digits_cached(test_size, int(seed)), flatten)
+    if images and flatten:
+        raise ValueError("nnx.datasets.digits: choose images=True or flatten=True, not both")
+    split = _shape(_digits_cached(test_size, int(seed)), flatten)
+    if not images:
+        return split
+    X_tr, y_tr, X_te, y_te = split  # rows of the 8x8 images, read row-major
+    return X_tr.reshape(-1, 8, 8, 1), y_tr, X_te.reshape(-1, 8, 8, 1), y_te
 
 
 DATASETS = {"mnist1d": mnist1d, "digits": digits}
 
 
+#: The data sets that are images (``load(name, images=True)``).
+IMAGE_DATASETS = ("digits",)
+
+
 def load(
-    name: str, flatten: bool = False, cache: str | os.PathLike[str] | bool | None = None
+    name: str,
+    flatten: bool = False,
+    cache: str | os.PathLike[str] | bool | None = None,
+    images: bool = False,
 ) -> Split:
     """A data set by name (``"mnist1d"`` or ``"digits"``); ``cache`` as in :func:`mnist1d`
-    (the digits are read from scikit-learn's file and ignore it)."""
+    (the digits are read from scikit-learn's file and ignore it); ``images=True`` gives
+    ``(n, height, width, 1)`` inputs, for the data sets in :data:`IMAGE_DATASETS`."""
     if name not in DATASETS:
         raise ValueError(
             f"nnx.datasets.load: unknown data set {name!r}; choose one of {sorted(DATASETS)}"
         )
+    if images and name not in IMAGE_DATASETS:
+        raise ValueError(
+            f"nnx.datasets.load: {name!r} holds 1-D signals, not images; images=True works "
+            f"for {list(IMAGE_DATASETS)}"
+        )
     if name == "mnist1d":
         return mnist1d(flatten=flatten, cache=cache)
-    return DATASETS[name](flatten=flatten)
+    return digits(flatten=flatten, images=images)
 
 
 def one_hot(y: Any, num_classes: int | None = None, dtype: Any = np.float32) -> np.ndarray:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import backends
 from .activation import log_softmax
 from .module import Array, Loss, check_array, constant_row, is_floating, namespace
@@ -150,6 +152,20 @@ def check_labels(owner: str, labels: Array, num_classes: int) -> None:
         )
 
 
+def _check_probabilities(y: Array, yhat: Array) -> None:
+    """Raise ``ValueError`` naming the first prediction or target outside ``[0, 1]``."""
+    for what, a in (("predictions yhat", yhat), ("targets y", y)):
+        host = backends.to_numpy(a)
+        bad = (host < 0) | (host > 1)
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise ValueError(
+                f"BCELoss: {what} must lie in [0, 1] (probabilities; apply Sigmoid to "
+                f"the outputs), got {host[i]!r} at index {i} (values in "
+                f"[{host.min()}, {host.max()}])"
+            )
+
+
 def _per_sample(xp: Any, values: Array) -> Array:
     """Sum over every axis but the first: ``(batch, ...) -> (batch,)``."""
     if len(values.shape) == 1:
@@ -196,6 +212,19 @@ class BCELoss(_TargetLoss):
     >>> nnx.BCELoss()(nnx.asarray([[1.0, 0.0]]), nnx.asarray([[1.0, 0.0]]))
     array([0.], dtype=float32)
     """
+
+    def _checked_targets(self, y: Array, yhat: Array) -> Array:
+        target = super()._checked_targets(y, yhat)
+        xp = namespace(yhat)
+        outside = (yhat < 0.0) | (yhat > 1.0) | (target < 0.0) | (target > 1.0)
+        self.require_count(_count_true(xp, outside), 0, lambda: self._outside(target, yhat))
+        return target
+
+    def _outside(self, y: Array, yhat: Array) -> None:
+        """Raise the range error; nothing computed from these arrays is reused."""
+        self._targets_key = self._targets_value = None
+        self._cache_key = self._cache = None
+        _check_probabilities(y, yhat)
 
     def forward(self, y: Array, yhat: Array) -> Array:
         y = self._targets(y, yhat)

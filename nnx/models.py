@@ -16,7 +16,14 @@ nnx's generator (:func:`nnx.manual_seed`) on the current backend and dtype.
                 invariant, which MNIST-1D rewards (96% test accuracy measured).
 ``mlp``         Flatten - Linear(L C, 100) - ReLU - Linear(100, 100) - ReLU -
                 Linear(100, K), the MNIST-1D paper's MLP
+``cnn2d``       for ``(batch, height, width, channels)`` images (:data:`IMAGE_MODELS`):
+                two 3x3 "same" convolutions, a 2x2 max-pool, a third convolution and
+                pool, each convolution followed by BatchNorm and ReLU, then Dropout -
+                Linear - ReLU - Dropout - Linear (98-99% on the 8x8 digits measured)
 ==============  ====================================================================
+
+:func:`for_input` builds any of them from the shape of one sample, ``(length,
+channels)`` or ``(height, width, channels)``.
 
 ``seed_cnn``, the name this model had before, is kept as an alias (:data:`ALIASES`):
 ``build("seed_cnn", ...)`` and ``nnx.models.seed_cnn`` still work.
@@ -33,11 +40,25 @@ from collections.abc import Callable
 
 from .activation import ReLU
 from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
+from .convolution2d import Conv2D, MaxPool2D
 from .encapsulation import Sequential
 from .linear import Linear
 from .module import check_positive_int
+from .regularization import BatchNorm, Dropout
 
-__all__ = ["ALIASES", "MODELS", "build", "cnn", "mlp", "resolve", "seed_cnn", "simple_cnn"]
+__all__ = [
+    "ALIASES",
+    "IMAGE_MODELS",
+    "MODELS",
+    "build",
+    "cnn",
+    "cnn2d",
+    "for_input",
+    "mlp",
+    "resolve",
+    "seed_cnn",
+    "simple_cnn",
+]
 
 
 def _check(owner: str, length: int, channels: int, classes: int) -> None:
@@ -73,7 +94,14 @@ def simple_cnn(
     )
 
 
-def cnn(length: int, channels: int, classes: int, width: int = 32) -> Sequential:
+def cnn(
+    length: int,
+    channels: int,
+    classes: int,
+    width: int = 32,
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+) -> Sequential:
     r"""A deeper, translation-invariant CNN (global average pooling).
 
     Lengths: :math:`L \to L-4 \to L-8 \to P = \lfloor (L-8)/2 \rfloor \to P-2 \to
@@ -81,28 +109,36 @@ def cnn(length: int, channels: int, classes: int, width: int = 32) -> Sequential
     ``2 width`` channels feeds ``Linear(2 width, classes)``. Convolutions have biases
     and He-normal weights. Needs :math:`L \ge 18`.
 
+    With ``batchnorm``, a :class:`~nnx.BatchNorm` follows every convolution (which then
+    has no bias: BatchNorm's :math:`\beta` is one); with ``dropout`` > 0, a
+    :class:`~nnx.Dropout` precedes the classifier.
+
     >>> import nnx
     >>> nnx.models.cnn(40, 1, 10)[9]
     AvgPool1D(k_size=12, stride=12)
+    >>> len(nnx.models.cnn(40, 1, 10, batchnorm=True, dropout=0.2))
+    17
     """
     _check("nnx.models.cnn", length, channels, classes)
     pooled = (length - 8 - 2) // 2 + 1
     final = pooled - 4
     if final < 1:
         raise ValueError(f"nnx.models.cnn: length must be at least 18, got {length}")
-    conv = {"bias": True, "init_type": "he_normal"}
+    conv = {"bias": not batchnorm, "init_type": "he_normal"}
+
+    def block(k: int, c_in: int, c_out: int) -> list:
+        layers = [Conv1D(k, c_in, c_out, **conv)]
+        return layers + [BatchNorm(c_out), ReLU()] if batchnorm else layers + [ReLU()]
+
     return Sequential(
-        Conv1D(5, channels, width, **conv),
-        ReLU(),
-        Conv1D(5, width, width, **conv),
-        ReLU(),
+        *block(5, channels, width),
+        *block(5, width, width),
         MaxPool1D(2, 2),
-        Conv1D(3, width, 2 * width, **conv),
-        ReLU(),
-        Conv1D(3, 2 * width, 2 * width, **conv),
-        ReLU(),
+        *block(3, width, 2 * width),
+        *block(3, 2 * width, 2 * width),
         AvgPool1D(final, final),
         Flatten(),
+        *([Dropout(dropout)] if dropout > 0 else []),
         Linear(2 * width, classes),
     )
 
@@ -127,11 +163,67 @@ def mlp(
     return Sequential(*layers)
 
 
+def cnn2d(
+    height: int, width: int, channels: int, classes: int, filters: int = 16, p: float = 0.3
+) -> Sequential:
+    r"""A small image CNN with BatchNorm and Dropout, for ``(batch, height, width,
+    channels)`` inputs.
+
+    ``Conv2D(3, C, f, "same") - BatchNorm - ReLU - Conv2D(3, f, f, "same") - BatchNorm -
+    ReLU - MaxPool2D(2) - Conv2D(3, f, 2f, "same") - BatchNorm - ReLU - MaxPool2D(2) -
+    Flatten - Dropout(p) - Linear(2f H' W', 128) - ReLU - Dropout(p) - Linear(128, K)``
+    with :math:`H' = \lfloor \lfloor H/2 \rfloor / 2 \rfloor` (likewise :math:`W'`);
+    convolutions without bias (BatchNorm's :math:`\beta` is one), He-normal weights.
+    Needs :math:`H, W \ge 4`.
+
+    >>> import nnx
+    >>> net = nnx.models.cnn2d(8, 8, 1, 10)
+    >>> net(nnx.asarray(__import__("numpy").zeros((2, 8, 8, 1)))).shape
+    (2, 10)
+    """
+    owner = "nnx.models.cnn2d"
+    for arg, value in (("height", height), ("width", width), ("filters", filters)):
+        check_positive_int(owner, arg, value)
+    _check(owner, 1, channels, classes)
+    if height < 4 or width < 4:
+        raise ValueError(f"{owner}: images must be at least 4x4, got {height}x{width}")
+    f = int(filters)
+    conv = {"padding": "same", "init_type": "he_normal"}
+    flat = 2 * f * ((height // 2) // 2) * ((width // 2) // 2)
+    return Sequential(
+        Conv2D(3, channels, f, **conv),
+        BatchNorm(f),
+        ReLU(),
+        Conv2D(3, f, f, **conv),
+        BatchNorm(f),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(3, f, 2 * f, **conv),
+        BatchNorm(2 * f),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+        Dropout(p),
+        Linear(flat, 128),
+        ReLU(),
+        Dropout(p),
+        Linear(128, classes),
+    )
+
+
 #: The old name of :func:`simple_cnn`, kept for scripts that use it.
 seed_cnn = simple_cnn
 
 #: The builders by name.
-MODELS: dict[str, Callable[..., Sequential]] = {"cnn": cnn, "simple_cnn": simple_cnn, "mlp": mlp}
+MODELS: dict[str, Callable[..., Sequential]] = {
+    "cnn": cnn,
+    "simple_cnn": simple_cnn,
+    "mlp": mlp,
+    "cnn2d": cnn2d,
+}
+
+#: The models for images ``(height, width, channels)``; the others take sequences.
+IMAGE_MODELS = ("cnn2d",)
 
 #: Old model names, still accepted by :func:`build` and ``nnx train --model``.
 ALIASES: dict[str, str] = {"seed_cnn": "simple_cnn"}
@@ -153,5 +245,32 @@ def resolve(name: str) -> str:
 
 
 def build(name: str, length: int, channels: int, classes: int) -> Sequential:
-    """A model of :data:`MODELS` (or of :data:`ALIASES`) by name."""
-    return MODELS[resolve(name)](length, channels, classes)
+    """A sequence model of :data:`MODELS` (or of :data:`ALIASES`) by name; image models
+    take their shape through :func:`for_input`."""
+    name = resolve(name)
+    if name in IMAGE_MODELS:
+        raise ValueError(
+            f"nnx.models.build: {name!r} takes images; use nnx.models.for_input({name!r}, "
+            f"(height, width, channels), classes)"
+        )
+    return MODELS[name](length, channels, classes)
+
+
+def for_input(name: str, shape: tuple[int, ...], classes: int) -> Sequential:
+    """A model of :data:`MODELS` by name for samples of ``shape``: ``(length,
+    channels)`` for the sequence models, ``(height, width, channels)`` for
+    :data:`IMAGE_MODELS`.
+
+    >>> import nnx
+    >>> nnx.models.for_input("cnn2d", (8, 8, 1), 10)[0]
+    Conv2D(3, 1, 16, stride=1, padding='same', bias=False)
+    """
+    name = resolve(name)
+    shape = tuple(int(n) for n in shape)
+    rank = 3 if name in IMAGE_MODELS else 2
+    if len(shape) != rank:
+        kind = "(height, width, channels) images" if rank == 3 else "(length, channels) signals"
+        raise ValueError(
+            f"nnx.models.for_input: model {name!r} takes {kind}, got samples of shape {shape}"
+        )
+    return MODELS[name](*shape, classes)

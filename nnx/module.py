@@ -37,7 +37,18 @@ class Module:
     _gradient : dict[str, array]
         Accumulated :math:`\\partial L / \\partial w` for each parameter (same keys,
         shapes, backend and dtype).
+    _buffers : dict[str, array]
+        State that is not learned by gradient descent (BatchNorm's running statistics):
+        saved by :meth:`state_dict` and :func:`nnx.save`, moved by :meth:`to`, never
+        touched by an optimiser.
+    training : bool
+        Training mode (``True``, the default) or evaluation mode; only some modules
+        behave differently (:class:`~nnx.Dropout`, :class:`~nnx.BatchNorm`). Set it
+        with :meth:`train` / :meth:`eval`, which also set every sub-module's.
     """
+
+    #: class default, so that modules built before the attribute existed still work
+    training: bool = True
 
     #: Whether every gradient write of ``backward_update_gradient`` goes through
     #: :meth:`accumulate_gradient`, so that inside :meth:`fresh_gradients` a step may
@@ -56,6 +67,8 @@ class Module:
         self._parameters: dict[str, Array] = {}
         self._gradient: dict[str, Array] = {}
         self._owned: dict[str, Array] = {}
+        self._buffers: dict[str, Array] = {}
+        self.training = True
         self._cache_key: Any = None
         self._cache: Any = None
 
@@ -80,6 +93,19 @@ class Module:
         (a training step needs no gradient of the data)."""
         self.backward_update_gradient(input, delta)
         return self.backward_delta(input, delta) if input_grad else None
+
+    def train(self, mode: bool = True) -> Module:
+        """Put this module and every sub-module in training mode (``mode=False``:
+        evaluation mode); returns ``self``, as PyTorch does."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"{self.name}.train: mode must be a bool, got {mode!r}")
+        for module in self.all_modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> Module:
+        """Evaluation mode for this module and every sub-module (``train(False)``)."""
+        return self.train(False)
 
     def update_parameters(self, learning_rate: float = 1e-3) -> None:
         """Gradient descent step: :math:`w \\leftarrow w - \\epsilon \\, \\nabla_w L` with
@@ -234,6 +260,27 @@ class Module:
         for name, p, _ in self.parameters_and_gradients(prefix):
             yield name, p
 
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        """``(dotted name, buffer)`` pairs (see ``_buffers``), this module's then its
+        children's."""
+        for module, pre in _modules_with_prefix(self, prefix):
+            for name, b in module._buffers.items():
+                yield pre + name, b
+
+    def _register_buffer(self, name: str, value: Array) -> None:
+        """Register (or rebind) a buffer: an array saved with the parameters but not
+        learned."""
+        self._buffers[name] = value
+
+    def _update_buffer(self, name: str, value: Array) -> None:
+        """Give buffer ``name`` a new value: written in place where the array allows it
+        (its memory stays the one a recorded CUDA graph reads), bound anew where not."""
+        old = self._buffers[name]
+        if backends.is_mutable(old):
+            old[...] = value
+        else:
+            self._buffers[name] = value
+
     def named_gradients(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """``(dotted name, gradient)`` pairs in the order of :meth:`named_parameters`."""
         for name, _, g in self.parameters_and_gradients(prefix):
@@ -256,17 +303,22 @@ class Module:
         return sum(math.prod(p.shape) for p in self.parameters())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters as NumPy arrays by dotted name (``"0.weight"``, ``"3.bias"``)."""
-        return {name: backends.to_numpy(p).copy() for name, p in self.named_parameters()}
+        """Parameters, then buffers, as NumPy arrays by dotted name (``"0.weight"``,
+        ``"3.bias"``, ``"1.running_mean"``)."""
+        state = {name: backends.to_numpy(p).copy() for name, p in self.named_parameters()}
+        state.update((name, backends.to_numpy(b).copy()) for name, b in self.named_buffers())
+        return state
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Copy values from ``state`` (arrays of any backend) into the parameters.
+        """Copy values from ``state`` (arrays of any backend) into the parameters and
+        buffers.
 
         Values are converted to each parameter's backend, device and dtype. With
         ``strict``, missing or unexpected names raise ``KeyError``; a shape mismatch
         always raises ``ValueError``. Gradients are reset to zero.
         """
         own = dict(self.named_parameters())
+        own.update(self.named_buffers())
         if strict:
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
@@ -288,10 +340,24 @@ class Module:
                     )
                 value = value.astype(backends.dtype_name(p), copy=True)
                 module._bind(name, backends.from_numpy(value, p))
+            for name, b in list(module._buffers.items()):
+                key = prefix + name
+                if key not in state:
+                    continue
+                value = backends.to_numpy(state[key])
+                if tuple(value.shape) != tuple(b.shape):
+                    raise ValueError(
+                        f"{type(self).__name__}.load_state_dict: buffer {key!r} expects "
+                        f"shape {tuple(b.shape)}, got {tuple(value.shape)}"
+                    )
+                value = value.astype(backends.dtype_name(b), copy=True)
+                module._buffers[name] = backends.from_numpy(value, b)
+            module._cache_key = module._cache = None
         self.zero_grad()
 
     def to(self, backend: str | None = None, dtype: Any = None, device: Any = None) -> Module:
-        """Move parameters and gradients (recursively) to a backend, dtype and device.
+        """Move parameters, gradients and buffers (recursively) to a backend, dtype and
+        device.
 
         ``backend`` defaults to the current backend, ``dtype`` to each parameter's own,
         ``device`` to the target backend's default. Returns ``self``.
@@ -312,7 +378,7 @@ class Module:
                 f"{type(self).__name__}.to: dtype must be float32 or float64, got {dtype!r}"
             )
         for module in self.all_modules():
-            for table in (module._parameters, module._gradient):
+            for table in (module._parameters, module._gradient, module._buffers):
                 for name, value in list(table.items()):
                     host = backends.to_numpy(value)
                     host = host.astype(dt or host.dtype, copy=False)
@@ -479,6 +545,20 @@ def _modules_with_prefix(module: Module, prefix: str = "") -> Iterator[tuple[Mod
     yield module, prefix
     for i, child in enumerate(module.children()):
         yield from _modules_with_prefix(child, f"{prefix}{i}.")
+
+
+@contextlib.contextmanager
+def mode(module: Module, training: bool) -> Iterator[None]:
+    """Run the block with ``module`` (and its sub-modules) in training or evaluation
+    mode, then give every module back the mode it had (a mixed network stays mixed)."""
+    saved = [(m, m.training) for m in module.all_modules()]
+    if any(t is not training for _, t in saved):
+        module.train(training)
+    try:
+        yield
+    finally:
+        for m, t in saved:
+            m.training = t
 
 
 class _FreshGradients:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from . import backends
 from .module import Array, Module, namespace
 
@@ -63,11 +65,73 @@ class Optimizer:
         self.lr = _check_number(type(self).__name__, "lr", lr, 0.0, None)
         self.state: dict[str, dict[str, Array]] = {}
         self.steps = 0
+        self._network: Module | None = None
 
     def reset(self) -> None:
-        """Forget every state (velocities, moments, step count)."""
+        """Forget every state (velocities, moments, step count) and the bound network."""
         self.state.clear()
         self.steps = 0
+        self._network = None
+
+    def bind(self, network: Module) -> None:
+        """Tie this optimiser (and its per-parameter state) to ``network``.
+
+        The first :meth:`step` (or :class:`~nnx.Optim`) binds it; another network is
+        then refused with ``ValueError``, since two networks sharing one optimiser
+        would silently share their velocities and moments. :meth:`reset` unbinds.
+        """
+        if not isinstance(network, Module):
+            raise TypeError(
+                f"{type(self).__name__}: expected a nnx Module, got {type(network).__name__}"
+            )
+        if self._network is not None and self._network is not network:
+            raise ValueError(
+                f"{self!r} is already bound to another network ({self._network.name}); "
+                f"its state belongs to that network's parameters. Create one optimiser "
+                f"per network (or call reset() to start over with this one)"
+            )
+        self._network = network
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: class, hyper-parameters, step count and
+        the per-parameter state as NumPy arrays (``{"state": {param: {name: array}}}``).
+
+        >>> import nnx
+        >>> nnx.optimizers.Adam().state_dict()
+        {'class': 'Adam', 'config': {'lr': 0.001, 'beta1': 0.9, 'beta2': 0.999, 'eps': 1e-08}, 'steps': 0, 'state': {}}
+        """
+        return {
+            "class": type(self).__name__,
+            "config": self.get_config(),
+            "steps": self.steps,
+            "state": {
+                key: {k: backends.to_numpy(v).copy() for k, v in st.items()}
+                for key, st in self.state.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (arrays of any backend).
+
+        The class and hyper-parameters must match (``ValueError`` otherwise); the arrays
+        move to the parameters' backend, device and dtype at the next step.
+        """
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, dict) or not {"class", "config", "steps", "state"} <= set(state):
+            raise ValueError(f"{owner}: expected a dict from state_dict(), got {state!r:.80}")
+        if state["class"] != type(self).__name__ or dict(state["config"]) != self.get_config():
+            raise ValueError(
+                f"{owner}: the state is of {state['class']}({state['config']}), this "
+                f"optimiser is {self!r}"
+            )
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"{owner}: steps must be a non-negative int, got {steps!r}")
+        self.state = {
+            key: {k: np.array(backends.to_numpy(v), copy=True) for k, v in st.items()}
+            for key, st in state["state"].items()
+        }
+        self.steps = steps
 
     def step(self, network: Module) -> None:
         """Update every parameter of ``network`` from its accumulated gradient."""
@@ -75,6 +139,7 @@ class Optimizer:
             raise TypeError(
                 f"{type(self).__name__}.step: expected a nnx Module, got {type(network).__name__}"
             )
+        self.bind(network)
         self.steps += 1
         network.apply_update(self._update)
 

@@ -37,6 +37,7 @@ def test_train_writes_history_curve_model_and_metrics(backend, tmp_path, capsys)
     stdout = capsys.readouterr().out
     assert "test accuracy: 0." in stdout and "epoch   3" in stdout  # one line per epoch, no bars
     assert sorted(p.name for p in out.iterdir()) == [
+        "args.json",
         "history.csv",
         "learning_curve.png",
         "metrics.json",
@@ -256,6 +257,31 @@ def test_console_script_entry_point():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'nnx = "nnx.cli:main"' in text
     assert callable(cli.main)
+
+
+def test_train_and_evaluate_cnn2d_on_digit_images(tmp_path, capsys):
+    out = tmp_path / "cnn2d"
+    argv = ["train", "--dataset", "digits", "--model", "cnn2d", "--epochs", "1", "--out"]
+    assert cli.main([*argv, str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "shape (8, 8, 1)" in stdout and "model cnn2d" in stdout
+    net = nnx.load(out / "model.npz")
+    assert isinstance(net[0], nnx.Conv2D)
+    assert cli.main(["evaluate", str(out / "model.npz")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"test accuracy: {metrics['test_accuracy']:.4f}" in capsys.readouterr().out
+    wrong = ["train", "--dataset", "mnist1d", "--model", "cnn2d", "--out", str(tmp_path / "x")]
+    assert cli.main(wrong) == 2
+    assert "takes images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.once
+def test_digits_cnn2d_recipe_reaches_98_percent(tmp_path):
+    out = tmp_path / "digits2d"
+    argv = ["train", "--dataset", "digits", "--model", "cnn2d", "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] >= 0.98
 
 
 @pytest.mark.slow

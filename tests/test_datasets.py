@@ -54,6 +54,26 @@ def test_digits():
         datasets.digits(test_size=2)
 
 
+def test_digits_as_images():
+    pytest.importorskip("sklearn")
+    X, y, Xt, yt = datasets.digits(images=True)
+    assert X.shape == (1437, 8, 8, 1) and Xt.shape == (360, 8, 8, 1)
+    rows, _, rows_t, _ = datasets.digits()
+    np.testing.assert_array_equal(X.reshape(1437, 64, 1), rows)  # row-major pixels
+    np.testing.assert_array_equal(Xt.reshape(360, 64, 1), rows_t)
+    # the same image as scikit-learn's own 8x8 array
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images / 16.0
+    match = np.all(np.isclose(images, X[0, :, :, 0]), axis=(1, 2))
+    assert match.any()
+    np.testing.assert_array_equal(datasets.load("digits", images=True)[0], X)
+    with pytest.raises(ValueError, match="images=True or flatten=True"):
+        datasets.digits(images=True, flatten=True)
+    with pytest.raises(ValueError, match="'mnist1d' holds 1-D signals"):
+        datasets.load("mnist1d", images=True)
+
+
 def test_load_by_name():
     pytest.importorskip("sklearn")
     assert datasets.load("digits", flatten=True)[0].shape == (1437, 64)

@@ -268,6 +268,7 @@ sys.exit(main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2"
     assert len(results) == 1, proc.stdout
     assert "2 ranks" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "rank0" / "run").iterdir()) == [
+        "args.json",
         "history.csv",
         "learning_curve.png",
         "metrics.json",

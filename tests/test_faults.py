@@ -149,10 +149,33 @@ def test_sgd_eval_non_finite_loss_names_epoch_and_batch(backend):
     net.add(trap)
     opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.05)
     with pytest.raises(FloatingPointError) as info:
-        opt.SGD_eval(X, y, batch_size=8, epochs=5, test_size=0.2, progress=False)
+        opt.SGD_eval(
+            X, y, batch_size=8, epochs=5, test_size=0.2, progress=False, restore_best=False
+        )
     message = str(info.value)
     assert re.search(r"Optim\.SGD_eval\b.*\bepoch 2\b.*\bbatch 4\b", message), message
     assert_same_state(net.state_dict(), trap.before)
+
+
+def test_sgd_eval_non_finite_loss_restores_the_best_epoch(backend):
+    """With restore_best=True a blow-up leaves the best epoch's parameters."""
+    X, y = data(50)
+    net = make_net()
+    trap = Trap(at=(3 - 1) * 6 + 2, action="nan", watch=net)
+    net.add(trap)
+    opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.05)
+    states = {}
+
+    def remember(record):
+        states[record["epoch"]] = net.state_dict()
+
+    with pytest.raises(FloatingPointError, match=r"epoch 3\b.*batch 2\b"):
+        opt.SGD_eval(
+            X, y, 8, 5, test_size=0.2, progress=False, restore_best=True, callback=remember
+        )
+    assert len(opt.history["epoch"]) == 2  # the finished epochs are kept
+    assert opt.best_epoch in (1, 2)
+    assert_same_state(net.state_dict(), states[opt.best_epoch])
 
 
 @pytest.mark.parametrize("loop", ["SGD", "SGD_eval"])

@@ -174,3 +174,37 @@ def test_a_failed_recording_warns_and_runs_eagerly(backend, monkeypatch, rng):
         np.testing.assert_allclose(host(b.step(X, y)), host(a.step(X, y)), rtol=1e-6)
     for (_, p), (_, q) in zip(eager.named_parameters(), net.named_parameters(), strict=True):
         np.testing.assert_allclose(host(q), host(p), rtol=1e-6)
+
+
+def test_replaced_parameters_are_recorded_again(backend, fake_graphs, rng):
+    """A rollback (Ctrl-C, restore_best, a checkpoint) binds new parameter arrays, which
+    the recorded graphs do not see: the next step records again, and training goes on
+    exactly as the eager Optim's."""
+    nnx.manual_seed(4)
+    eager = _mlp()
+    graphed = copy.deepcopy(eager)
+    a = nnx.Optim(eager, nnx.CELogSoftmax(), optimizer=nnx.optimizers.Momentum(0.05))
+    b = nnx.Optim(
+        graphed, nnx.CELogSoftmax(), optimizer=nnx.optimizers.Momentum(0.05), cuda_graph=True
+    )
+    X, y = nnx.asarray(rng.standard_normal((8, 6))), nnx.asarray(rng.integers(0, 3, 8))
+    for _ in range(3):
+        a.step(X, y), b.step(X, y)
+    saved = eager.state_dict()
+    for _ in range(2):
+        a.step(X, y), b.step(X, y)
+    before = [id(q) for q in graphed.parameters()]
+    eager.load_state_dict(saved)
+    graphed.load_state_dict(saved)
+    replaced = before != [id(q) for q in graphed.parameters()]
+    recorded = len(fake_graphs)
+    for _ in range(3):
+        np.testing.assert_allclose(host(b.step(X, y)), host(a.step(X, y)), rtol=1e-5, atol=1e-6)
+    for (name, p), (_, q) in zip(eager.named_parameters(), graphed.named_parameters(), strict=True):
+        np.testing.assert_allclose(host(q), host(p), rtol=1e-5, atol=1e-6, err_msg=name)
+    # new arrays: one new recording (2 graphs); the same arrays: the old graphs stay valid
+    assert len(fake_graphs) == recorded + (2 if replaced else 0)
+    graphed.load_state_dict(saved)
+    b.optimizer.reset()  # the velocities are new arrays too
+    b.step(X, y)
+    assert len(fake_graphs) == recorded + (2 if replaced else 0) + 2

@@ -42,3 +42,28 @@ def test_old_model_name_is_an_alias():
     )
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         nnx.models.build("resnet", 40, 1, 10)
+
+
+def test_models_for_input_sequences_and_images():
+    import numpy as np
+
+    import nnx
+
+    net = nnx.models.for_input("cnn2d", (8, 8, 1), 10)
+    assert tuple(net(nnx.asarray(np.zeros((3, 8, 8, 1)))).shape) == (3, 10)
+    assert any(isinstance(m, nnx.BatchNorm) for m in net) and any(
+        isinstance(m, nnx.Dropout) for m in net
+    )
+    assert tuple(nnx.models.cnn2d(13, 6, 3, 4)(nnx.asarray(np.zeros((2, 13, 6, 3)))).shape) == (
+        2,
+        4,
+    )
+    assert repr(nnx.models.for_input("cnn", (40, 1), 10)) == repr(
+        nnx.models.build("cnn", 40, 1, 10)
+    )
+    with pytest.raises(ValueError, match=r"'cnn2d' takes \(height, width, channels\) images"):
+        nnx.models.for_input("cnn2d", (64, 1), 10)
+    with pytest.raises(ValueError, match=r"use nnx.models.for_input"):
+        nnx.models.build("cnn2d", 64, 1, 10)
+    with pytest.raises(ValueError, match=r"at least 4x4, got 3x8"):
+        nnx.models.cnn2d(3, 8, 1, 10)

@@ -19,9 +19,10 @@ here.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,6 +50,7 @@ __all__ = [
     "get_default_dtype",
     "get_device",
     "get_rng",
+    "isolated",
     "manual_seed",
     "namespace_of",
     "set_backend",
@@ -72,15 +74,41 @@ _BY_MODULE = {m: b for b in BACKENDS.values() for m in (b.module_name, *b.array_
 FLOAT_DTYPES = ("float32", "float64")
 
 
-class _State:
+class _Selection(NamedTuple):
+    """What new parameters and data go to: backend, device, default float dtype."""
+
     backend: Backend
-    device: Any = None
-    dtype: str = "float32"
-    #: nnx's own generator after ``manual_seed(n)``; ``None``: NumPy's global state
-    rng: np.random.Generator | None = None
+    device: Any
+    dtype: str
 
 
-_state = _State()
+# The process default, changed by set_backend / set_default_dtype / NNX_BACKEND.
+_default = _Selection(BACKENDS["numpy"], None, "float32")
+# A thread's or task's own selection (use_backend, nnx.load(dtype=...)); None: the default.
+_selection: contextvars.ContextVar[_Selection | None] = contextvars.ContextVar(
+    "nnx_selection", default=None
+)
+# nnx's generator: None means NumPy's global state (until manual_seed); _UNSET: this
+# context never chose, the process default applies
+_UNSET: Any = object()
+_default_rng: np.random.Generator | None = None
+_rng: contextvars.ContextVar[Any] = contextvars.ContextVar("nnx_rng", default=_UNSET)
+
+
+def _current() -> _Selection:
+    sel = _selection.get()
+    return _default if sel is None else sel
+
+
+def _select(**changes: Any) -> None:
+    """Change the selection of the innermost ``use_backend`` block of this context, or
+    the process default outside any block."""
+    global _default
+    sel = _selection.get()
+    if sel is not None:
+        _selection.set(sel._replace(**changes))
+    else:
+        _default = _default._replace(**changes)
 
 
 def _get(name: str, owner: str = "nnx.set_backend") -> Backend:
@@ -110,53 +138,108 @@ def set_backend(name: str, device: Any = None) -> None:
     ``device`` is library-specific: ``"cuda:1"``/``1`` for CuPy, any ``torch.device``
     string for PyTorch, ``None`` (or ``"cpu"``) for the CPU libraries.
 
+    Outside any :func:`use_backend` block this sets the process default, seen by
+    every thread and task that is not inside such a block; inside a block it changes
+    that block's selection only (in this thread or task), until the block ends.
+
     Raises ``ValueError`` for an unknown name or device, ``ImportError`` when the
     library is not installed and ``RuntimeError`` when CuPy finds no GPU.
     """
     backend = _get(name)
-    dev = backend.normalize_device(device)
-    _state.backend, _state.device = backend, dev
+    _select(backend=backend, device=backend.normalize_device(device))
 
 
 def get_backend() -> str:
-    """Name of the current backend."""
-    return _state.backend.name
+    """Name of the current backend (of this thread or task)."""
+    return _current().backend.name
 
 
 def get_device() -> Any:
     """Device of the current backend (``None`` means the library's default)."""
-    return _state.device
+    return _current().device
 
 
 def current() -> Backend:
     """The current :class:`Backend` object."""
-    return _state.backend
+    return _current().backend
+
+
+@contextlib.contextmanager
+def _selected(sel: _Selection, rng: np.random.Generator | None = None) -> Iterator[None]:
+    token = _selection.set(sel)
+    rng_token = _rng.set(rng) if rng is not None else None
+    try:
+        yield
+    finally:
+        _restore(_selection, token, sel)
+        if rng_token is not None:
+            _restore(_rng, rng_token, rng)
+
+
+def _restore(var: contextvars.ContextVar[Any], token: contextvars.Token[Any], mine: Any) -> None:
+    try:
+        var.reset(token)
+    except ValueError:  # resumed in another context (a generator moved between threads)
+        if var.get() is mine:
+            old = token.old_value
+            unset = _UNSET if var is _rng else None  # each variable's own default
+            var.set(old if old is not contextvars.Token.MISSING else unset)
 
 
 @contextlib.contextmanager
 def use_backend(name: str, device: Any = None) -> Iterator[None]:
-    """Context manager: select a backend for the ``with`` block, then restore."""
-    saved = (_state.backend, _state.device)
-    set_backend(name, device)
-    try:
+    """Context manager: select a backend for the ``with`` block, then restore.
+
+    The selection is context-local (:mod:`contextvars`): it applies to the thread or
+    asyncio task that runs the block, never to another one, and the block restores
+    exactly the selection it found. (A generator shares its caller's context, as
+    every ``contextvars`` user does: a generator paused inside the block leaves the
+    selection in force for its caller until it resumes and leaves the block.)
+    """
+    backend = _get(name)
+    sel = _current()._replace(backend=backend, device=backend.normalize_device(device))
+    with _selected(sel):
         yield
-    finally:
-        _state.backend, _state.device = saved
+
+
+@contextlib.contextmanager
+def isolated(
+    backend: str | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    rng: np.random.Generator | None = None,
+) -> Iterator[None]:
+    """Context manager: this context alone on ``backend``/``device``/``dtype``/``rng``
+    (``None``: unchanged) for the block; what other threads and tasks see never changes."""
+    sel = _current()
+    if backend is not None or device is not None:
+        b = _get(backend if backend is not None else sel.backend.name)
+        sel = sel._replace(backend=b, device=b.normalize_device(device))
+    if dtype is not None:
+        sel = sel._replace(dtype=_check_dtype(dtype, "nnx.load"))
+    with _selected(sel, rng):
+        yield
+
+
+def _check_dtype(dtype: Any, owner: str) -> str:
+    name = _dtype_name(dtype)
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"{owner}: dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    return name
 
 
 def set_default_dtype(dtype: Any) -> None:
-    """Set the float dtype of new parameters and of :func:`asarray` (float32/float64)."""
-    name = _dtype_name(dtype)
-    if name not in FLOAT_DTYPES:
-        raise ValueError(
-            f"nnx.set_default_dtype: dtype must be one of {FLOAT_DTYPES}, got {dtype!r}"
-        )
-    _state.dtype = name
+    """Set the float dtype of new parameters and of :func:`asarray` (float32/float64).
+
+    Like :func:`set_backend`: the process default outside any :func:`use_backend`
+    block, that block's dtype (in this thread or task) inside one.
+    """
+    _select(dtype=_check_dtype(dtype, "nnx.set_default_dtype"))
 
 
 def get_default_dtype() -> str:
     """The default float dtype, ``"float32"`` or ``"float64"``."""
-    return _state.dtype
+    return _current().dtype
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -164,6 +247,8 @@ def _dtype_name(dtype: Any) -> str:
         return dtype
     if isinstance(dtype, type):  # a scalar type such as numpy.float64
         return dtype.__name__
+    if isinstance(dtype, np.dtype):  # ">f8" (big-endian) is float64 too
+        return dtype.newbyteorder("=").name
     # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
     return str(dtype).rsplit(".", 1)[-1]
 
@@ -189,14 +274,20 @@ def manual_seed(seed: int | None) -> None:
     the same weights on every backend, whatever else the program draws.
     ``manual_seed(None)`` goes back to NumPy's global state.
 
+    The choice is context-local (:mod:`contextvars`): it applies to the calling thread
+    (or asyncio task), and becomes the default of threads that never chose, so that
+    seeding in one thread never shifts the draws of another thread that seeded itself.
+
     >>> import nnx, numpy as np
     >>> np.random.seed(42); a = nnx.Linear(3, 2).state_dict()["weight"]
     >>> np.random.seed(42); b = nnx.Linear(3, 2).state_dict()["weight"]
     >>> bool((a == b).all())
     True
     """
+    global _default_rng
     if seed is None:
-        _state.rng = None
+        _default_rng = None
+        _rng.set(None)
         return
     if isinstance(seed, bool) or not hasattr(seed, "__index__"):
         raise TypeError(
@@ -205,29 +296,34 @@ def manual_seed(seed: int | None) -> None:
         )
     if int(seed) < 0:
         raise ValueError(f"nnx.manual_seed: seed must be a non-negative int, got {seed!r}")
-    _state.rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
+    _default_rng = rng
+    _rng.set(rng)
 
 
 def get_rng() -> Any:
-    """What nnx draws random numbers from: its own ``numpy.random.Generator`` after
-    :func:`manual_seed`, else the ``numpy.random`` module (NumPy's global state).
+    """What nnx draws random numbers from, in this thread or task: its own
+    ``numpy.random.Generator`` after :func:`manual_seed`, else the ``numpy.random``
+    module (NumPy's global state).
 
     Both offer ``standard_normal``, ``random``, ``normal``, ``uniform`` and
     ``permutation`` with the same signatures.
     """
-    rng = _state.rng
+    rng = _rng.get()
+    if rng is _UNSET:
+        rng = _default_rng
     return np.random if rng is None else rng
 
 
 @contextlib.contextmanager
 def scoped_rng(generator: np.random.Generator) -> Iterator[None]:
-    """Draw from ``generator`` inside the block, then restore nnx's generator."""
-    saved = _state.rng
-    _state.rng = generator
+    """Draw from ``generator`` inside the block (this thread or task only), then
+    restore the generator this context had."""
+    token = _rng.set(generator)
     try:
         yield
     finally:
-        _state.rng = saved
+        _restore(_rng, token, generator)
 
 
 # -- arrays ---------------------------------------------------------------------------
@@ -313,7 +409,8 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     dtype unless ``dtype`` is given. Arrays of another backend are moved (through
     NumPy). The input is never modified.
     """
-    backend = _state.backend
+    sel = _current()
+    backend = sel.backend
     if backend.is_array(x) and dtype is None and not _is_float(dtype_name(x)):
         return x
     host = to_numpy(x) if (backend_of(x) is not None or _has_dlpack(x)) else np.asarray(x)
@@ -325,8 +422,8 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     if dtype is not None:
         host = host.astype(_dtype_name(dtype), copy=False)
     elif host.dtype.kind == "f":
-        host = host.astype(_state.dtype, copy=False)
-    return backend.from_numpy(host, _state.device)
+        host = host.astype(sel.dtype, copy=False)
+    return backend.from_numpy(host, sel.device)
 
 
 def _is_float(name: str) -> bool:
@@ -423,7 +520,8 @@ def uniform(shape: tuple[int, ...], like: Any) -> Any:
 
 def _startup_backend() -> None:
     name = os.environ.get("NNX_BACKEND", "").strip() or "numpy"
-    _state.backend = BACKENDS["numpy"].load()
+    global _default
+    _default = _default._replace(backend=BACKENDS["numpy"].load())
     if name != "numpy":
         try:
             set_backend(name)

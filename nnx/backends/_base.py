@@ -122,10 +122,12 @@ class Backend:
     def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
         """Uniform :math:`[0, 1)` draws of ``shape`` in ``like``'s dtype and device.
 
-        The default draws on the host from nnx's generator ``rng`` and copies the values
-        over; libraries with their own generators draw on the device, seeded from ``rng``.
+        The default draws on the host from nnx's generator ``rng`` (a
+        ``numpy.random.Generator``, or the ``numpy.random`` module before
+        :func:`~nnx.manual_seed`) and copies the values over; libraries with their own
+        generators draw on the device, seeded from ``rng`` (:func:`seed_from`).
         """
-        host = rng.random(shape, dtype=np.float64).astype(_dtype_of(like))
+        host = np.asarray(rng.random(shape)).astype(_dtype_of(like))
         return self.from_numpy(host, self.device_of(like))
 
     def fused_kernel(self, name: str) -> Any:
@@ -144,3 +146,11 @@ class Backend:
 
 def _dtype_of(x: Any) -> str:
     return str(x.dtype).rsplit(".", 1)[-1]
+
+
+def seed_from(rng: Any) -> int:
+    """A 63-bit seed drawn from ``rng``: a ``numpy.random.Generator`` or the
+    ``numpy.random`` module / a ``RandomState`` (NumPy's global state)."""
+    if hasattr(rng, "integers"):
+        return int(rng.integers(2**63))
+    return int(rng.randint(0, 2**63, dtype=np.int64))

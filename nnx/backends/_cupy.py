@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Backend
+from ._base import Backend, seed_from
 from ._graph import CapturedGraph
 from ._strided import strided_windows, strided_windows_2d
 
@@ -79,7 +79,7 @@ class CupyBackend(Backend):
 
     def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
         # drawn on the GPU by a generator seeded from nnx's: reproducible, no transfer
-        seed = int(rng.integers(2**63))
+        seed = seed_from(rng)
         with self._cupy.cuda.Device(like.device.id):
             return self._cupy.random.default_rng(seed).random(shape, dtype=like.dtype)
 

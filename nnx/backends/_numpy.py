@@ -41,7 +41,9 @@ class NumpyBackend(Backend):
 
     def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
         dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float64
-        return rng.random(shape, dtype=dtype)
+        if isinstance(rng, np.random.Generator):
+            return rng.random(shape, dtype=dtype)
+        return np.asarray(rng.random(shape)).astype(dtype)  # NumPy's global state
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Backend
+from ._base import Backend, seed_from
 from ._graph import CapturedGraph
 
 
@@ -67,7 +67,7 @@ class TorchBackend(Backend):
     def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
         # drawn on the tensor's device by a generator seeded from nnx's: reproducible
         gen = self._torch.Generator(device=like.device)
-        gen.manual_seed(int(rng.integers(2**63)))
+        gen.manual_seed(seed_from(rng))
         return self._torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
 
     # -- CUDA graphs ----------------------------------------------------------------

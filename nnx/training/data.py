@@ -96,6 +96,10 @@ class Placement:
         if n == 0:
             raise ValueError(f"{owner}: no samples (X has shape {tuple(X.shape)})")
         for name, A in (("X", X), ("y", y)):
+            if isinstance(A, np.ndarray) and A.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"{owner}: {name} must hold numbers (bool, int or float), got dtype {A.dtype}"
+                )
             check_finite(owner, name, A)
         like = self.like()
         on_network = like is None or (type(X) is type(like) and type(y) is type(like))

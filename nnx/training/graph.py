@@ -37,6 +37,7 @@ from .step import train_step
 
 
 class _Recorded(NamedTuple):
+    watched: tuple[int, ...]  # ids of the arrays the graphs read and write in place
     X: Array  # static input buffers, filled before each replay
     y: Array
     forward_backward: backends.CapturedGraph
@@ -54,8 +55,17 @@ _EAGER: Any = object()
 class GraphedStep:
     """``train_step`` for a network, a loss and an update, replayed as CUDA graphs."""
 
-    def __init__(self, net: Module, loss: Loss, update: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        net: Module,
+        loss: Loss,
+        update: Callable[[], None],
+        state: Callable[[], list[Array]] | None = None,
+    ) -> None:
         self.net, self.loss, self.update = net, loss, update
+        # the arrays a recording writes in place (parameters, optimiser state): when any
+        # is rebound (a rollback, load_state_dict, a move), the recordings are stale
+        self.state = state if state is not None else net.parameters
         self._recorded: dict[tuple[Any, ...], Any] = {}  # _Recorded, or _EAGER
         self._pool: Any = None  # one memory pool for all of this step's graphs
 
@@ -63,6 +73,9 @@ class GraphedStep:
         """``(losses, yhat, sum of losses)``, as :func:`~nnx.training.step.train_step`."""
         key = (tuple(X.shape), str(X.dtype), tuple(y.shape), str(y.dtype))
         rec = self._recorded.get(key)
+        if rec is not None and rec is not _EAGER and rec.watched != self._watched():
+            self._recorded.clear()  # parameters or optimiser state were replaced
+            rec = None
         if rec is None:
             return self._record(key, X, y)
         if rec is _EAGER:
@@ -81,6 +94,9 @@ class GraphedStep:
             )
         rec.update.replay()
         return rec.losses, rec.yhat, total
+
+    def _watched(self) -> tuple[int, ...]:
+        return tuple(id(a) for a in self.state())
 
     def __getstate__(self) -> dict[str, Any]:
         # CUDA graphs neither pickle nor copy: a copy records its own at its first step
@@ -128,5 +144,5 @@ class GraphedStep:
             self._recorded[key] = _EAGER
             return result
         losses, yhat, read, checks = fb.outputs
-        self._recorded[key] = _Recorded(Xs, ys, fb, up, losses, yhat, read, checks)
+        self._recorded[key] = _Recorded(self._watched(), Xs, ys, fb, up, losses, yhat, read, checks)
         return result

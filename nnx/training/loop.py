@@ -8,6 +8,7 @@ from typing import Any
 
 from ..module import Array, Module
 from .progress import Progress
+from .signals import sigterm_as_interrupt
 from .step import Reduce, Tally
 
 #: Called after every epoch with ``(epoch, record, parameters)``; ``True`` stops.
@@ -50,38 +51,41 @@ def run_epochs(
     history: dict[str, list[float]],
     bars: Progress,
     observers: Iterable[Observer] = (),
+    first: int = 1,
     rollback: bool = True,
-) -> bool:
-    """Epochs ``1..epochs`` of ``run_epoch`` (which returns the epoch's record),
+) -> KeyboardInterrupt | None:
+    """Epochs ``first..epochs`` of ``run_epoch`` (which returns the epoch's record),
     appended to ``history``; after each, every observer sees the record and the
     parameters, and any of them may stop the loop.
 
-    Ctrl-C (``KeyboardInterrupt``) puts back the parameters of the last finished epoch
-    and returns ``True`` (with ``rollback=False``, as on several ranks, it propagates);
-    the bars are closed in every case.
+    Ctrl-C (``KeyboardInterrupt``), or SIGTERM (:class:`~nnx.training.signals.Terminated`,
+    a ``KeyboardInterrupt``), puts back the parameters of the last finished epoch and
+    is returned (``None``: not interrupted; with ``rollback=False``, as on several
+    ranks, it propagates); the bars are closed in every case.
     """
     observers = list(observers)
     last = network.state_dict()
     try:
-        for epoch in range(1, epochs + 1):
-            record = run_epoch(epoch)
-            last = network.state_dict()
-            for k, v in record.items():
-                history[k].append(v)
-            bars.end_epoch(**_postfix(record))
-            stop = False
-            for observe in observers:
-                stop = bool(observe(epoch, record, last)) or stop
-            if stop:
-                break
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            for epoch in range(first, epochs + 1):
+                record = run_epoch(epoch)
+                last = network.state_dict()
+                for k, v in record.items():
+                    history[k].append(v)
+                bars.end_epoch(**_postfix(record))
+                stop = False
+                for observe in observers:
+                    stop = bool(observe(epoch, record, last)) or stop
+                if stop:
+                    break
+    except KeyboardInterrupt as exc:
         if not rollback:
             raise
         network.load_state_dict(last)
-        return True
+        return exc
     finally:
         bars.close()
-    return False
+    return None
 
 
 def _postfix(record: dict[str, float]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Callable
@@ -11,13 +12,16 @@ from typing import Any
 import numpy as np
 
 from .. import backends, distributed
-from ..module import Array, Loss, Module, check_positive_int, namespace
+from ..module import Array, Loss, Module, check_positive_int, mode, namespace
 from . import data as placement
 from .callbacks import EarlyStopping
+from .checkpoint import Checkpoint, call_signature
 from .graph import GraphedStep
+from .guard import EpochStart, non_finite_parameter, replay
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
 from .loop import run_epochs, train_epoch
 from .progress import Progress
+from .signals import Terminated
 from .step import evaluate, train_step
 
 __all__ = ["Optim"]
@@ -44,10 +48,13 @@ class Optim:
     - check the loss of every batch before the update: a non-finite loss raises
       ``FloatingPointError`` naming the epoch and the batch (both 1-based), with the
       parameters as they were before that step;
+    - train in training mode and evaluate in evaluation mode (:meth:`nnx.Module.train`,
+      :meth:`~nnx.Module.eval`: what :class:`~nnx.Dropout` and :class:`~nnx.BatchNorm`
+      look at), giving every module back the mode it had when the call returns;
     - stop cleanly on Ctrl-C (``KeyboardInterrupt``): bars closed, the parameters
-      put back as they were at the end of the last finished epoch (or the best epoch,
-      see ``restore_best``), and the history of the finished epochs returned;
-      :attr:`interrupted` is then ``True``.
+      (and buffers, such as BatchNorm's running statistics) put back as they were at
+      the end of the last finished epoch (or the best epoch, see ``restore_best``), and
+      the history of the finished epochs returned; :attr:`interrupted` is then ``True``.
 
     Parameters
     ----------
@@ -115,13 +122,15 @@ class Optim:
             raise TypeError(
                 f"Optim: eps must be a non-negative number, got {type(eps).__name__} {eps!r}"
             )
-        if not eps >= 0:
-            raise ValueError(f"Optim: eps must be a non-negative number, got {eps!r}")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"Optim: eps must be a non-negative number (finite), got {eps!r}")
         if optimizer is not None and not callable(getattr(optimizer, "step", None)):
             raise TypeError(
                 f"Optim: optimizer must have a step(network) method (see nnx.optimizers), "
                 f"got {type(optimizer).__name__}"
             )
+        if optimizer is not None and callable(getattr(optimizer, "bind", None)):
+            optimizer.bind(network)  # one optimiser, one network: its state is per parameter
         if cuda_graph and optimizer is not None and not getattr(optimizer, "capturable", False):
             raise ValueError(
                 f"Optim: cuda_graph=True needs an update a CUDA graph can replay; "
@@ -147,8 +156,10 @@ class Optim:
         self.y_test: Any = None
         #: History of the last loop (dict of lists), kept up to date epoch by epoch.
         self.history: dict[str, list[float]] = {}
-        #: Whether the last loop was stopped by Ctrl-C.
+        #: Whether the last loop was stopped by Ctrl-C or SIGTERM.
         self.interrupted = False
+        #: Whether the last loop was stopped by SIGTERM (:mod:`nnx.training.signals`).
+        self.terminated = False
         #: Epoch (1-based, as the bars count) whose parameters the last :meth:`SGD_eval`
         #: kept: the last one, or the best one with ``restore_best=True``.
         self.best_epoch: int | None = None
@@ -165,7 +176,11 @@ class Optim:
     def network(self, network: Module) -> None:
         self._network = network
         self._placement = placement.Placement(network)
-        self._graphed = GraphedStep(network, self.loss, self._update) if self.cuda_graph else None
+        self._graphed = (
+            GraphedStep(network, self.loss, self._update, self._recorded_state)
+            if self.cuda_graph
+            else None
+        )
 
     def _place(self) -> placement.Placement:
         self._placement.max_device_bytes = self.max_device_bytes
@@ -178,6 +193,13 @@ class Optim:
         else:
             self.network.update_parameters(self.eps)
 
+    def _recorded_state(self) -> list[Array]:
+        """What a recorded step updates in place: parameters and optimiser state."""
+        arrays = [p for _, p, _ in self.network.parameters_and_gradients()]
+        if self.optimizer is not None:
+            arrays += [a for st in self.optimizer.state.values() for a in st.values()]
+        return arrays
+
     def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
         if self._dp is not None:
             return self._dp.train_step(self.network, self.loss, self._update, X, y)
@@ -188,9 +210,12 @@ class Optim:
     def step(self, batch_x: Any, batch_y: Any) -> Array:
         """One training step on a batch; returns the per-sample losses (backend array).
 
-        Raises ``FloatingPointError`` (parameters untouched) if the loss is not finite.
-        With a communicator, ``batch_x`` is the global batch: this rank trains on its
-        share and returns that share's losses.
+        Runs in the network's current mode, as a PyTorch step does (modules start in
+        training mode; :meth:`SGD`, :meth:`SGD_eval`, :meth:`score`, :meth:`evaluate`
+        and :meth:`predict` switch it and give it back). Raises ``FloatingPointError``
+        (parameters untouched) if the loss is not finite. With a communicator,
+        ``batch_x`` is the global batch: this rank trains on its share and returns that
+        share's losses.
         """
         dp = self._dp
         if dp is not None:
@@ -204,6 +229,12 @@ class Optim:
         try:
             losses = self._step(X, y)[0]
         except FloatingPointError as exc:
+            bad = non_finite_parameter(self.network)
+            if bad is not None:
+                raise FloatingPointError(
+                    f"Optim.step: {exc}; parameter {bad!r} was already non-finite before "
+                    f"this step (an earlier update overflowed: lower the learning rate)"
+                ) from None
             raise FloatingPointError(f"Optim.step: {exc}") from None
         except BaseException as exc:
             if dp is not None:
@@ -216,29 +247,33 @@ class Optim:
     # -- evaluation -------------------------------------------------------------------
     def predict(self, X: Any) -> Array:
         """Network output for ``X`` (moved to the network's backend), in batches of
-        :attr:`eval_batch_size`."""
+        :attr:`eval_batch_size`, in evaluation mode (:meth:`nnx.Module.eval`; every
+        module's own mode is given back afterwards)."""
         X = placement.host(X)
         n = int(X.shape[0]) if len(X.shape) else 0
         place = self._placement
-        if n <= self.eval_batch_size:
-            return self.network.forward(place.to_network(X))
-        parts = [
-            self.network.forward(place.to_network(X[i : i + self.eval_batch_size, ...]))
-            for i in range(0, n, self.eval_batch_size)
-        ]
+        with mode(self.network, False):
+            if n <= self.eval_batch_size:
+                return self.network.forward(place.to_network(X))
+            parts = [
+                self.network.forward(place.to_network(X[i : i + self.eval_batch_size, ...]))
+                for i in range(0, n, self.eval_batch_size)
+            ]
         return namespace(parts[0]).concat(parts, axis=0)
 
     def _evaluate(self, data: placement.Data) -> tuple[float, float]:
         dp = self._dp
-        if dp is None:
-            batches = self._placement.batches(data, self.eval_batch_size, None)
-            return evaluate(self.network, self.loss, batches, data.n)
-        batches = self._placement.batches(dp.part(data), self.eval_batch_size, None)
-        return evaluate(self.network, self.loss, batches, data.n, dp.reduce)
+        with mode(self.network, False):
+            if dp is None:
+                batches = self._placement.batches(data, self.eval_batch_size, None)
+                return evaluate(self.network, self.loss, batches, data.n)
+            batches = self._placement.batches(dp.part(data), self.eval_batch_size, None)
+            return evaluate(self.network, self.loss, batches, data.n, dp.reduce)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
-        outputs are ``(n, K)`` and ``y`` holds labels or one-hot rows); no update.
+        outputs are ``(n, K)`` and ``y`` holds labels or one-hot rows); no update; in
+        evaluation mode, as :meth:`score` and :meth:`predict`.
 
         >>> import nnx, numpy as np
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
@@ -249,6 +284,10 @@ class Optim:
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of ``argmax(network(X))`` against integer labels or one-hot ``y``.
 
+        ``X`` and ``y`` are checked exactly as :meth:`evaluate` checks them (sample
+        counts, finiteness, label shape, dtype and range, through the loss); no samples
+        is a ``ValueError``, and so are outputs that are not ``(n, K)`` scores.
+
         >>> import nnx, numpy as np
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
@@ -256,17 +295,27 @@ class Optim:
 
         With a communicator, every rank scores its share and the counts are summed.
         """
-        n = 0
-        if self._dp is not None:
-            X, y = placement.host(X), placement.host(y)
-            n = int(X.shape[0])
-            lo, hi = self._dp.comm.shard(n)
-            X, y = X[lo:hi, ...], y[lo:hi, ...]
+        if self._dp is None:  # one process: the checks and the passes of evaluate
+            data = self._place().prepare("Optim.score", X, y)
+            _, accuracy = self._evaluate(data)
+            if not math.isnan(accuracy):
+                return accuracy
+            raise ValueError(
+                f"Optim.score: accuracy needs (n, K) outputs (K >= 2) and integer labels "
+                f"(n,) or one-hot targets (n, K); got y of shape {tuple(data.y.shape)}"
+            )
+        X, y = placement.host(X), placement.host(y)
+        n = int(X.shape[0])
+        if n == 0:
+            raise ValueError(f"Optim.score: no samples (X has shape {tuple(X.shape)})")
+        lo, hi = self._dp.comm.shard(n)
+        X, y = X[lo:hi, ...], y[lo:hi, ...]
         yhat = self.predict(X)
         xp = namespace(yhat)
         if len(yhat.shape) != 2:
             raise ValueError(
-                f"Optim.score: accuracy needs (batch, classes) outputs, got shape {tuple(yhat.shape)}"
+                f"Optim.score: accuracy needs (batch, classes) outputs, got shape "
+                f"{tuple(yhat.shape)}"
             )
         pred = backends.to_numpy(xp.argmax(yhat, axis=-1))
         target = backends.to_numpy(y) if backends.is_array(y) else np.asarray(y)
@@ -277,10 +326,8 @@ class Optim:
                 f"Optim.score: expected labels of shape {pred.shape} or one-hot "
                 f"({pred.shape[0]}, K), got shape {target.shape}"
             )
-        if self._dp is not None:
-            (right,) = self._dp.sum(int(np.count_nonzero(pred == target)))
-            return right / n
-        return float(np.mean(pred == target))
+        (right,) = self._dp.sum(int(np.count_nonzero(pred == target)))
+        return right / n
 
     # -- loops ------------------------------------------------------------------------
     def _use_network(self, network: Module | None) -> None:
@@ -289,25 +336,56 @@ class Optim:
                 raise TypeError(
                     f"Optim: network must be a nnx Module, got {type(network).__name__}"
                 )
-            self.network = network
             if self.optimizer is not None and hasattr(self.optimizer, "reset"):
                 self.optimizer.reset()
+            if self.optimizer is not None and callable(getattr(self.optimizer, "bind", None)):
+                self.optimizer.bind(network)
+            self.network = network
 
     def _epoch_runner(
-        self, owner: str, train: placement.Data, batch_size: int, shuffle: bool, seed: int | None
+        self,
+        owner: str,
+        train: placement.Data,
+        batch_size: int,
+        shuffle: bool,
+        rng: np.random.Generator,
     ) -> Callable[[int, Progress], tuple[float, float]]:
-        """Trains one epoch per call, drawing each epoch's order from ``seed``."""
-        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
+        """Trains one epoch per call, drawing each epoch's order from ``rng``.
+
+        Non-finite parameters (checked when a loss is not finite and after the epoch)
+        are traced to their step by replaying the epoch (:mod:`nnx.training.guard`)."""
         dp = self._dp
         shard = None if dp is None else dp.shard
         reduce = None if dp is None else dp.reduce
 
         def run(epoch: int, bars: Progress) -> tuple[float, float]:
             order = rng.permutation(train.n) if shuffle else None
+            start = EpochStart(self.network, self.optimizer)
+            count = -(-train.n // batch_size)
+
+            def again() -> None:
+                batches = self._placement.batches(train, batch_size, order, shard)
+                replay(owner, epoch, start, self._step, batches, count)
+
             batches = self._placement.batches(train, batch_size, order, shard)
-            return train_epoch(owner, epoch, self._step, batches, train.n, batch_size, bars, reduce)
+            with mode(self.network, True):
+                try:
+                    result = train_epoch(
+                        owner, epoch, self._step, batches, train.n, batch_size, bars, reduce
+                    )
+                except FloatingPointError:
+                    if non_finite_parameter(self.network) is not None:
+                        again()
+                    raise
+                if non_finite_parameter(self.network) is not None:
+                    again()
+            return result
 
         return run
+
+    def _interrupted(self, stop: KeyboardInterrupt | None) -> None:
+        self.interrupted = stop is not None
+        self.terminated = isinstance(stop, Terminated)
 
     # -- data-parallel hooks ------------------------------------------------------------
     def _sync(self, owner: str, loop: str) -> None:
@@ -323,7 +401,7 @@ class Optim:
         """Bars (and plots) only on rank 0."""
         return progress if self._dp is None or self._dp.root else False
 
-    def _run_epochs(self, *args: Any) -> bool:
+    def _run_epochs(self, *args: Any) -> KeyboardInterrupt | None:
         """:func:`run_epochs`; on several ranks an error on this rank is told to the
         others, and Ctrl-C propagates (the ranks may be at different batches: there is
         no common state to roll back to)."""
@@ -346,6 +424,7 @@ class Optim:
         shuffle: bool = True,
         seed: int | None = 42,
         progress: bool | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
     ) -> np.ndarray:
         """Mini-batch training; returns the mean per-sample loss of each epoch.
 
@@ -365,6 +444,10 @@ class Optim:
             from nnx's generator after :func:`nnx.manual_seed`).
         progress : bool, optional
             Progress bars: ``None`` shows them in a terminal or notebook only.
+        checkpoint : path, optional
+            Write the training state there after every epoch and resume from it when
+            it exists; removed when training ends normally
+            (:mod:`nnx.training.checkpoint`).
 
         Returns
         -------
@@ -381,18 +464,43 @@ class Optim:
             "Optim.SGD",
             f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
         )
-        run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, seed)
+        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
+        run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, rng)
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
+        observers: list[Callable[[int, dict[str, float], Any], Any]] = []
+        saver, first = None, 1
+        if checkpoint is not None:
+            call = call_signature(
+                self,
+                loop="SGD",
+                n=train.n,
+                batch_size=int(batch_size),
+                shuffle=bool(shuffle),
+                seed=seed,
+            )
+            saver = Checkpoint(checkpoint, "Optim.SGD", call)
+            if saver.exists():
+                resumed = saver.restore(self.network, self.optimizer, rng)
+                self.history, first = resumed["history"], resumed["epoch"] + 1
+            if self._dp is None or self._dp.root:  # one writer; every rank resumes
+                observers.append(
+                    lambda epoch, record, state: saver.save(
+                        self.network, self.optimizer, epoch, rng, self.history
+                    )
+                )
         bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
             loss, score = run(epoch, bars)
             return {"epoch": epoch, "loss_train": loss, "score_train": score}
 
-        self.interrupted = False
-        self.interrupted = self._run_epochs(
-            self.network, int(epochs), epoch_record, self.history, bars
+        self._interrupted(None)
+        stop = self._run_epochs(
+            self.network, int(epochs), epoch_record, self.history, bars, observers, first
         )
+        self._interrupted(stop)
+        if saver is not None and stop is None and (self._dp is None or self._dp.root):
+            saver.remove()
         return np.asarray(self.history["loss_train"], dtype=np.float64)
 
     def SGD_eval(
@@ -413,6 +521,7 @@ class Optim:
         restore_best: bool = False,
         monitor: str | None = None,
         callback: Callable[[dict[str, float]], Any] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
     ) -> Any:
         """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
 
@@ -455,6 +564,12 @@ class Optim:
             file (``"learning_curve.png"`` for ``True``, or the given path).
         callback : callable, optional
             Called after every epoch with that epoch's record (a dict).
+        checkpoint : path, optional
+            Write the training state there after every epoch (network, optimiser,
+            epoch, random state, history, early-stopping state) and resume from it
+            when it exists; removed when training ends normally
+            (:mod:`nnx.training.checkpoint`). A non-finite loss or parameter keeps the
+            parameters of before that step, or the best epoch's with ``restore_best``.
 
         Returns
         -------
@@ -499,8 +614,37 @@ class Optim:
             f"n={train.n}+{test.n} batch_size={batch_size} epochs={epochs} "
             f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
         )
-        run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, seed)
+        rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
+        run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, rng)
         self.history = {c: [] for c in HISTORY_COLUMNS}
+        if monitor is None:
+            monitor = "score" if placement.is_class_target(y) else "loss"
+        stopping = EarlyStopping(monitor, patience or None)
+        saver, first = None, 1
+        if checkpoint is not None:
+            call = call_signature(
+                self,
+                loop="SGD_eval",
+                n=n,
+                batch_size=int(batch_size),
+                test_size=test_size,
+                shuffle_train=bool(shuffle_train),
+                shuffle_test=bool(shuffle_test),
+                seed=seed,
+                patience=patience,
+                monitor=monitor,
+            )
+            saver = Checkpoint(checkpoint, owner, call)
+            if saver.exists():
+                resumed = saver.restore(self.network, self.optimizer, rng)
+                self.history, first = resumed["history"], resumed["epoch"] + 1
+                early = resumed["early"] or {}
+                stopping.best_value = early.get("best_value")
+                stopping.best_epoch = early.get("best_epoch")
+                stopping.wait = early.get("wait", 0)
+                stopping.best_state = resumed["best_state"]
+                if plot is not None:
+                    plot.update(self.history)
         bars = Progress(self._shows(progress), int(epochs))
 
         def epoch_record(epoch: int) -> dict[str, float]:
@@ -514,20 +658,45 @@ class Optim:
                 "score_test": score_test,
             }
 
-        if monitor is None:
-            monitor = "score" if placement.is_class_target(y) else "loss"
-        stopping = EarlyStopping(monitor, patience or None)
         observers: list[Callable[[int, dict[str, float], Any], Any]] = []
         if plot is not None:
             observers.append(lambda epoch, record, state: plot.update(self.history))
         if callback is not None:
             observers.append(lambda epoch, record, state: callback(dict(record)) and None)
         observers.append(stopping.on_epoch_end)
-        self.interrupted = False
+        if saver is not None and (self._dp is None or self._dp.root):
+            early = stopping  # its state after this epoch's verdict
+
+            def save(epoch: int, record: dict[str, float], state: Any) -> None:
+                saver.save(
+                    self.network,
+                    self.optimizer,
+                    epoch,
+                    rng,
+                    self.history,
+                    {
+                        "best_value": early.best_value,
+                        "wait": early.wait,
+                        "best_epoch": early.best_epoch,
+                    },
+                    early.best_state,
+                )
+
+            observers.append(save)
+        self._interrupted(None)
         self.best_epoch = None
-        self.interrupted = self._run_epochs(
-            self.network, int(epochs), epoch_record, self.history, bars, observers
-        )
+        try:
+            stop = self._run_epochs(
+                self.network, int(epochs), epoch_record, self.history, bars, observers, first
+            )
+        except FloatingPointError:
+            self.best_epoch = stopping.best_epoch
+            if restore_best and stopping.best_state is not None:
+                self.network.load_state_dict(stopping.best_state)
+            raise
+        self._interrupted(stop)
+        if saver is not None and stop is None and (self._dp is None or self._dp.root):
+            saver.remove()
         self.best_epoch = stopping.best_epoch
         if restore_best and stopping.best_state is not None:
             self.network.load_state_dict(stopping.best_state)
