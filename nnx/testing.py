@@ -406,6 +406,9 @@ def _builtin_cases() -> None:
     for cls in (nnx.Sigmoid, nnx.StableSigmoid, nnx.TanH, nnx.Softplus, nnx.Softmax):
         register_case(cls.__name__, cls, (4, 6))
     register_case("LogSoftmax", nnx.LogSoftmax, (4, 6))
+    # batch-wide in training mode (not row by row): checked in eval mode here
+    register_case("Dropout-eval", lambda: nnx.Dropout(0.5).eval(), (4, 6))
+    register_case("BatchNorm-eval", lambda: nnx.BatchNorm(3).eval(), (5, 3))
     register_case(
         "Sequential",
         lambda: nnx.Sequential(nnx.Linear(4, 3), nnx.TanH(), nnx.Linear(3, 2)),
