@@ -42,6 +42,8 @@ class _Replayed:
 
 @pytest.fixture
 def fake_graphs(backend, monkeypatch):
+    if backend == "jax":
+        pytest.skip("a recorded step writes its buffers in place: not for immutable arrays")
     backend_obj = backends.BACKENDS[backend]
     captured: list[_Replayed] = []
 
@@ -154,6 +156,8 @@ def test_cuda_graph_refusals(backend, rng):
 
 def test_a_failed_recording_warns_and_runs_eagerly(backend, monkeypatch, rng):
     backend_obj = backends.BACKENDS[backend]
+    if backend == "jax":
+        pytest.skip("a recorded step writes its buffers in place: not for immutable arrays")
 
     def refuse(self, fn, device, pool=None):
         raise NotImplementedError("calling cuBLAS API during stream capture is unsupported")

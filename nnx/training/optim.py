@@ -194,8 +194,10 @@ class Optim:
             self.network.update_parameters(self.eps)
 
     def _recorded_state(self) -> list[Array]:
-        """What a recorded step updates in place: parameters and optimiser state."""
+        """What a recorded step updates in place: parameters, buffers (BatchNorm's running
+        statistics) and optimiser state."""
         arrays = [p for _, p, _ in self.network.parameters_and_gradients()]
+        arrays += [b for _, b in self.network.named_buffers()]
         if self.optimizer is not None:
             arrays += [a for st in self.optimizer.state.values() for a in st.values()]
         return arrays
