@@ -173,8 +173,9 @@ def tests(session: nox.Session, backend: str) -> None:
         extras = "tests,jax"
     elif backend == "numpy":
         # CuPy imports without a GPU: the numpy session checks nnx's "no usable GPU"
-        # error and CuPy's as_strided signature (the CuPy tests themselves skip).
-        extras = "tests,cupy"
+        # error and CuPy's as_strided signature (the CuPy tests themselves skip); JAX
+        # for the extending guide's backend example, which the doctests run.
+        extras = "tests,cupy,jax"
     session.install(f".[{extras}]", *_torch_requirement())
     # Nothing may rely on assert statements: the numpy session runs the suite under
     # python -O (pytest still rewrites the tests' own asserts, and those of helpers.py,
