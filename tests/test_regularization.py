@@ -480,7 +480,9 @@ def test_dropout_and_batchnorm_change_outputs_only_in_train_mode(backend, rng):
 
 def test_batchnorm_updates_running_statistics_in_place(backend, rng):
     """Same arrays before and after a training forward (what a recorded CUDA graph reads
-    and writes), new values in them."""
+    and writes), new values in them; immutable arrays (JAX) are replaced instead."""
+    if backend == "jax":
+        pytest.skip("JAX arrays are immutable: the running statistics are new arrays")
     bn = nnx.BatchNorm(3)
     mean, var = bn._buffers["running_mean"], bn._buffers["running_var"]
     bn(nnx.asarray(rng.standard_normal((5, 3)) + 2.0))
