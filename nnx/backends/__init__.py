@@ -30,6 +30,7 @@ from ._base import Backend
 from ._cupy import CupyBackend
 from ._generic import gather_windows, gather_windows_2d
 from ._graph import CapturedGraph
+from ._host_memory import allocator_tuned, tune_allocator
 from ._jax import JaxBackend
 from ._numpy import NumpyBackend
 from ._numpy import quiet_float_errors as quiet_float_errors  # for Optim (not public API)
@@ -42,6 +43,7 @@ __all__ = [
     "Backend",
     "CapturedGraph",
     "add_at",
+    "allocator_tuned",
     "asarray",
     "backend_of",
     "gather_windows",
@@ -62,9 +64,12 @@ __all__ = [
     "strided_windows_2d",
     "synchronize",
     "to_numpy",
+    "tune_allocator",
     "uniform",
     "use_backend",
 ]
+
+tune_allocator()  # once per process, before the first training step allocates
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
