@@ -21,15 +21,15 @@ import numpy as np
 
 def main() -> int:
     import nnx
-    from nnx.distributed import _nccl_usable
+    from nnx.distributed import nccl_unavailable
 
-    reason = _nccl_usable()
+    reason = nccl_unavailable()
     if reason is not None:
         print(f"NCCL unavailable: {reason}")
         return 1
     import cupy
 
-    from nnx.distributed._nccl import CupyNccl
+    from nnx.distributed import CupyNccl
 
     ops = CupyNccl(1, CupyNccl.unique_id(), 0)
     for dtype in ("float32", "float64"):
@@ -50,7 +50,7 @@ def main() -> int:
     # the NCCL engine on packed CuPy buffers (a one-rank job skips collectives, so the
     # engine's packing is driven directly)
     grads = [cupy.full((3, 4), 2.0, dtype=cupy.float32), cupy.arange(5, dtype=cupy.float32)]
-    out = comm._run_packed(grads, comm._nccl_allreduce)
+    out = comm.nccl_allreduce_sum(grads)
     assert all(a is b for a, b in zip(out, grads, strict=True))
     np.testing.assert_array_equal(cupy.asnumpy(grads[1]), np.arange(5, dtype=np.float32))
     print("NCCLCommunicator packing through NCCL on the GPU: ok")

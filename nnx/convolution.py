@@ -21,7 +21,7 @@ from typing import Any
 
 from . import backends, init
 from .init import InitType
-from .module import Array, Module, check_positive_int, mT, namespace
+from .module import Array, Module, check_positive_int, device_of, mT, namespace
 
 
 def _tap(k: int, stride: int, out_length: int) -> slice:
@@ -105,7 +105,7 @@ def pad_zeros(X: Array, pads: Pads) -> Array:
         + tuple(n + lo + hi for n, (lo, hi) in zip(X.shape[1:], pads, strict=False))
         + tuple(X.shape[1 + len(pads) :])
     )
-    out = xp.zeros(shape, dtype=X.dtype, device=_device(X))
+    out = xp.zeros(shape, dtype=X.dtype, device=device_of(X))
     return backends.set_at(out, interior(X.shape, pads), X)
 
 
@@ -339,13 +339,13 @@ class Conv1D(_Windowed):
             taps = xp.reshape(xp.matmul(d2, W_t), (batch, out_length * K, C))
             if out_length * K == padded[1]:
                 return unpad(taps, tuple(input.shape), self.pads)
-            dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
+            dX = xp.zeros(padded, dtype=input.dtype, device=device_of(input))
             dX = backends.set_at(dX, (slice(None), slice(0, out_length * K), ...), taps)
             return unpad(dX, tuple(input.shape), self.pads)
         # Overlapping (or gapped) windows: one GEMM per tap added into its positions.
         # Measured faster than one (B*O, K*C) GEMM followed by K strided adds, which
         # writes and re-reads a K-times larger intermediate.
-        dX = xp.zeros(padded, dtype=input.dtype, device=_device(input))
+        dX = xp.zeros(padded, dtype=input.dtype, device=device_of(input))
         for k in range(K):
             W_k = W[k, ...]  # (C, D)
             tap = xp.matmul(d2, mT(W_k))
@@ -353,10 +353,6 @@ class Conv1D(_Windowed):
                 dX, _taps(k, s, out_length), xp.reshape(tap, (batch, out_length, C))
             )
         return unpad(dX, tuple(input.shape), self.pads)
-
-
-def _device(x: Array) -> Any:
-    return getattr(x, "device", None)
 
 
 class MaxPool1D(_Windowed):
@@ -427,10 +423,10 @@ class MaxPool1D(_Windowed):
             if out_length * K == length:
                 return dX
             tail = xp.zeros(
-                (batch, length - out_length * K, chan), dtype=input.dtype, device=_device(input)
+                (batch, length - out_length * K, chan), dtype=input.dtype, device=device_of(input)
             )
             return xp.concat([dX, tail], axis=1)
-        dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+        dX = xp.zeros(input.shape, dtype=input.dtype, device=device_of(input))
         for k, t in enumerate(taps):
             dX = backends.add_at(dX, _taps(k, s, out_length), t)
         return dX
@@ -474,7 +470,7 @@ class AvgPool1D(_Windowed):
         delta, out_length = self._check_delta(input, delta)
         xp = namespace(input)
         share = delta / self.k_size
-        dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
+        dX = xp.zeros(input.shape, dtype=input.dtype, device=device_of(input))
         for k in range(self.k_size):
             dX = backends.add_at(dX, _taps(k, self.stride, out_length), share)
         return dX

@@ -28,7 +28,6 @@ from . import backends, init
 from .convolution import (
     Padding,
     Pads,
-    _device,
     int_tuple,
     pad_zeros,
     padding_config,
@@ -36,7 +35,7 @@ from .convolution import (
     unpad,
 )
 from .init import InitType
-from .module import Array, Module, check_positive_int, mT, namespace
+from .module import Array, Module, check_positive_int, device_of, mT, namespace
 
 __all__ = ["AvgPool2D", "Conv2D", "MaxPool2D"]
 
@@ -100,6 +99,19 @@ class _Windowed2D(Module):
         delta = self._check_input(delta, (input.shape[0], oh, ow, chan), "delta", like=input)
         return delta, (oh, ow)
 
+    def _scatter(self, xp: Any, grads: list[Array], input: Array, out: tuple[int, int]) -> Array:
+        """Sum the per-tap gradients ``(B, P, Q, C)`` (row-major taps) into the input's
+        shape."""
+        if self.stride == self.k_size:  # back-to-back windows: interleave, no zeros or adds
+            kh, kw = self.k_size
+            stacked = xp.stack(grads, axis=3)  # (B, P, Q, kh*kw, C)
+            taps = xp.reshape(stacked, (input.shape[0], out[0], out[1], kh, kw, input.shape[3]))
+            return self._interleave(xp, taps, input, out)
+        dX = xp.zeros(input.shape, dtype=input.dtype, device=device_of(input))
+        for g, index in zip(grads, _taps(self.k_size, self.stride, out), strict=True):
+            dX = backends.add_at(dX, index, g)
+        return dX
+
     def _interleave(self, xp: Any, taps: Array, input: Array, out: tuple[int, int]) -> Array:
         """Gradient of the padded input from ``taps`` ``(B, P, Q, k_h, k_w, C)`` when
         windows sit back to back (stride = kernel): tap ``(i, j)`` of window ``(p, q)`` is
@@ -112,7 +124,7 @@ class _Windowed2D(Module):
         shape = self.padded_shape(tuple(input.shape))
         if (oh * kh, ow * kw) == shape[1:3]:
             return grid
-        dX = xp.zeros(shape, dtype=input.dtype, device=_device(input))
+        dX = xp.zeros(shape, dtype=input.dtype, device=device_of(input))
         return backends.set_at(dX, (slice(None), slice(0, oh * kh), slice(0, ow * kw), ...), grid)
 
 
@@ -312,7 +324,7 @@ class Conv2D(_Windowed2D):
         # Overlapping (or gapped) windows: one GEMM per tap, added into its positions.
         W = self._parameters["weight"]
         dX = xp.zeros(
-            self.padded_shape(tuple(input.shape)), dtype=input.dtype, device=_device(input)
+            self.padded_shape(tuple(input.shape)), dtype=input.dtype, device=device_of(input)
         )
         for t, index in enumerate(_taps(self.k_size, self.stride, out)):
             tap = xp.matmul(d2, mT(W[t // kw, t % kw, ...]))  # (B*P*Q, C)
@@ -401,7 +413,7 @@ class MaxPool2D(_Pool2D):
         for g in grads:
             rest = rest - g
         grads.append(rest)
-        return _scatter(self, xp, grads, input, out)
+        return self._scatter(xp, grads, input, out)
 
 
 class AvgPool2D(_Pool2D):
@@ -440,19 +452,4 @@ class AvgPool2D(_Pool2D):
         delta, _ = self._check_delta(input, delta)
         xp = namespace(input)
         share = delta / (self.k_size[0] * self.k_size[1])
-        return _scatter(self, xp, [share] * (self.k_size[0] * self.k_size[1]), input, out)
-
-
-def _scatter(
-    pool: _Windowed2D, xp: Any, grads: list[Array], input: Array, out: tuple[int, int]
-) -> Array:
-    """Sum the per-tap gradients ``(B, P, Q, C)`` (row-major taps) into the input's shape."""
-    if pool.stride == pool.k_size:  # back-to-back windows: interleave, no zeros or adds
-        kh, kw = pool.k_size
-        stacked = xp.stack(grads, axis=3)  # (B, P, Q, kh*kw, C)
-        taps = xp.reshape(stacked, (input.shape[0], out[0], out[1], kh, kw, input.shape[3]))
-        return pool._interleave(xp, taps, input, out)
-    dX = xp.zeros(input.shape, dtype=input.dtype, device=_device(input))
-    for g, index in zip(grads, _taps(pool.k_size, pool.stride, out), strict=True):
-        dX = backends.add_at(dX, index, g)
-    return dX
+        return self._scatter(xp, [share] * (self.k_size[0] * self.k_size[1]), input, out)

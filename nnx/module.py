@@ -206,7 +206,37 @@ class Module:
         Modules whose class writes ``_gradient`` itself (``_fresh_gradients`` false)
         are zeroed on entry instead.
         """
-        return _FreshGradients(self)
+        return Module._FreshGradients(self)
+
+    class _FreshGradients:
+        """The context manager of :meth:`Module.fresh_gradients` (a class: it runs once per
+        training step, and a generator-based one costs several times more)."""
+
+        __slots__ = ("fresh", "zeroed")
+
+        def __init__(self, root: Module) -> None:
+            fresh, zeroed, todo = [], [], [root]
+            leaf = Module.children
+            while todo:
+                m = todo.pop()
+                if m._gradient:
+                    (fresh if m._fresh_gradients else zeroed).append(m)
+                if type(m).children is not leaf:  # a container (a leaf has no children)
+                    todo += m.children()
+            self.fresh, self.zeroed = fresh, zeroed
+
+        def __enter__(self) -> None:
+            for m in self.fresh:
+                m._fresh = set(m._gradient)
+            for m in self.zeroed:  # its own gradients only: children decide for themselves
+                for name in m._gradient:
+                    m._zero(name)
+
+        def __exit__(self, *exc: object) -> None:
+            for m in self.fresh:
+                for name in m._fresh or ():
+                    m._zero(name)
+                m._fresh = None
 
     def _subtract(self, name: str, p: Array, step: Array) -> None:
         if self._owned.get(name) is p:  # nnx's own array, and a mutable one
@@ -505,6 +535,12 @@ def mT(x: Array) -> Array:
         return namespace(x).matrix_transpose(x)
 
 
+def device_of(x: Array) -> Any:
+    """``x``'s device (``None`` for a library without devices): where arrays created to
+    go with ``x`` belong."""
+    return getattr(x, "device", None)
+
+
 _ROWS: dict[tuple[Any, ...], Array] = {}
 
 
@@ -512,7 +548,7 @@ def constant_row(kind: str, like: Array, n: int, dtype: Any = None) -> Array:
     """A cached ``(1, n)`` row on ``like``'s library and device: ``"ones"`` (in
     ``dtype``) or ``"arange"`` (``0 .. n-1``, default integer dtype). A training step
     would otherwise build it for every batch (an allocation, and on a GPU a kernel)."""
-    device = getattr(like, "device", None)
+    device = device_of(like)
     key = (kind, type(like), str(device), n, dtype)
     row = _ROWS.get(key)
     if row is None:
@@ -559,37 +595,6 @@ def mode(module: Module, training: bool) -> Iterator[None]:
     finally:
         for m, t in saved:
             m.training = t
-
-
-class _FreshGradients:
-    """The context manager of :meth:`Module.fresh_gradients` (a class: it runs once per
-    training step, and a generator-based one costs several times more)."""
-
-    __slots__ = ("fresh", "zeroed")
-
-    def __init__(self, root: Module) -> None:
-        fresh, zeroed, todo = [], [], [root]
-        leaf = Module.children
-        while todo:
-            m = todo.pop()
-            if m._gradient:
-                (fresh if m._fresh_gradients else zeroed).append(m)
-            if type(m).children is not leaf:  # a container (a leaf has no children)
-                todo += m.children()
-        self.fresh, self.zeroed = fresh, zeroed
-
-    def __enter__(self) -> None:
-        for m in self.fresh:
-            m._fresh = set(m._gradient)
-        for m in self.zeroed:  # its own gradients only: children decide for themselves
-            for name in m._gradient:
-                m._zero(name)
-
-    def __exit__(self, *exc: object) -> None:
-        for m in self.fresh:
-            for name in m._fresh or ():
-                m._zero(name)
-            m._fresh = None
 
 
 class DeferredCheck(NamedTuple):

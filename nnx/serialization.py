@@ -12,7 +12,7 @@ File format ``nnx-model`` version 1: a NumPy ``.npz`` (zip) archive holding
 
 - ``param/<dotted name>`` (``param/0.weight``...): one numeric array per parameter;
 - ``extra/<name>`` (checkpoints only, declared under ``"extra"`` in the header):
-  optimiser state and best-epoch parameters, see :mod:`nnx.checkpoint`.
+  optimiser state and best-epoch parameters, see :mod:`nnx.training.checkpoint`.
 
 It is written with ``allow_pickle=False`` and read without NumPy's unpickler at all:
 object arrays are refused, so a crafted file cannot run code when loaded. Classes are
@@ -78,9 +78,11 @@ __all__ = [
     "VERSION",
     "ModelFileError",
     "load",
+    "load_archive",
     "read_header",
     "register",
     "save",
+    "save_archive",
 ]
 
 FORMAT = "nnx-model"
@@ -171,17 +173,18 @@ def save(
     is added); ``.npz`` is the conventional one. A symbolic link is written through
     to its target; an existing file keeps its mode, a new one gets the umask's.
     """
-    _save(network, path, metadata, {}, owner="nnx.save")
+    save_archive(network, path, metadata, {}, owner="nnx.save")
 
 
-def _save(
+def save_archive(
     network: Module,
     path: str | os.PathLike[str],
     metadata: dict[str, Any] | None,
     extra: dict[str, np.ndarray],
     owner: str,
 ) -> None:
-    """:func:`save` with additional ``extra/<name>`` arrays (checkpoints)."""
+    """:func:`save` with additional ``extra/<name>`` arrays and the errors named after
+    ``owner`` (what :mod:`nnx.training.checkpoint` writes)."""
     if not isinstance(network, Module):
         raise TypeError(f"{owner}: expected a nnx Module, got {type(network).__name__}")
     arrays = network.state_dict()
@@ -556,17 +559,19 @@ def load(
     truncated file, another format, a newer version, pickled content, parameters
     whose names or shapes do not fit the architecture, or a file beyond the limits.
     """
-    return _load(Path(path), backend, dtype, device, max_bytes)[0]
+    return load_archive(Path(path), backend, dtype, device, max_bytes)[0]
 
 
-def _load(
-    path: Path,
+def load_archive(
+    path: str | os.PathLike[str],
     backend: str | None = None,
     dtype: Any = None,
     device: Any = None,
     max_bytes: int | None = None,
 ) -> tuple[Module, dict[str, Any], dict[str, np.ndarray]]:
-    """:func:`load`, also returning the header and the ``extra/`` arrays."""
+    """:func:`load` of ``path``, also returning the header and the ``extra/`` arrays
+    (what :mod:`nnx.training.checkpoint` reads back)."""
+    path = Path(path)
     limit = MAX_BYTES if max_bytes is None else max_bytes
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise TypeError(f"nnx.load: max_bytes must be a non-negative int, got {max_bytes!r}")

@@ -44,12 +44,12 @@ class TwoRanks(Communicator):
         super().__init__(0, 2)
         self.calls: list[tuple[str, str]] = []
 
-    def _allreduce_flat(self, buf):
+    def allreduce_buffer(self, buf):
         self.calls.append(("allreduce", backends.dtype_name(buf)))
         buf *= 2
         return buf
 
-    def _broadcast_flat(self, buf, root):
+    def broadcast_buffer(self, buf, root):
         self.calls.append(("broadcast", backends.dtype_name(buf)))
         return buf
 
@@ -145,7 +145,7 @@ def test_missing_mpi4py_says_how_to_install(monkeypatch):
 
 
 def test_nccl_without_gpu_is_a_clear_error(monkeypatch):
-    reason = nnx.distributed._nccl_usable()
+    reason = nnx.distributed.nccl_unavailable()
     if reason is None:
         pytest.skip("NCCL is usable here")
     monkeypatch.setattr(nnx.distributed, "_COMMUNICATORS", {})
@@ -241,15 +241,18 @@ class FakeMPI:
 
     def __init__(self, timeout=60.0):
         self.rank, self.size, self.timeout, self.local_rank = 0, 2, timeout, 0
-        self._broken = None
-        self._timed_out = False
+        self.broken = None
+        self.timed_out = False
         self.host_calls = 0
 
-    def _usable(self):
-        if self._broken:
-            raise DistributedError(self._broken)
+    def check_usable(self):
+        if self.broken:
+            raise DistributedError(self.broken)
 
-    def _allreduce_flat(self, buf):
+    def mark_timed_out(self, reason):
+        self.timed_out, self.broken = True, reason
+
+    def allreduce_buffer(self, buf):
         self.host_calls += 1
         buf *= 2
         return buf
@@ -309,7 +312,7 @@ def test_nccl_engine_gives_up_after_the_timeout():
     with pytest.raises(DistributedError, match="waited 0.2 s in NCCL allreduce"):
         comm.allreduce_sum([torch.ones(3)])
     assert time.monotonic() - t0 < 5
-    assert ops.aborted and mpi._timed_out
+    assert ops.aborted and mpi.timed_out
     with pytest.raises(DistributedError):
         comm.allreduce_sum([torch.ones(3)])
 

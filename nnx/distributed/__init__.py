@@ -41,6 +41,7 @@ from ._data_parallel import DataParallel as DataParallel
 
 __all__ = [
     "Communicator",
+    "CupyNccl",
     "DistributedError",
     "MPICommunicator",
     "NCCLCommunicator",
@@ -48,6 +49,7 @@ __all__ = [
     "default_timeout",
     "in_launcher",
     "init",
+    "nccl_unavailable",
     "notify_failure",
 ]
 
@@ -153,7 +155,7 @@ def init(engine: str = "auto", timeout: float | None = None) -> Communicator:
     if engine == "auto":
         if not in_launcher():
             engine = "single"
-        elif backends.get_backend() == "cupy" and _nccl_usable() is None:
+        elif backends.get_backend() == "cupy" and nccl_unavailable() is None:
             engine = "nccl"
         else:
             engine = "mpi"
@@ -166,7 +168,7 @@ def init(engine: str = "auto", timeout: float | None = None) -> Communicator:
 
             comm = MPICommunicator(_import_mpi("nnx.distributed.init").COMM_WORLD, timeout=t)
         else:
-            reason = _nccl_usable()
+            reason = nccl_unavailable()
             if reason is not None:
                 raise RuntimeError(f"nnx.distributed.init: engine 'nccl' unavailable: {reason}")
             from ._mpi import MPICommunicator
@@ -190,8 +192,9 @@ def _check_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
-def _nccl_usable() -> str | None:
-    """``None`` when CuPy, a GPU and the NCCL library are usable, else the reason."""
+def nccl_unavailable() -> str | None:
+    """Why the ``"nccl"`` engine cannot run here (CuPy, a GPU or the NCCL library is
+    missing), or ``None`` when it can."""
     try:
         import cupy
     except ImportError:
@@ -243,4 +246,8 @@ def __getattr__(name: str) -> Any:
         from ._nccl import NCCLCommunicator
 
         return NCCLCommunicator
+    if name == "CupyNccl":
+        from ._nccl import CupyNccl
+
+        return CupyNccl
     raise AttributeError(f"module 'nnx.distributed' has no attribute {name!r}")

@@ -49,12 +49,14 @@ class Communicator:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 
     # -- what an engine implements ------------------------------------------------------
-    def _allreduce_flat(self, buf: Array) -> Array:
-        """Sum the 1-D contiguous ``buf`` over the ranks, in place; return it."""
+    def allreduce_buffer(self, buf: Array) -> Array:
+        """Sum the 1-D contiguous ``buf`` over the ranks, in place; return it (the
+        engine operation under :meth:`allreduce_sum`, which packs the arrays)."""
         raise NotImplementedError
 
-    def _broadcast_flat(self, buf: Array, root: int) -> Array:
-        """Overwrite ``buf`` with rank ``root``'s, in place; return it."""
+    def broadcast_buffer(self, buf: Array, root: int) -> Array:
+        """Overwrite the 1-D contiguous ``buf`` with rank ``root``'s, in place; return it
+        (the engine operation under :meth:`broadcast`)."""
         raise NotImplementedError
 
     def allgather_bytes(self, data: bytes) -> list[bytes]:
@@ -88,20 +90,20 @@ class Communicator:
         >>> comm.allreduce_sum([np.ones(3), np.zeros((2, 2))])[0]
         array([1., 1., 1.])
         """
-        return self._collective(arrays, self._allreduce_flat)
+        return self._collective(arrays, self.allreduce_buffer)
 
     def broadcast(self, arrays: Sequence[Array], root: int = 0) -> list[Array]:
         """Give every rank the values of rank ``root``'s arrays (in place, packed as in
         :meth:`allreduce_sum`)."""
         if not 0 <= int(root) < self.size:
             raise ValueError(f"{self!r}.broadcast: root must be in [0, {self.size}), got {root}")
-        return self._collective(arrays, lambda buf: self._broadcast_flat(buf, int(root)))
+        return self._collective(arrays, lambda buf: self.broadcast_buffer(buf, int(root)))
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         """Sum a few Python numbers over the ranks (one float64 collective)."""
         buf = np.asarray(values, dtype=np.float64)
         if self.size > 1:
-            buf = self._allreduce_flat(buf)
+            buf = self.allreduce_buffer(buf)
         return [float(v) for v in buf]
 
     def shard(self, n: int) -> tuple[int, int]:
@@ -136,9 +138,15 @@ class Communicator:
 
     # -- packing ------------------------------------------------------------------------
     def _collective(self, arrays: Sequence[Array], op: Any) -> list[Array]:
+        if self.size == 1:
+            return list(arrays)
+        return self._packed(arrays, op)
+
+    def _packed(self, arrays: Sequence[Array], op: Any) -> list[Array]:
+        """``op`` on one flat buffer per (library, dtype) of ``arrays``, written back."""
         arrays = list(arrays)
         out = list(arrays)
-        if self.size == 1 or not arrays:
+        if not arrays:
             return out
         groups: dict[tuple[type, str], list[int]] = {}
         for i, a in enumerate(arrays):
@@ -209,10 +217,10 @@ class SingleProcess(Communicator):
     def __init__(self, timeout: float = 60.0) -> None:
         super().__init__(0, 1, timeout)
 
-    def _allreduce_flat(self, buf: Array) -> Array:
+    def allreduce_buffer(self, buf: Array) -> Array:
         return buf
 
-    def _broadcast_flat(self, buf: Array, root: int) -> Array:
+    def broadcast_buffer(self, buf: Array, root: int) -> Array:
         return buf
 
     def allgather_bytes(self, data: bytes) -> list[bytes]:

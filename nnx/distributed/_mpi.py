@@ -89,11 +89,13 @@ class MPICommunicator(Communicator):
             )
             if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
                 self._watchdog = threading.Thread(
-                    target=_watchdog, args=(weakref.ref(self),), name="nnx-mpi-watchdog"
+                    target=MPICommunicator._watch_loop,
+                    args=(weakref.ref(self),),
+                    name="nnx-mpi-watchdog",
                 )
                 self._watchdog.daemon = True
                 self._watchdog.start()
-            _watch(self)
+            MPICommunicator._close_at_exit(self)
 
     def _dup(self, comm: Any) -> Any:
         new, req = comm.Idup()
@@ -109,7 +111,9 @@ class MPICommunicator(Communicator):
         return 0 if self.size == 1 else self.rank
 
     # -- waiting ------------------------------------------------------------------------
-    def _usable(self) -> None:
+    def check_usable(self) -> None:
+        """Raise :class:`DistributedError` if this communicator cannot be used any more
+        (a failure notice arrived, or a wait timed out)."""
         if self._broken is not None:
             raise DistributedError(self._broken)
 
@@ -131,13 +135,19 @@ class MPICommunicator(Communicator):
         return True
 
     def _time_out(self) -> None:
-        self._timed_out = True
-        self._broken = (
+        self.mark_timed_out(
             f"nnx.distributed: rank {self.rank} of {self.size} waited {self.timeout:g} s "
             f"in {self._waiting_in} for the other ranks; one of them failed, died or hangs "
             f"(see its output). Settable: nnx.distributed.init(timeout=...) or "
             f"NNX_DISTRIBUTED_TIMEOUT"
         )
+
+    def mark_timed_out(self, reason: str) -> None:
+        """Record that a wait (this engine's, or one layered on it such as NCCL's) timed
+        out: every later operation raises :class:`DistributedError` with ``reason``, and
+        the job is aborted at exit (another rank may still be waiting)."""
+        self._timed_out = True
+        self._broken = reason
 
     def _wait(self, req: Any, what: str) -> None:
         """Wait for ``req``; see the class description for failures and the timeout.
@@ -147,7 +157,7 @@ class MPICommunicator(Communicator):
         module too, and an allreduce of 1.6 MB between two processes of one machine
         became 5 times slower (measured: benchmarks/scaling.py).
         """
-        self._usable()
+        self.check_usable()
         self._waiting_in = what
         if self._watchdog is None:
             self._poll(req)
@@ -198,21 +208,21 @@ class MPICommunicator(Communicator):
             backends.synchronize(flat)  # MPI reads device memory outside the stream
         return flat
 
-    def _allreduce_flat(self, buf: Array) -> Array:
-        self._usable()
+    def allreduce_buffer(self, buf: Array) -> Array:
+        self.check_usable()
         if self.size > 1:
             req = self._comm.Iallreduce(self._MPI.IN_PLACE, self._buffer(buf), op=self._MPI.SUM)
             self._wait(req, "allreduce_sum")
         return buf
 
-    def _broadcast_flat(self, buf: Array, root: int) -> Array:
-        self._usable()
+    def broadcast_buffer(self, buf: Array, root: int) -> Array:
+        self.check_usable()
         if self.size > 1:
             self._wait(self._comm.Ibcast(self._buffer(buf), root=root), "broadcast")
         return buf
 
     def allgather_bytes(self, data: bytes) -> list[bytes]:
-        self._usable()
+        self.check_usable()
         if self.size == 1:
             return [bytes(data)]
         counts = np.zeros(self.size, dtype=np.int64)
@@ -228,7 +238,7 @@ class MPICommunicator(Communicator):
         ]
 
     def barrier(self) -> None:
-        self._usable()
+        self.check_usable()
         if self.size > 1:
             self._wait(self._comm.Ibarrier(), "barrier")
 
@@ -268,35 +278,36 @@ class MPICommunicator(Communicator):
             sys.stderr.flush()
             self._MPI.COMM_WORLD.Abort(1)
 
+    # -- the watchdog thread and the exit hooks (they hold no strong reference) ---------
+    @staticmethod
+    def _watch_loop(ref: weakref.ref[MPICommunicator]) -> None:
+        while True:
+            time.sleep(_PERIOD)
+            comm = ref()
+            if comm is None or comm._closing:
+                return
+            comm._watch_once()
+            del comm
 
-def _watchdog(ref: weakref.ref[MPICommunicator]) -> None:
-    while True:
-        time.sleep(_PERIOD)
-        comm = ref()
-        if comm is None or comm._closing:
+    @staticmethod
+    def _close_at_exit(comm: MPICommunicator) -> None:
+        """Close ``comm`` at exit, and notify the other ranks of an uncaught exception."""
+        global _HOOKED
+        _LIVE.add(comm)
+        if _HOOKED:
             return
-        comm._watch_once()
-        del comm
+        _HOOKED = True
+        previous = sys.excepthook
 
+        def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+            previous(kind, value, tb)
+            for c in list(_LIVE):
+                c.fail(value)
 
-def _watch(comm: MPICommunicator) -> None:
-    """Close ``comm`` at exit, and notify the other ranks of an uncaught exception."""
-    global _HOOKED
-    _LIVE.add(comm)
-    if _HOOKED:
-        return
-    _HOOKED = True
-    previous = sys.excepthook
+        sys.excepthook = hook
+        atexit.register(MPICommunicator._close_all)
 
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        previous(kind, value, tb)
+    @staticmethod
+    def _close_all() -> None:
         for c in list(_LIVE):
-            c.fail(value)
-
-    sys.excepthook = hook
-    atexit.register(_close_all)
-
-
-def _close_all() -> None:
-    for c in list(_LIVE):
-        c._close()
+            c._close()

@@ -119,36 +119,41 @@ class NCCLCommunicator(Communicator):
         deadline = time.monotonic() + self.timeout
         pause = 0.0
         while not stream.done:
-            self.mpi._usable()  # a notice seen by the MPI watchdog
+            self.mpi.check_usable()  # a notice seen by the MPI watchdog
             if time.monotonic() > deadline:
-                self.mpi._timed_out = True
-                self.mpi._broken = (
+                reason = (
                     f"nnx.distributed: rank {self.rank} of {self.size} waited "
                     f"{self.timeout:g} s in NCCL {what}; another rank failed, died or hangs"
                 )
+                self.mpi.mark_timed_out(reason)
                 self.ops.abort()
-                raise DistributedError(self.mpi._broken)
+                raise DistributedError(reason)
             pause = min(1e-3, pause * 2 or 1e-5)
             time.sleep(pause)
 
-    def _allreduce_flat(self, buf: Array) -> Array:
+    def allreduce_buffer(self, buf: Array) -> Array:
         if not self.ops.is_device_array(buf):
-            return self.mpi._allreduce_flat(buf)
-        self.mpi._usable()
+            return self.mpi.allreduce_buffer(buf)
+        self.mpi.check_usable()
         if self.size > 1:
             self._nccl_allreduce(buf)
         return buf
 
     def _nccl_allreduce(self, buf: Array) -> Array:
-        """NCCL's in-place allreduce of a device buffer, waited for (any size of job:
-        ``benchmarks/gpu_nccl_check.py`` drives it on one GPU)."""
+        """NCCL's in-place allreduce of a device buffer, waited for."""
         self._wait_stream(self.ops.allreduce(buf), "allreduce")
         return buf
 
-    def _broadcast_flat(self, buf: Array, root: int) -> Array:
+    def nccl_allreduce_sum(self, arrays: list[Array]) -> list[Array]:
+        """:meth:`allreduce_sum` of device arrays through NCCL, packed, even in a job of
+        one rank (where :meth:`allreduce_sum` returns at once): what
+        ``benchmarks/gpu_nccl_check.py`` drives on one GPU."""
+        return self._packed(arrays, self._nccl_allreduce)
+
+    def broadcast_buffer(self, buf: Array, root: int) -> Array:
         if not self.ops.is_device_array(buf):
-            return self.mpi._broadcast_flat(buf, root)
-        self.mpi._usable()
+            return self.mpi.broadcast_buffer(buf, root)
+        self.mpi.check_usable()
         if self.size > 1:
             self._wait_stream(self.ops.broadcast(buf, root), "broadcast")
         return buf

@@ -117,7 +117,7 @@ class Checkpoint:
                 "optimizer": opt_meta,
             }
         }
-        serialization._save(network, self.path, meta, extra, owner=self.owner)
+        serialization.save_archive(network, self.path, meta, extra, owner=self.owner)
 
     def restore(self, network: Module, optimizer: Any, rng: np.random.Generator) -> dict[str, Any]:
         """Load the checkpoint into ``network``, ``optimizer`` and ``rng``.
@@ -126,7 +126,7 @@ class Checkpoint:
         when the checkpoint belongs to another call, optimiser or architecture.
         """
         try:
-            saved, header, extra = serialization._load(self.path)
+            saved, header, extra = serialization.load_archive(self.path)
         except serialization.ModelFileError as exc:
             raise serialization.ModelFileError(
                 f"{self.owner}: cannot resume from checkpoint {str(self.path)!r}: {exc}"
