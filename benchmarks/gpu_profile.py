@@ -6,7 +6,7 @@
 
 Prints, for the MLP and the seed CNN of ``benchmarks/run.py`` at batch 256 and 1024:
 
-* the time of each phase of a training step (:func:`nnx.training.step.train_step`) (each module's forward, the loss, reading
+* the time of each phase of a training step (:class:`nnx.training.step.Step`) (each module's forward, the loss, reading
   the loss, backward, update), as *enqueue* time (until the Python call returns) and
   *synchronised* time (until the GPU is done) — when the two are close the step is
   bound by launch overhead, not by the GPU;

@@ -103,7 +103,7 @@ def test_sgd_resume_equals_uninterrupted(backend, tmp_path, name, monkeypatch):
     straight = make(name)
     ref = straight.SGD(X, y, 16, 5, progress=False, checkpoint=tmp_path / "a.npz")
     path = tmp_path / "b.npz"
-    real_step, calls = nnx.Optim._step, []
+    real_step, calls = nnx.training.step.Step.__call__, []
 
     def interrupted_step(self, bx, by):  # Ctrl-C in the middle of epoch 3 (8 batches)
         calls.append(1)
@@ -111,7 +111,7 @@ def test_sgd_resume_equals_uninterrupted(backend, tmp_path, name, monkeypatch):
             raise KeyboardInterrupt
         return real_step(self, bx, by)
 
-    monkeypatch.setattr(nnx.Optim, "_step", interrupted_step)
+    monkeypatch.setattr(nnx.training.step.Step, "__call__", interrupted_step)
     first = make(name)
     first.SGD(X, y, 16, 5, progress=False, checkpoint=path)
     assert first.interrupted and len(first.history["epoch"]) == 2 and path.exists()
@@ -363,7 +363,7 @@ def test_resume_with_numpy_global_state(tmp_path, monkeypatch):
         np.random.seed(3)  # noqa: NPY002 - the legacy global state is the subject
         ref = straight.SGD(X, y, 16, 4, seed=None, progress=False)
         path = tmp_path / "g.npz"
-        real_step, calls = nnx.Optim._step, []
+        real_step, calls = nnx.training.step.Step.__call__, []
 
         def interrupted_step(self, bx, by):
             calls.append(1)
@@ -373,7 +373,7 @@ def test_resume_with_numpy_global_state(tmp_path, monkeypatch):
 
         first = fresh()
         np.random.seed(3)  # noqa: NPY002 - the legacy global state is the subject
-        monkeypatch.setattr(nnx.Optim, "_step", interrupted_step)
+        monkeypatch.setattr(nnx.training.step.Step, "__call__", interrupted_step)
         first.SGD(X, y, 16, 4, seed=None, progress=False, checkpoint=path)
         monkeypatch.undo()
         assert first.interrupted and path.exists()

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +38,9 @@ class DataParallel:
         self._synced: Any = None
         #: the exception raised on every rank by the last reduction (not a failure)
         self.agreed: BaseException | None = None
+
+    #: Errors of a rank's share of a step that :meth:`reduce_step` re-raises on every rank.
+    agreed_errors = AGREED
 
     @property
     def root(self) -> bool:
@@ -88,36 +89,7 @@ class DataParallel:
         lo, hi = self.comm.shard(data.n)
         return type(data)(data.X[lo:hi, ...], data.y[lo:hi, ...], hi - lo, data.on_device)
 
-    # -- the step -----------------------------------------------------------------------
-    def train_step(
-        self, net: Any, loss: Any, update: Callable[[], None], X: Array, y: Array
-    ) -> tuple[Array | None, Array | None, float]:
-        """:func:`nnx.training.step.train_step` on this rank's share ``X, y`` of a batch,
-        with the gradients, loss sums and error counts summed over the ranks before the
-        finiteness check and the update. Returns this share's ``(losses, yhat, loss
-        sum)`` (``None`` outputs for an empty share)."""
-        from ..training.step import forward_loss
-
-        yhat: Any = None
-        losses: Any = None
-        total, error = 0.0, None
-        with net.fresh_gradients():
-            if X.shape[0]:  # a rank's share of a short batch may be empty
-                try:
-                    yhat, losses, total = forward_loss(net, loss, X, y)
-                except AGREED as exc:
-                    error = exc  # raised on every rank after the reduction
-                if error is None and math.isfinite(total):
-                    net.backward(X, loss.backward(y, yhat), input_grad=False)
-        global_total = self.reduce_step(net, total, error)
-        if not math.isfinite(global_total):
-            raise FloatingPointError(
-                f"non-finite loss (sum over the batch = {global_total}); the parameters "
-                f"were not updated"
-            )
-        update()
-        return losses, yhat, total
-
+    # -- the step (:class:`nnx.training.step.DataParallelStep`) ------------------------
     def reduce_step(self, network: Any, total: float, error: BaseException | None) -> float:
         """Sum the gradients, the loss sums and the error counts over the ranks (one
         packed allreduce); returns the global loss sum. Raises on every rank the error
@@ -155,7 +127,7 @@ class DataParallel:
     # -- sums ---------------------------------------------------------------------------
     def reduce(self, loss_sum: float, correct: int, uncounted: int) -> list[float]:
         """An epoch's or an evaluation's sums, over the ranks
-        (:data:`nnx.training.step.Reduce`)."""
+        (:data:`nnx.training.loop.Reduce`)."""
         return self.comm.sum_floats([loss_sum, correct, uncounted])
 
     def sum(self, *values: float) -> list[float]:

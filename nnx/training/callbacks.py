@@ -1,12 +1,13 @@
-"""Early stopping, as a small object the epoch loop asks after every epoch (after
-Keras's ``EarlyStopping``)."""
+"""Observers the epoch loop asks after every epoch: early stopping (after Keras's
+``EarlyStopping``) and a user's callback."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EarlyStopping"]
+__all__ = ["CallEachEpoch", "EarlyStopping"]
 
 
 class EarlyStopping:
@@ -43,3 +44,22 @@ class EarlyStopping:
             return False
         self.wait += 1
         return self.patience is not None and self.wait >= self.patience
+
+
+class CallEachEpoch:
+    """Calls ``callback`` with a copy of every epoch's record (``SGD_eval(callback=...)``);
+    never stops the loop.
+
+    >>> seen = []
+    >>> CallEachEpoch(seen.append).on_epoch_end(1, {"loss_train": 0.5}, state=None)
+    False
+    >>> seen
+    [{'loss_train': 0.5}]
+    """
+
+    def __init__(self, callback: Callable[[dict[str, float]], Any]) -> None:
+        self.callback = callback
+
+    def on_epoch_end(self, epoch: int, record: dict[str, float], state: Any) -> bool:
+        self.callback(dict(record))
+        return False

@@ -88,6 +88,35 @@ class Checkpoint:
         self.owner = owner
         self.call = call
 
+    def follow(
+        self,
+        network: Module,
+        optimizer: Any,
+        rng: np.random.Generator,
+        history: dict[str, list[Any]],
+        early: Any = None,
+    ) -> None:
+        """What :meth:`on_epoch_end` saves: the loop's network, optimiser, generator,
+        history and early stopping (:class:`~nnx.training.callbacks.EarlyStopping`)."""
+        self.following = (network, optimizer, rng, history, early)
+
+    def on_epoch_end(self, epoch: int, record: Any, state: Any) -> None:
+        """Observer of the epoch loop: :meth:`save` the state after ``epoch`` (with the
+        early-stopping state after that epoch's verdict: observe after it)."""
+        network, optimizer, rng, history, early = self.following
+        if early is None:
+            self.save(network, optimizer, epoch, rng, history)
+            return
+        self.save(
+            network,
+            optimizer,
+            epoch,
+            rng,
+            history,
+            {"best_value": early.best_value, "wait": early.wait, "best_epoch": early.best_epoch},
+            early.best_state,
+        )
+
     def exists(self) -> bool:
         return self.path.exists()
 

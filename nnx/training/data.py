@@ -1,9 +1,12 @@
-"""Data placement: the one place where the training side converts data.
+"""Data placement and the batch iterator: the one place where the training side converts
+data.
 
 Host data (NumPy arrays, lists) and arrays of another backend are moved to the
 network's backend and device; floating data takes the parameters' dtype, integer labels
 keep theirs. Whether a data set moves at once or batch by batch is decided once per
-loop (:meth:`Placement.prepare`); batches are then cut by :func:`batches`.
+loop (:meth:`Placement.prepare`, :meth:`Placement.split`); :class:`Batches` then cuts
+it into batches, a new order every epoch, on the network's backend: the iterator the
+epoch loop (:mod:`nnx.training.loop`) pulls from.
 """
 
 from __future__ import annotations
@@ -78,10 +81,11 @@ class Placement:
             raise TypeError(f"Optim: cannot use data of dtype {values.dtype} ({type(X).__name__})")
         return backends.from_numpy(values, like)
 
-    def prepare(self, owner: str, X: Any, y: Any) -> Data:
-        """Check ``X``/``y`` (sample axis, same count, finite) and move them at once when
-        they fit in :attr:`max_device_bytes`; otherwise keep host copies for
-        :func:`batches` to move batch by batch."""
+    def prepare(self, owner: str, X: Any, y: Any, finite_checked: bool = False) -> Data:
+        """Check ``X``/``y`` (sample axis, same count, numbers, finite unless
+        ``finite_checked``) and move them at once when they fit in
+        :attr:`max_device_bytes`; otherwise keep host copies for :class:`Batches` to
+        move batch by batch."""
         X, y = host(X), host(y)
         if len(X.shape) == 0 or len(y.shape) == 0:
             raise ValueError(
@@ -100,7 +104,8 @@ class Placement:
                 raise TypeError(
                     f"{owner}: {name} must hold numbers (bool, int or float), got dtype {A.dtype}"
                 )
-            check_finite(owner, name, A)
+            if not finite_checked:
+                check_finite(owner, name, A)
         like = self.like()
         on_network = like is None or (type(X) is type(like) and type(y) is type(like))
         if on_network:
@@ -111,19 +116,69 @@ class Placement:
             return Data(self.to_network(X, like), self.to_network(y, like), n, True)
         return Data(backends.to_numpy(X), backends.to_numpy(y), n, False)
 
-    def batches(
+    def split(
+        self, owner: str, X: Any, y: Any, test_size: float | int, shuffle_test: bool, seed: Any
+    ) -> tuple[Data, Data, tuple[Any, Any, Any, Any]]:
+        """Check ``X``/``y`` once, split them (:func:`split_indices`) and place both parts
+        (:meth:`prepare`). Returns ``(train, test, (X_train, y_train, X_test, y_test))``,
+        the last four as given (NumPy stays NumPy, float64 stays float64)."""
+        X, y = host(X), host(y)
+        if int(y.shape[0]) != int(X.shape[0]):
+            raise ValueError(
+                f"{owner}: X and y must have the same number of samples, got X {tuple(X.shape)} "
+                f"and y {tuple(y.shape)}"
+            )
+        n = int(X.shape[0]) if len(X.shape) else 0
+        for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
+            if n:
+                check_finite(owner, name, A)
+        train_idx, test_idx = split_indices(owner, n, test_size, shuffle_test, seed)
+        train_idx, test_idx = to_index(train_idx, X), to_index(test_idx, X)
+        parts = (take(X, train_idx), take(y, train_idx), take(X, test_idx), take(y, test_idx))
+        train = self.prepare(owner, parts[0], parts[1], finite_checked=True)
+        test = self.prepare(owner, parts[2], parts[3], finite_checked=True)
+        return train, test, parts
+
+
+class Batches:
+    """The batch iterator: consecutive batches of ``batch_size`` of a placed data set,
+    on the network's backend.
+
+    Each :meth:`epoch` draws the epoch's order (``rng.permutation(n)`` when
+    ``shuffle``, else the stored order) and returns the epoch's batches, which may be
+    iterated again in the same order (the replay of :mod:`nnx.training.guard`). With
+    ``shard`` (data-parallel), each batch is this rank's part ``shard(start, stop)`` of
+    the global batch. ``n`` is the sample count the epoch's means divide by (default:
+    the data's; a rank's part of an evaluation set divides by the whole set's).
+    """
+
+    def __init__(
         self,
+        placement: Placement,
         data: Data,
         batch_size: int,
-        order: np.ndarray | None,
+        shuffle: bool = False,
+        rng: Any = None,
         shard: Callable[[int, int], tuple[int, int]] | None = None,
-    ) -> Iterator[tuple[Array, Array]]:
-        """Consecutive batches of ``batch_size`` in ``order`` (``None``: as stored), on
-        the network's backend; with ``shard`` (data-parallel), only this rank's part
-        ``shard(start, stop)`` of each batch."""
-        X, y, n, on_device = data
+        n: int | None = None,
+    ) -> None:
+        self.placement, self.data, self.batch_size = placement, data, batch_size
+        self.shuffle, self.rng, self.shard = shuffle, rng, shard
+        #: samples of a whole pass (every rank's), and batches of an epoch
+        self.n = data.n if n is None else n
+        self.count = -(-data.n // batch_size)
+
+    def epoch(self) -> EpochBatches:
+        """The next epoch's batches (draws its order from ``rng`` when shuffling)."""
+        order = self.rng.permutation(self.data.n) if self.shuffle else None
+        return EpochBatches(self, order)
+
+    def iterate(self, order: np.ndarray | None) -> Iterator[tuple[Array, Array]]:
+        """The batches in ``order`` (``None``: as stored)."""
+        X, y, n, on_device = self.data
         idx = None if order is None else to_index(order, X)
-        like = self.like()
+        placement, shard, batch_size = self.placement, self.shard, self.batch_size
+        like = placement.like()
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             if shard is not None:
@@ -133,8 +188,20 @@ class Placement:
             else:
                 bx, by = take(X, idx[start:stop]), take(y, idx[start:stop])
             if not on_device:
-                bx, by = self.to_network(bx, like), self.to_network(by, like)
+                bx, by = placement.to_network(bx, like), placement.to_network(by, like)
             yield bx, by
+
+
+class EpochBatches:
+    """One epoch of :class:`Batches`: iterable, and again in the same order."""
+
+    __slots__ = ("batches", "order")
+
+    def __init__(self, batches: Batches, order: np.ndarray | None) -> None:
+        self.batches, self.order = batches, order
+
+    def __iter__(self) -> Iterator[tuple[Array, Array]]:
+        return self.batches.iterate(self.order)
 
 
 def to_index(order: np.ndarray, like: Any) -> Any:
@@ -147,7 +214,7 @@ def take(A: Any, idx: Any) -> Any:
     return namespace(A).take(A, idx, axis=0)
 
 
-def split(
+def split_indices(
     owner: str, n: int, test_size: float | int, shuffle_test: bool, seed: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training and test parts of ``n`` samples: a random test part of

@@ -4,7 +4,7 @@ On a GPU a small model's step is bound by launch overhead: each of its dozens of
 kernels costs more on the host than on the device. :class:`GraphedStep` records the
 step once per batch shape and replays it with one launch per part:
 
-1. the first batch of a shape runs as an ordinary step (:func:`~nnx.training.step.train_step`)
+1. the first batch of a shape runs as an ordinary step (:class:`~nnx.training.step.Step`)
    on static input buffers, in the backend's graph mode, so that every kernel, cache and
    optimiser state the capture needs exists;
 2. two graphs are recorded (nothing runs): *forward, loss, backward* (writing the
@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import backends
-from ..module import Array, DeferredCheck, Loss, Module, namespace
-from .step import train_step
+from ..module import Array, DeferredCheck, Module, namespace
 
 
 class _Recorded(NamedTuple):
@@ -53,24 +51,28 @@ _EAGER: Any = object()
 
 
 class GraphedStep:
-    """``train_step`` for a network, a loss and an update, replayed as CUDA graphs."""
+    """A :class:`~nnx.training.step.Step` (the eager step: its network, loss and
+    update) replayed as CUDA graphs; called, evaluated and inspected as that step."""
 
-    def __init__(
-        self,
-        net: Module,
-        loss: Loss,
-        update: Callable[[], None],
-        state: Callable[[], list[Array]] | None = None,
-    ) -> None:
-        self.net, self.loss, self.update = net, loss, update
-        # the arrays a recording writes in place (parameters, optimiser state): when any
-        # is rebound (a rollback, load_state_dict, a move), the recordings are stale
-        self.state = state if state is not None else net.parameters
+    def __init__(self, step: Any) -> None:
+        self.step = step
         self._recorded: dict[tuple[Any, ...], Any] = {}  # _Recorded, or _EAGER
         self._pool: Any = None  # one memory pool for all of this step's graphs
 
+    @property
+    def network(self) -> Module:
+        return self.step.network
+
+    @property
+    def optimizer(self) -> Any:
+        return self.step.optimizer
+
+    def evaluate(self, X: Array, y: Array) -> tuple[Array, Array]:
+        """An evaluation batch, eagerly (:meth:`~nnx.training.step.Step.evaluate`)."""
+        return self.step.evaluate(X, y)
+
     def __call__(self, X: Array, y: Array) -> tuple[Array, Array, float]:
-        """``(losses, yhat, sum of losses)``, as :func:`~nnx.training.step.train_step`."""
+        """``(losses, yhat, sum of losses)``, as :class:`~nnx.training.step.Step`."""
         key = (tuple(X.shape), str(X.dtype), tuple(y.shape), str(y.dtype))
         rec = self._recorded.get(key)
         if rec is not None and rec is not _EAGER and rec.watched != self._watched():
@@ -79,7 +81,7 @@ class GraphedStep:
         if rec is None:
             return self._record(key, X, y)
         if rec is _EAGER:
-            return train_step(self.net, self.loss, self.update, X, y)
+            return self.step(X, y)
         rec.X[...] = X
         rec.y[...] = y
         rec.forward_backward.replay()
@@ -96,7 +98,9 @@ class GraphedStep:
         return rec.losses, rec.yhat, total
 
     def _watched(self) -> tuple[int, ...]:
-        return tuple(id(a) for a in self.state())
+        # the arrays a recording writes in place (parameters, optimiser state): when any
+        # is rebound (a rollback, load_state_dict, a move), the recordings are stale
+        return tuple(id(a) for a in self.step.state())
 
     def __getstate__(self) -> dict[str, Any]:
         # CUDA graphs neither pickle nor copy: a copy records its own at its first step
@@ -114,10 +118,10 @@ class GraphedStep:
         if self._pool is None:
             self._pool = backend.new_graph_pool()
         xp = namespace(X)
-        net, loss = self.net, self.loss
+        net, loss = self.step.network, self.step.loss
         with backend.graph_mode(self._pool):
             Xs, ys = xp.asarray(X, copy=True), xp.asarray(y, copy=True)
-            result = train_step(net, loss, self.update, Xs, ys)  # a real step, eager
+            result = self.step(Xs, ys)  # a real step, eager
 
         @backends.quiet_float_errors  # a non-finite loss is reported after the read
         def forward_backward() -> tuple[Array, Array, Array, list[DeferredCheck]]:
@@ -133,7 +137,7 @@ class GraphedStep:
 
         try:
             fb = backend.capture(forward_backward, device, self._pool)
-            up = backend.capture(self.update, device, self._pool)
+            up = backend.capture(self.step.update, device, self._pool)
         except Exception as exc:  # noqa: BLE001 - the step itself worked: go on eagerly
             warnings.warn(
                 f"Optim(cuda_graph=True): recording the step for batch shape {key[0]} "

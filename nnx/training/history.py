@@ -150,10 +150,16 @@ class LivePlot:
             None if self.notebook else Path("learning_curve.png" if target is True else target)
         )
         self._handle: Any = None
+        #: the history :meth:`on_epoch_end` draws (the loop's, set before it starts)
+        self.history: Mapping[str, Sequence[float]] = {}
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise missing("matplotlib", "online_plot") from None
+
+    def on_epoch_end(self, epoch: int, record: Any, state: Any) -> None:
+        """Observer of the epoch loop: redraw :attr:`history`."""
+        self.update(self.history)
 
     def update(self, history: Mapping[str, Sequence[float]]) -> None:
         if self.notebook:

@@ -1,5 +1,12 @@
 """The :class:`Optim` facade: the original library's training API, assembled from the parts of
-:mod:`nnx.training` (data placement, step, epoch loop, early stopping, bars, history)."""
+:mod:`nnx.training`.
+
+The facade checks the arguments and builds things; it runs nothing per batch. A loop
+is: place the data and build the batch iterator (:mod:`~nnx.training.data`), build the
+updater (:mod:`~nnx.training.step`, or :mod:`~nnx.training.graph` around it), and hand
+both, with the observers (early stopping, checkpoint, plot, callback), to the epoch
+loop (:mod:`~nnx.training.loop`), which calls the updater batch after batch.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +21,15 @@ import numpy as np
 from .. import backends, distributed
 from ..module import Array, Loss, Module, check_positive_int, mode, namespace
 from . import data as placement
-from .callbacks import EarlyStopping
+from .callbacks import CallEachEpoch, EarlyStopping
 from .checkpoint import Checkpoint, call_signature
 from .graph import GraphedStep
-from .guard import EpochStart, non_finite_parameter, replay
+from .guard import non_finite_parameter
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
-from .loop import run_epochs, train_epoch
+from .loop import Observer, Trainer, evaluate
 from .progress import Progress
 from .signals import Terminated
-from .step import evaluate, train_step
+from .step import DataParallelStep, Step
 
 __all__ = ["Optim"]
 
@@ -142,12 +149,15 @@ class Optim:
                 "Optim: cuda_graph=True with comm= is not supported: a data-parallel step "
                 "sums the gradients over the ranks between the backward pass and the update"
             )
-        self.loss, self.eps = loss, float(eps)
-        self.optimizer = optimizer
         #: The communicator of data-parallel training (``None``: this process alone).
         self.comm = comm
         self._dp = None if comm is None else distributed.DataParallel(comm)
         self.cuda_graph = bool(cuda_graph)
+        self._eager = (
+            Step(network, loss, float(eps), optimizer)
+            if self._dp is None
+            else DataParallelStep(network, loss, float(eps), optimizer, self._dp)
+        )
         self.network = network
         #: The split made by the last :meth:`SGD_eval` (host or backend arrays as given).
         self.X_train: Any = None
@@ -170,45 +180,50 @@ class Optim:
     @property
     def network(self) -> Module:
         """The model being trained."""
-        return self._network
+        return self._eager.network
 
     @network.setter
     def network(self, network: Module) -> None:
-        self._network = network
+        self._eager.network = network
         self._placement = placement.Placement(network)
-        self._graphed = (
-            GraphedStep(network, self.loss, self._update, self._recorded_state)
-            if self.cuda_graph
-            else None
+        #: the updater the loops call: the eager step, or its CUDA-graph replay
+        self._updater: Step | GraphedStep = (
+            GraphedStep(self._eager) if self.cuda_graph else self._eager
         )
+
+    # the updater's own settings: a callback may change them between steps
+    @property
+    def loss(self) -> Loss:
+        """The per-sample loss."""
+        return self._eager.loss
+
+    @loss.setter
+    def loss(self, loss: Loss) -> None:
+        self._eager.loss = loss
+
+    @property
+    def eps(self) -> float:
+        """Step size of the plain update (unused with an ``optimizer``)."""
+        return self._eager.eps
+
+    @eps.setter
+    def eps(self, eps: float) -> None:
+        self._eager.eps = eps
+
+    @property
+    def optimizer(self) -> Any:
+        """The update rule (``None``: the plain update with :attr:`eps`)."""
+        return self._eager.optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Any) -> None:
+        self._eager.optimizer = optimizer
 
     def _place(self) -> placement.Placement:
         self._placement.max_device_bytes = self.max_device_bytes
         return self._placement
 
     # -- one step ---------------------------------------------------------------------
-    def _update(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.step(self.network)
-        else:
-            self.network.update_parameters(self.eps)
-
-    def _recorded_state(self) -> list[Array]:
-        """What a recorded step updates in place: parameters, buffers (BatchNorm's running
-        statistics) and optimiser state."""
-        arrays = [p for _, p, _ in self.network.parameters_and_gradients()]
-        arrays += [b for _, b in self.network.named_buffers()]
-        if self.optimizer is not None:
-            arrays += [a for st in self.optimizer.state.values() for a in st.values()]
-        return arrays
-
-    def _step(self, X: Array, y: Array) -> tuple[Array, Array, float]:
-        if self._dp is not None:
-            return self._dp.train_step(self.network, self.loss, self._update, X, y)
-        if self._graphed is not None:
-            return self._graphed(X, y)
-        return train_step(self.network, self.loss, self._update, X, y)
-
     def step(self, batch_x: Any, batch_y: Any) -> Array:
         """One training step on a batch; returns the per-sample losses (backend array).
 
@@ -229,7 +244,7 @@ class Optim:
         like = place.like()
         X, y = place.to_network(batch_x, like), place.to_network(batch_y, like)
         try:
-            losses = self._step(X, y)[0]
+            losses = self._updater(X, y)[0]
         except FloatingPointError as exc:
             bad = non_finite_parameter(self.network)
             if bad is not None:
@@ -242,7 +257,7 @@ class Optim:
             if dp is not None:
                 dp.failed(exc)
             raise
-        if self._graphed is not None:  # a graph's buffer: the next replay overwrites it
+        if self.cuda_graph:  # a graph's buffer: the next replay overwrites it
             return namespace(losses).asarray(losses, copy=True)
         return losses
 
@@ -263,14 +278,14 @@ class Optim:
             ]
         return namespace(parts[0]).concat(parts, axis=0)
 
+    def _evaluation(self, data: placement.Data) -> placement.Batches:
+        """The batches of an evaluation pass over ``data`` (this rank's part of it)."""
+        part = data if self._dp is None else self._dp.part(data)
+        return placement.Batches(self._placement, part, self.eval_batch_size, n=data.n)
+
     def _evaluate(self, data: placement.Data) -> tuple[float, float]:
-        dp = self._dp
-        with mode(self.network, False):
-            if dp is None:
-                batches = self._placement.batches(data, self.eval_batch_size, None)
-                return evaluate(self.network, self.loss, batches, data.n)
-            batches = self._placement.batches(dp.part(data), self.eval_batch_size, None)
-            return evaluate(self.network, self.loss, batches, data.n, dp.reduce)
+        reduce = None if self._dp is None else self._dp.reduce
+        return evaluate(self._updater, self._evaluation(data), reduce)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -344,46 +359,21 @@ class Optim:
                 self.optimizer.bind(network)
             self.network = network
 
-    def _epoch_runner(
+    def _trainer(
         self,
         owner: str,
         train: placement.Data,
         batch_size: int,
         shuffle: bool,
         rng: np.random.Generator,
-    ) -> Callable[[int, Progress], tuple[float, float]]:
-        """Trains one epoch per call, drawing each epoch's order from ``rng``.
-
-        Non-finite parameters (checked when a loss is not finite and after the epoch)
-        are traced to their step by replaying the epoch (:mod:`nnx.training.guard`)."""
-        dp = self._dp
-        shard = None if dp is None else dp.shard
-        reduce = None if dp is None else dp.reduce
-
-        def run(epoch: int, bars: Progress) -> tuple[float, float]:
-            order = rng.permutation(train.n) if shuffle else None
-            start = EpochStart(self.network, self.optimizer)
-            count = -(-train.n // batch_size)
-
-            def again() -> None:
-                batches = self._placement.batches(train, batch_size, order, shard)
-                replay(owner, epoch, start, self._step, batches, count)
-
-            batches = self._placement.batches(train, batch_size, order, shard)
-            with mode(self.network, True):
-                try:
-                    result = train_epoch(
-                        owner, epoch, self._step, batches, train.n, batch_size, bars, reduce
-                    )
-                except FloatingPointError:
-                    if non_finite_parameter(self.network) is not None:
-                        again()
-                    raise
-                if non_finite_parameter(self.network) is not None:
-                    again()
-            return result
-
-        return run
+        test: placement.Data | None = None,
+    ) -> Trainer:
+        """The epoch loop over ``train`` (a new order every epoch, drawn from ``rng``;
+        on several ranks each takes its share of every batch), evaluating on ``test``."""
+        shard = None if self._dp is None else self._dp.shard
+        batches = placement.Batches(self._placement, train, batch_size, shuffle, rng, shard)
+        tests = None if test is None else self._evaluation(test)
+        return Trainer(owner, self._updater, batches, tests, self._dp)
 
     def _interrupted(self, stop: KeyboardInterrupt | None) -> None:
         self.interrupted = stop is not None
@@ -402,19 +392,6 @@ class Optim:
     def _shows(self, progress: bool | None) -> bool | None:
         """Bars (and plots) only on rank 0."""
         return progress if self._dp is None or self._dp.root else False
-
-    def _run_epochs(self, *args: Any) -> KeyboardInterrupt | None:
-        """:func:`run_epochs`; on several ranks an error on this rank is told to the
-        others, and Ctrl-C propagates (the ranks may be at different batches: there is
-        no common state to roll back to)."""
-        dp = self._dp
-        if dp is None:
-            return run_epochs(*args)
-        try:
-            return run_epochs(*args, rollback=dp.comm.size == 1)
-        except BaseException as exc:
-            dp.failed(exc)
-            raise
 
     def SGD(
         self,
@@ -467,9 +444,9 @@ class Optim:
             f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
         )
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
-        run = self._epoch_runner("Optim.SGD", train, int(batch_size), shuffle, rng)
+        trainer = self._trainer("Optim.SGD", train, int(batch_size), shuffle, rng)
         self.history = {"epoch": [], "loss_train": [], "score_train": []}
-        observers: list[Callable[[int, dict[str, float], Any], Any]] = []
+        observers: list[Observer] = []
         saver, first = None, 1
         if checkpoint is not None:
             call = call_signature(
@@ -485,21 +462,11 @@ class Optim:
                 resumed = saver.restore(self.network, self.optimizer, rng)
                 self.history, first = resumed["history"], resumed["epoch"] + 1
             if self._dp is None or self._dp.root:  # one writer; every rank resumes
-                observers.append(
-                    lambda epoch, record, state: saver.save(
-                        self.network, self.optimizer, epoch, rng, self.history
-                    )
-                )
+                saver.follow(self.network, self.optimizer, rng, self.history)
+                observers.append(saver.on_epoch_end)
         bars = Progress(self._shows(progress), int(epochs))
-
-        def epoch_record(epoch: int) -> dict[str, float]:
-            loss, score = run(epoch, bars)
-            return {"epoch": epoch, "loss_train": loss, "score_train": score}
-
         self._interrupted(None)
-        stop = self._run_epochs(
-            self.network, int(epochs), epoch_record, self.history, bars, observers, first
-        )
+        stop = trainer.run(int(epochs), self.history, bars, observers, first)
         self._interrupted(stop)
         if saver is not None and stop is None and (self._dp is None or self._dp.root):
             saver.remove()
@@ -593,31 +560,17 @@ class Optim:
             history_frame({c: [] for c in HISTORY_COLUMNS})  # pandas there?
         plot = LivePlot(online_plot) if online_plot and self._shows(True) else None
         self._use_network(network)
-        X, y = placement.host(X), placement.host(y)
-        if int(y.shape[0]) != int(X.shape[0]):
-            raise ValueError(
-                f"{owner}: X and y must have the same number of samples, got X {tuple(X.shape)} "
-                f"and y {tuple(y.shape)}"
-            )
-        n = int(X.shape[0]) if len(X.shape) else 0
-        for name, A in (("X", X), ("y", y)):  # before the split: messages name the user's rows
-            if n:
-                placement.check_finite(owner, name, A)
         seed = self._common_seed(seed)
-        train_idx, test_idx = placement.split(owner, n, test_size, shuffle_test, seed)
-        train_idx, test_idx = placement.to_index(train_idx, X), placement.to_index(test_idx, X)
-        self.X_train, self.y_train = placement.take(X, train_idx), placement.take(y, train_idx)
-        self.X_test, self.y_test = placement.take(X, test_idx), placement.take(y, test_idx)
-        place = self._place()
-        train = place.prepare(owner, self.X_train, self.y_train)
-        test = place.prepare(owner, self.X_test, self.y_test)
+        train, test, parts = self._place().split(owner, X, y, test_size, shuffle_test, seed)
+        self.X_train, self.y_train, self.X_test, self.y_test = parts
+        n = train.n + test.n
         self._sync(
             owner,
             f"n={train.n}+{test.n} batch_size={batch_size} epochs={epochs} "
             f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
         )
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
-        run = self._epoch_runner(owner, train, int(batch_size), shuffle_train, rng)
+        trainer = self._trainer(owner, train, int(batch_size), shuffle_train, rng, test)
         self.history = {c: [] for c in HISTORY_COLUMNS}
         if monitor is None:
             monitor = "score" if placement.is_class_target(y) else "loss"
@@ -648,49 +601,20 @@ class Optim:
                 if plot is not None:
                     plot.update(self.history)
         bars = Progress(self._shows(progress), int(epochs))
-
-        def epoch_record(epoch: int) -> dict[str, float]:
-            loss_train, score_train = run(epoch, bars)
-            loss_test, score_test = self._evaluate(test)
-            return {
-                "epoch": epoch,
-                "loss_train": loss_train,
-                "loss_test": loss_test,
-                "score_train": score_train,
-                "score_test": score_test,
-            }
-
-        observers: list[Callable[[int, dict[str, float], Any], Any]] = []
+        observers: list[Observer] = []
         if plot is not None:
-            observers.append(lambda epoch, record, state: plot.update(self.history))
+            plot.history = self.history
+            observers.append(plot.on_epoch_end)
         if callback is not None:
-            observers.append(lambda epoch, record, state: callback(dict(record)) and None)
+            observers.append(CallEachEpoch(callback).on_epoch_end)
         observers.append(stopping.on_epoch_end)
         if saver is not None and (self._dp is None or self._dp.root):
-            early = stopping  # its state after this epoch's verdict
-
-            def save(epoch: int, record: dict[str, float], state: Any) -> None:
-                saver.save(
-                    self.network,
-                    self.optimizer,
-                    epoch,
-                    rng,
-                    self.history,
-                    {
-                        "best_value": early.best_value,
-                        "wait": early.wait,
-                        "best_epoch": early.best_epoch,
-                    },
-                    early.best_state,
-                )
-
-            observers.append(save)
+            saver.follow(self.network, self.optimizer, rng, self.history, stopping)
+            observers.append(saver.on_epoch_end)  # after the stopping verdict: its state
         self._interrupted(None)
         self.best_epoch = None
         try:
-            stop = self._run_epochs(
-                self.network, int(epochs), epoch_record, self.history, bars, observers, first
-            )
+            stop = trainer.run(int(epochs), self.history, bars, observers, first)
         except FloatingPointError:
             self.best_epoch = stopping.best_epoch
             if restore_best and stopping.best_state is not None:

@@ -1,23 +1,25 @@
-r"""One training step, and the evaluation passes, on data already on the network's backend.
+r"""One training step on a batch already on the network's backend: the updater.
 
 A step is: forward, loss, **one read from the device** (the loss sum, with the counts
 of the loss's deferred checks, see :class:`nnx.Loss`), the finiteness check, backward
 (gradients of :math:`L = \sum_i \ell_i`, written fresh: see
-:meth:`nnx.Module.fresh_gradients`), and the update.
+:meth:`nnx.Module.fresh_gradients`), and the update. :class:`Step` is that step for one
+process, :class:`DataParallelStep` sums the gradients over the ranks of a communicator
+before the check and the update; :class:`~nnx.training.graph.GraphedStep` replays a
+:class:`Step` as CUDA graphs. The epoch loop (:mod:`nnx.training.loop`) calls whichever
+the :class:`~nnx.Optim` facade built, batch after batch; this module calls nothing of
+the training side above it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from .. import backends
-from ..module import Array, Loss, Module, is_floating, namespace
+from ..module import Array, Loss, Module, namespace
 
-#: ``reduce(loss_sum, correct, uncounted)`` -> the same three summed over the ranks of a
-#: data-parallel job (see :mod:`nnx.distributed`)
-Reduce = Callable[[float, int, int], list[float]]
+__all__ = ["DataParallelStep", "Step", "forward_loss"]
 
 
 @backends.quiet_float_errors  # a non-finite loss is reported as FloatingPointError
@@ -47,81 +49,98 @@ def forward_loss(net: Module, loss: Loss, X: Array, y: Array) -> tuple[Array, Ar
     return yhat, losses, float(read[0])
 
 
-def train_step(
-    net: Module, loss: Loss, update: Callable[[], None], X: Array, y: Array
-) -> tuple[Array, Array, float]:
-    """Forward, loss, finiteness check, backward, ``update()``.
+def _non_finite(total: float) -> FloatingPointError:
+    return FloatingPointError(
+        f"non-finite loss (sum over the batch = {total}); the parameters were not updated"
+    )
 
-    Returns ``(losses, yhat, sum of losses)``; raises ``FloatingPointError`` before
-    touching the parameters when the loss is not finite (the gradients are then zero).
+
+class Step:
+    """Forward, loss, one read, backward and update of ``network`` on a batch.
+
+    The update is ``optimizer.step(network)``, or the plain
+    :math:`w \\leftarrow w - \\epsilon \\nabla_w L` (``network.update_parameters(eps)``)
+    without an optimiser. ``loss``, ``eps`` and ``optimizer`` may be changed between
+    steps (a learning-rate schedule in a callback); :class:`nnx.Optim`'s attributes of
+    the same names are these.
+
+    >>> import nnx, numpy as np
+    >>> net = nnx.Sequential(nnx.Linear(2, 2))
+    >>> step = Step(net, nnx.CELogSoftmax(), eps=0.1)
+    >>> losses, yhat, total = step(nnx.asarray([[1.0, 0.0]]), nnx.asarray(np.array([1])))
+    >>> losses.shape, yhat.shape
+    ((1,), (1, 2))
     """
-    with net.fresh_gradients():  # zero_grad() in effect, without writing zeros first
-        yhat, losses, total = forward_loss(net, loss, X, y)
-        if not math.isfinite(total):
-            raise FloatingPointError(
-                f"non-finite loss (sum over the batch = {total}); the parameters were not updated"
-            )
-        net.backward(X, loss.backward(y, yhat), input_grad=False)
-    update()
-    return losses, yhat, total
+
+    def __init__(self, network: Module, loss: Loss, eps: float = 1e-3, optimizer: Any = None):
+        self.network, self.loss, self.eps, self.optimizer = network, loss, eps, optimizer
+
+    def __call__(self, X: Array, y: Array) -> tuple[Array, Array, float]:
+        """``(losses, yhat, sum of losses)``; raises ``FloatingPointError`` before
+        touching the parameters when the loss is not finite (the gradients are then
+        zero)."""
+        net, loss = self.network, self.loss
+        with net.fresh_gradients():  # zero_grad() in effect, without writing zeros first
+            yhat, losses, total = forward_loss(net, loss, X, y)
+            if not math.isfinite(total):
+                raise _non_finite(total)
+            net.backward(X, loss.backward(y, yhat), input_grad=False)
+        self.update()
+        return losses, yhat, total
+
+    def update(self) -> None:
+        """Apply the gradients: ``optimizer.step(network)`` or the plain update."""
+        if self.optimizer is not None:
+            self.optimizer.step(self.network)
+        else:
+            self.network.update_parameters(self.eps)
+
+    def evaluate(self, X: Array, y: Array) -> tuple[Array, Array]:
+        """``(yhat, sum of the per-sample losses)`` without an update; the sum stays on
+        the device (an evaluation pass reads its sums once, at the end)."""
+        yhat = self.network.forward(X)
+        losses = self.loss.forward(y, yhat)
+        return yhat, namespace(losses).sum(losses)
+
+    def state(self) -> list[Array]:
+        """What a step updates in place: parameters, buffers (BatchNorm's running
+        statistics) and optimiser state (what a recorded CUDA graph watches)."""
+        arrays = [p for _, p, _ in self.network.parameters_and_gradients()]
+        arrays += [b for _, b in self.network.named_buffers()]
+        if self.optimizer is not None:
+            arrays += [a for st in self.optimizer.state.values() for a in st.values()]
+        return arrays
 
 
-def correct(yhat: Array, y: Array) -> Array | None:
-    """Number of rows where ``argmax(yhat)`` equals the label, as a 0-d integer array on
-    the network's device (``None``: not a classification). Callers add these up on the
-    device and read the sum once, not once per batch (a GPU synchronisation)."""
-    if len(yhat.shape) != 2 or yhat.shape[1] < 2:
-        return None
-    xp = namespace(yhat)
-    pred = xp.argmax(yhat, axis=-1)
-    if len(y.shape) == 2:
-        if tuple(y.shape) != tuple(yhat.shape):
-            return None
-        target = xp.argmax(y, axis=-1)
-    elif len(y.shape) == 1 and not is_floating(y):
-        target = xp.astype(y, pred.dtype)
-    else:
-        return None
-    return xp.sum(xp.astype(pred == target, xp.int64))
+class DataParallelStep(Step):
+    """:class:`Step` on this rank's share of a global batch, with the gradients, loss
+    sums and error counts summed over the ranks (one packed allreduce,
+    :meth:`nnx.distributed.DataParallel.reduce_step`) before the finiteness check and
+    the update: every rank applies the same update and raises the same errors.
 
+    Returns this share's ``(losses, yhat, loss sum)`` (``None`` outputs for an empty
+    share of a short batch).
+    """
 
-class Tally:
-    """Running sums of an epoch or an evaluation pass, kept on the device until read."""
+    def __init__(self, network: Module, loss: Loss, eps: float, optimizer: Any, dp: Any) -> None:
+        super().__init__(network, loss, eps, optimizer)
+        self.dp = dp
 
-    def __init__(self) -> None:
-        self.loss: Any = 0.0
-        self.correct: Any = 0
-        self.counted = True
-
-    def add(self, loss_sum: Any, yhat: Array | None, y: Array) -> None:
-        """Add a batch; ``yhat`` ``None``: a rank's empty share of a batch."""
-        self.loss = self.loss + loss_sum
-        if yhat is None:
-            return
-        c = correct(yhat, y)
-        if c is None:
-            self.counted = False
-        elif self.counted:
-            self.correct = self.correct + c
-
-    def means(self, n: int, reduce: Reduce | None = None) -> tuple[float, float]:
-        """Mean per-sample loss and accuracy (NaN when not a classification) of ``n``
-        samples; with ``reduce``, the sums of every rank's tally."""
-        total, right, counted = float(self.loss), int(self.correct), self.counted
-        if reduce is not None:
-            total, right, uncounted = reduce(total, right, 0 if counted else 1)
-            counted = uncounted == 0
-        return total / n, (right / n if counted else math.nan)
-
-
-def evaluate(
-    net: Module, loss: Loss, batches: Any, n: int, reduce: Reduce | None = None
-) -> tuple[float, float]:
-    """Mean per-sample loss and accuracy over ``batches`` of ``n`` samples (no update);
-    one read. With ``reduce``, ``batches`` are this rank's share."""
-    tally = Tally()
-    for bx, by in batches:
-        yhat = net.forward(bx)
-        losses = loss.forward(by, yhat)
-        tally.add(namespace(losses).sum(losses), yhat, by)
-    return tally.means(n, reduce)
+    def __call__(self, X: Array, y: Array) -> tuple[Any, Any, float]:
+        net, loss = self.network, self.loss
+        yhat: Any = None
+        losses: Any = None
+        total, error = 0.0, None
+        with net.fresh_gradients():
+            if X.shape[0]:  # a rank's share of a short batch may be empty
+                try:
+                    yhat, losses, total = forward_loss(net, loss, X, y)
+                except self.dp.agreed_errors as exc:
+                    error = exc  # raised on every rank after the reduction
+                if error is None and math.isfinite(total):
+                    net.backward(X, loss.backward(y, yhat), input_grad=False)
+        global_total = self.dp.reduce_step(net, total, error)
+        if not math.isfinite(global_total):
+            raise _non_finite(global_total)
+        self.update()
+        return losses, yhat, total
