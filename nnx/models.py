@@ -41,10 +41,10 @@ from collections.abc import Callable
 from .activation import ReLU
 from .convolution import AvgPool1D, Conv1D, Flatten, MaxPool1D
 from .convolution2d import Conv2D, MaxPool2D
-from .encapsulation import Sequential
 from .linear import Linear
 from .module import check_positive_int
 from .regularization import BatchNorm, Dropout
+from .sequential import Sequential
 
 __all__ = [
     "ALIASES",
