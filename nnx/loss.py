@@ -15,7 +15,7 @@ import numpy as np
 
 from . import backends
 from .activation import log_softmax
-from .module import Array, Loss, check_array, constant_row, is_floating, namespace
+from .module import Array, Loss, check_array, constant_row, count_true, is_floating, namespace
 
 __all__ = [
     "BCELoss",
@@ -36,15 +36,6 @@ def one_hot_like(labels: Array, yhat: Array) -> Array:
 def _hits(labels: Array, num_classes: int) -> Array:
     """Boolean one-hot ``(batch, num_classes)``: ``hits[i, k] = labels[i] == k``."""
     return labels[:, None] == constant_row("arange", labels, num_classes)
-
-
-def _count_true(xp: Any, mask: Array) -> Array:
-    """Number of ``True`` entries, as a 0-d array (read it with ``int``):
-    ``count_nonzero`` (standard 2024.12) when the namespace has it, else a sum."""
-    count_nonzero = getattr(xp, "count_nonzero", None)
-    if count_nonzero is not None:
-        return count_nonzero(mask)
-    return xp.sum(xp.astype(mask, xp.int64))
 
 
 class _TargetLoss(Loss):
@@ -124,7 +115,7 @@ class _TargetLoss(Loss):
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one
             # count instead of a min and a max (check_labels then builds the message)
             self.require_count(
-                _count_true(xp, hits), y_shape[0], lambda: self._bad_labels(y, yhat_shape[1])
+                count_true(xp, hits), y_shape[0], lambda: self._bad_labels(y, yhat_shape[1])
             )
             return xp.astype(hits, yhat.dtype)
         raise ValueError(
@@ -217,7 +208,7 @@ class BCELoss(_TargetLoss):
         target = super()._checked_targets(y, yhat)
         xp = namespace(yhat)
         outside = (yhat < 0.0) | (yhat > 1.0) | (target < 0.0) | (target > 1.0)
-        self.require_count(_count_true(xp, outside), 0, lambda: self._outside(target, yhat))
+        self.require_count(count_true(xp, outside), 0, lambda: self._outside(target, yhat))
         return target
 
     def _outside(self, y: Array, yhat: Array) -> None:

@@ -517,6 +517,16 @@ def check_positive_int(owner: str, arg: str, value: Any) -> None:
 _FLOATING: dict[type, dict[Any, bool]] = {}
 
 
+def count_true(xp: Any, mask: Array) -> Array:
+    """Number of ``True`` entries of a boolean ``mask``, as a 0-d array on its device
+    (read it with ``int``): ``count_nonzero`` (standard 2024.12) when the namespace has
+    it, else a sum."""
+    count_nonzero = getattr(xp, "count_nonzero", None)
+    if count_nonzero is not None:
+        return count_nonzero(mask)
+    return xp.sum(xp.astype(mask, xp.int64))
+
+
 def is_floating(X: Array) -> bool:
     """Whether ``X`` has a real floating dtype (cached per library and dtype)."""
     dt = X.dtype

@@ -256,10 +256,10 @@ def test_label_count_without_count_nonzero():
 
     import array_api_compat.numpy as compat
 
-    from nnx.loss import _count_true
+    from nnx.module import count_true
 
     bare = types.SimpleNamespace(sum=compat.sum, astype=compat.astype, int64=compat.int64)
     mask = np.array([[True, False, False], [False, True, False], [False, False, False]])
-    assert _count_true(bare, mask) == 2
+    assert count_true(bare, mask) == 2
     if hasattr(compat, "count_nonzero"):
-        assert _count_true(compat, mask) == 2
+        assert count_true(compat, mask) == 2

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..module import Array, is_floating, mode, namespace
+from ..module import Array, count_true, is_floating, mode, namespace
 from .guard import EpochStart, non_finite_parameter, replay
 from .progress import Progress
 from .signals import sigterm_as_interrupt
@@ -41,10 +41,10 @@ def correct(yhat: Array, y: Array) -> Array | None:
             return None
         target = xp.argmax(y, axis=-1)
     elif len(y.shape) == 1 and not is_floating(y):
-        target = xp.astype(y, pred.dtype)
+        target = y if y.dtype == pred.dtype else xp.astype(y, pred.dtype)
     else:
         return None
-    return xp.sum(xp.astype(pred == target, xp.int64))
+    return count_true(xp, pred == target)
 
 
 class Tally:
