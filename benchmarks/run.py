@@ -314,55 +314,35 @@ def _spec_from_nnx_models() -> tuple[list[tuple], tuple[int, ...], int] | None:
     return layers, (40, 1), layers[-1][2]
 
 
+def _builders(nnx: Any, nn: Any) -> dict[str, tuple[Any, Any]]:
+    """Layer kind -> (nnx constructor, PyTorch constructor), both taking the layer tuple."""
+    return {
+        "conv": (
+            lambda t: nnx.Conv1D(t[1], t[2], t[3], stride=t[4], bias=t[5]),
+            lambda t: nn.Conv1d(t[2], t[3], t[1], stride=t[4], bias=t[5]),
+        ),
+        "maxpool": (lambda t: nnx.MaxPool1D(t[1], t[2]), lambda t: nn.MaxPool1d(t[1], t[2])),
+        "avgpool": (lambda t: nnx.AvgPool1D(t[1], t[2]), lambda t: nn.AvgPool1d(t[1], t[2])),
+        "conv2d": (
+            lambda t: nnx.Conv2D(t[1], t[2], t[3], stride=t[4], bias=t[5]),
+            lambda t: nn.Conv2d(t[2], t[3], t[1], stride=t[4], bias=t[5]),
+        ),
+        "maxpool2d": (lambda t: nnx.MaxPool2D(t[1], t[2]), lambda t: nn.MaxPool2d(t[1], t[2])),
+        "flatten": (lambda t: nnx.Flatten(), lambda t: nn.Flatten()),
+        "linear": (lambda t: nnx.Linear(t[1], t[2]), lambda t: nn.Linear(t[1], t[2])),
+        "relu": (lambda t: nnx.ReLU(), lambda t: nn.ReLU()),
+        "tanh": (lambda t: nnx.TanH(), lambda t: nn.Tanh()),
+    }
+
+
 def build_nnx(nnx: Any, layers: list[tuple]) -> Any:
-    mods = []
-    for layer in layers:
-        kind = layer[0]
-        if kind == "conv":
-            mods.append(nnx.Conv1D(layer[1], layer[2], layer[3], stride=layer[4], bias=layer[5]))
-        elif kind == "maxpool":
-            mods.append(nnx.MaxPool1D(layer[1], layer[2]))
-        elif kind == "avgpool":
-            mods.append(nnx.AvgPool1D(layer[1], layer[2]))
-        elif kind == "conv2d":
-            mods.append(nnx.Conv2D(layer[1], layer[2], layer[3], stride=layer[4], bias=layer[5]))
-        elif kind == "maxpool2d":
-            mods.append(nnx.MaxPool2D(layer[1], layer[2]))
-        elif kind == "flatten":
-            mods.append(nnx.Flatten())
-        elif kind == "linear":
-            mods.append(nnx.Linear(layer[1], layer[2]))
-        elif kind == "relu":
-            mods.append(nnx.ReLU())
-        elif kind == "tanh":
-            mods.append(nnx.TanH())
-    return nnx.Sequential(*mods)
+    make = _builders(nnx, None)
+    return nnx.Sequential(*(make[layer[0]][0](layer) for layer in layers))
 
 
 def build_torch(torch: Any, layers: list[tuple]) -> Any:
-    nn = torch.nn
-    mods = []
-    for layer in layers:
-        kind = layer[0]
-        if kind == "conv":
-            mods.append(nn.Conv1d(layer[2], layer[3], layer[1], stride=layer[4], bias=layer[5]))
-        elif kind == "maxpool":
-            mods.append(nn.MaxPool1d(layer[1], layer[2]))
-        elif kind == "avgpool":
-            mods.append(nn.AvgPool1d(layer[1], layer[2]))
-        elif kind == "conv2d":
-            mods.append(nn.Conv2d(layer[2], layer[3], layer[1], stride=layer[4], bias=layer[5]))
-        elif kind == "maxpool2d":
-            mods.append(nn.MaxPool2d(layer[1], layer[2]))
-        elif kind == "flatten":
-            mods.append(nn.Flatten())
-        elif kind == "linear":
-            mods.append(nn.Linear(layer[1], layer[2]))
-        elif kind == "relu":
-            mods.append(nn.ReLU())
-        elif kind == "tanh":
-            mods.append(nn.Tanh())
-    return nn.Sequential(*mods)
+    make = _builders(None, torch.nn)
+    return torch.nn.Sequential(*(make[layer[0]][1](layer) for layer in layers))
 
 
 def copy_weights(nnx: Any, torch: Any, layers: list[tuple], net: Any, model: Any, in_shape) -> None:
