@@ -256,7 +256,7 @@ def test_numpy_seed_gives_the_original_libraries_weights(backend):
     conv, *linear = _original_draws(42)
     assert len(got) == 1 + len(linear)
     np.testing.assert_allclose(got[0], conv / np.sqrt(3), rtol=1e-6)
-    for g, w in zip(got[1:], linear):
+    for g, w in zip(got[1:], linear, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6)
     assert np.abs(got[2]).min() > 0  # He biases are drawn, not zeros
 
