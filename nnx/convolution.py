@@ -244,11 +244,11 @@ class Conv1D(_Windowed):
         fan_in, fan_out = self.k_size * self.chan_in, self.k_size * self.chan_out
         shape = (self.k_size, self.chan_in, self.chan_out)
         self._register("weight", init.parameter(shape, init_type, fan_in, fan_out))
-        bias_init = init.bias_init_type(init_type)
         if self.bias:
-            self._register("bias", init.parameter((self.chan_out,), bias_init, fan_in, fan_out))
-        else:  # the original drew it anyway: np.random.seed(s) then gives its later layers
-            init.draw((self.chan_out,), bias_init, fan_in, fan_out)
+            self._register(
+                "bias",
+                init.parameter((self.chan_out,), init.bias_init_type(init_type), fan_in, fan_out),
+            )
 
     @staticmethod
     def parameter_shapes(

@@ -5,8 +5,7 @@ reproduces a network, as in the original library) or, once :func:`nnx.manual_see
 been called, from nnx's own generator; then cast to the default dtype and moved to the
 current backend: the same seed gives the same weights on every backend. Fan-in / fan-out follow PyTorch (``Linear``: fan_in =
 input_size, fan_out = output_size; ``Conv1D``: fan_in = k_size * chan_in, fan_out =
-k_size * chan_out). A bias is drawn right after its weight, from the same
-distribution (:func:`bias_init_type`), as in the original library.
+k_size * chan_out).
 
 ==================  ================================================================
 ``normal``          :math:`\\mathcal{N}(0, 1)` (``torch.nn.init.normal_``)
@@ -83,14 +82,12 @@ def draw(shape: tuple[int, ...], init_type: str, fan_in: int, fan_out: int) -> n
 
 
 def bias_init_type(init_type: str) -> str:
-    """Init used for a bias: the weight's own (same distribution, the weight's fans).
+    """Init used for a bias: the same for the fan-free types, zeros for He/Xavier.
 
-    The original library (NeuralNetworksDIY) drew every bias from its weight's
-    distribution, right after the weight; nnx does the same, so ``np.random.seed(s)``
-    gives the original's initial weights (PyTorch's ``Linear`` and ``Conv*d`` draw
-    random biases too).
+    He and Xavier are defined by a weight's fans; a bias starts at zero with them, as in
+    Keras and most PyTorch recipes.
     """
-    return init_type
+    return init_type if init_type in ("normal", "uniform", "zeros", "ones") else "zeros"
 
 
 def parameter(shape: tuple[int, ...], init_type: str, fan_in: int, fan_out: int) -> Any:

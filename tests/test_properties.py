@@ -232,7 +232,7 @@ def test_conv1d_gradients_match_finite_differences(backend, float64, g):
     nnx.manual_seed(g["seed"])
     init = g["init"] if g["init"] not in ("zeros", "ones") else "normal"
     conv = nnx.Conv1D(g["k"], g["chan_in"], g["chan_out"], g["stride"], g["bias"], init)
-    if g["bias"]:  # a bias of known, spread values: every entry counts
+    if g["bias"]:  # he/xavier biases start at zero: make them count
         conv._parameters["bias"] = nnx.asarray(np.linspace(-1, 1, g["chan_out"]))
     x = np.random.default_rng(g["seed"]).standard_normal((g["batch"], g["length"], g["chan_in"]))
     finite_difference_check(conv, x, seed=g["seed"])

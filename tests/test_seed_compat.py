@@ -223,44 +223,6 @@ def test_numpy_seed_reproduces_the_weights(backend):
     np.testing.assert_array_equal(w, expected)
 
 
-def _original_draws(seed: int) -> list[np.ndarray]:
-    """The original library's default initial parameters of the seed CNN on 64 samples
-    (``Conv1D(3, 1, 32, 1)``: xavier_normal with its fans chan_in, chan_out and a bias
-    drawn and dropped; ``Linear``: he_normal, weight then bias), in its draw order."""
-    np.random.seed(seed)
-    conv_std = np.sqrt(2 / (1 + 32))  # the original's Xavier fans leave out k_size
-    conv = np.random.normal(0, conv_std, (3, 1, 32))
-    np.random.normal(0, conv_std, 32)  # its bias, drawn even with bias=False
-    out = [conv]
-    for d_in, d_out in ((31 * 32, 100), (100, 10)):
-        std = np.sqrt(2 / d_in)
-        out += [np.random.normal(0, std, (d_in, d_out)), np.random.normal(0, std, (1, d_out))]
-    return out
-
-
-@pytest.mark.usefixtures("numpy_global_rng")
-def test_numpy_seed_gives_the_original_libraries_weights(backend):
-    """np.random.seed(s) then the seed CNN: the original's initial weights (biases drawn
-    like their weights, right after them), except the Conv1D weight, whose Xavier fan
-    counts the k_size = 3 taps (PyTorch's): the same draws divided by sqrt(3)."""
-    np.random.seed(42)
-    net = nnx.Sequential(
-        nnx.Conv1D(3, 1, 32, 1),
-        nnx.MaxPool1D(2, 2),
-        nnx.Flatten(),
-        nnx.Linear(31 * 32, 100),
-        nnx.ReLU(),
-        nnx.Linear(100, 10),
-    )
-    got = [host(p) for p in net.parameters()]
-    conv, *linear = _original_draws(42)
-    assert len(got) == 1 + len(linear)
-    np.testing.assert_allclose(got[0], conv / np.sqrt(3), rtol=1e-6)
-    for g, w in zip(got[1:], linear, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-6)
-    assert np.abs(got[2]).min() > 0  # He biases are drawn, not zeros
-
-
 @pytest.mark.usefixtures("numpy_global_rng")
 def test_manual_seed_takes_over_from_numpy(backend):
     nnx.manual_seed(5)
