@@ -55,6 +55,17 @@ NO_TESTS_COLLECTED = 5
 # `-- -n 0` after the session name runs the tests in one process.
 PARALLEL = ("-n", "auto", "--maxprocesses", "4")
 
+# JAX runs eagerly: it compiles every operation anew for each new shape and dtype, and
+# the tests draw many shapes, so compiling is most of the JAX session's time. These XLA
+# options compile faster (the CPU's older IR emitters, no LLVM optimisation passes); the
+# operations, the dtypes and the tests are the same.
+JAX_FAST_COMPILE_XLA_FLAGS = (
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+    "--xla_cpu_parallel_codegen_split_count=1",
+)
+
 BACKENDS = [
     nox.param("numpy", tags=["numpy", "cpu"]),
     nox.param("array_api_strict", tags=["array_api_strict", "cpu"]),
@@ -145,6 +156,19 @@ def _nvidia_gpu() -> str | None:
     return None
 
 
+def _fast_compile_xla_flags(session: nox.Session) -> str | None:
+    """XLA_FLAGS for the JAX tests: the user's own, after the fast-compile options where
+    the installed jaxlib knows them (XLA aborts on an unknown flag), else None."""
+    flags = " ".join(JAX_FAST_COMPILE_XLA_FLAGS)
+    probe = "import jax.numpy as jnp; jnp.ones(2).block_until_ready()"
+    try:
+        session.run("python", "-c", probe, env={"XLA_FLAGS": flags}, silent=True)
+    except nox.command.CommandFailed:
+        session.log("this jaxlib does not take the fast-compile XLA options: not used")
+        return None
+    return " ".join(filter(None, [flags, os.environ.get("XLA_FLAGS", "")]))
+
+
 def _pytest_success_codes(session: nox.Session) -> list[int]:
     # pytest exits 5 when it collects nothing. With no extra arguments the whole suite
     # runs, so an empty run means something is broken; with a user's selection (-k, -m,
@@ -177,6 +201,10 @@ def tests(session: nox.Session, backend: str) -> None:
         # for the extending guide's backend example, which the doctests run.
         extras = "tests,cupy,jax"
     session.install(f".[{extras}]", *_torch_requirement())
+    if backend == "jax":
+        xla_flags = _fast_compile_xla_flags(session)
+        if xla_flags:
+            env["XLA_FLAGS"] = xla_flags
     # Nothing may rely on assert statements: the numpy session runs the suite under
     # python -O (pytest still rewrites the tests' own asserts, and those of helpers.py,
     # so they still check); the other backends run it with asserts on.

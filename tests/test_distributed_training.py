@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -285,6 +287,12 @@ sys.exit(main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2"
     assert m2["ranks"] == 2 and m1["ranks"] == 1
 
 
+def _read_lines(stream, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put("")  # end of output
+
+
 @needs_mpi_job
 def test_job_ctrl_c_on_the_launcher_stops_every_rank(tmp_path):
     script = """
@@ -300,12 +308,20 @@ nnx.Optim(net, nnx.CELogSoftmax(), eps=1e-4, comm=comm).SGD(X, y, 4, 10_000, pro
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
     )
+    # a reader thread and a deadline: a job that never reports both ranks fails the test
+    # instead of hanging it (two ranks' lines may also arrive as one)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     try:
-        started = 0
-        while started < 2:
-            line = proc.stdout.readline()
-            assert line, "the job ended before training"
-            started += "training" in line
+        seen = ""
+        deadline = time.monotonic() + 120
+        while seen.count("training") < 2:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                pytest.fail(f"both ranks did not report training within 120 s: {seen!r}")
+            assert line, f"the job ended before training: {seen!r}"
+            seen += line
         time.sleep(1.0)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)

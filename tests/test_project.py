@@ -6,9 +6,11 @@ import functools
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +68,25 @@ def test_pip_index_settings_are_handed_to_uv(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "environ", {"UV_FIND_LINKS": "mine", "PIP_FIND_LINKS": "/p"})
     noxfile._hand_pip_settings_to_uv()
     assert os.environ == {"UV_FIND_LINKS": "mine", "PIP_FIND_LINKS": "/p"}
+
+
+@pytest.mark.once
+def test_jax_fast_compile_flags_are_known_and_give_the_same_values(monkeypatch):
+    # nox's JAX session compiles with these XLA options; XLA aborts on an unknown one
+    noxfile = _noxfile(monkeypatch)
+    pytest.importorskip("jax")
+    code = (
+        "import numpy as np, jax; jax.config.update('jax_enable_x64', True); "
+        "import jax.numpy as jnp; x = jnp.asarray(np.linspace(-3, 3, 60).reshape(6, 10)); "
+        "y = jnp.tanh(x @ x.T) + jnp.exp(-x[:, :6]) / (1 + jnp.abs(x[:, :6])); "
+        "print(np.asarray(jnp.sum(y, axis=0)).tobytes().hex())"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    env["XLA_FLAGS"] = " ".join(noxfile.JAX_FAST_COMPILE_XLA_FLAGS)
+    fast = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert default.returncode == 0, default.stderr
+    assert fast.returncode == 0, fast.stderr
+    got, want = (np.frombuffer(bytes.fromhex(p.stdout.strip())) for p in (fast, default))
+    np.testing.assert_allclose(got, want, rtol=1e-13)
