@@ -5,7 +5,7 @@ outputs, gradients) every step. With glibc's defaults, blocks over the dynamic m
 threshold are ``mmap``-ed and ``munmap``-ed every time, and free memory at the top of
 the heap is trimmed back to the kernel, so every step pays fresh page faults for all of
 them: on a virtual machine that can double a CPU step and makes two processes slow each
-other down (benchmarks/results/ has the measured figures). Fixing the mmap threshold at
+other down (docs/benchmarks.rst has the measured figures). Fixing the mmap threshold at
 its maximum and raising the trim threshold lets glibc reuse those blocks, as PyTorch's
 and CuPy's caching allocators do on their devices. The cost is that up to
 :data:`TRIM_THRESHOLD` bytes of freed memory per arena stay with the process.
