@@ -35,6 +35,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test that does not take the ``backend`` fixture runs the same code whichever
+    # backend the session tests: it is ``once``, run by the numpy nox session only.
+    for item in items:
+        if "backend" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.once)
     # Tests marked ``mpi`` need the ranks of an MPI job (mpiexec -n 2): in a plain run
     # they are skipped with the command that runs them.
     if nnx.distributed.in_launcher():
