@@ -66,6 +66,12 @@ JAX_FAST_COMPILE_XLA_FLAGS = (
     "--xla_cpu_parallel_codegen_split_count=1",
 )
 
+# ... and the compiled operations are kept on disk between runs (JAX's persistent
+# compilation cache, keyed by the computation, jax/jaxlib versions and XLA options):
+# a later run loads them instead of compiling. NNX_JAX_TEST_CACHE=off turns it off, a
+# path moves it; JAX_COMPILATION_CACHE_DIR set by the user wins.
+JAX_TEST_CACHE_VARIABLE = "NNX_JAX_TEST_CACHE"
+
 BACKENDS = [
     nox.param("numpy", tags=["numpy", "cpu"]),
     nox.param("array_api_strict", tags=["array_api_strict", "cpu"]),
@@ -169,6 +175,31 @@ def _fast_compile_xla_flags(session: nox.Session) -> str | None:
     return " ".join(filter(None, [flags, os.environ.get("XLA_FLAGS", "")]))
 
 
+def _jax_compile_cache_env() -> dict[str, str]:
+    """JAX's persistent compilation cache for the JAX tests: every compiled operation is
+    kept (no minimum compile time or size), in the user's cache folder."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return {}
+    raw = os.environ.get(JAX_TEST_CACHE_VARIABLE, "").strip()
+    if raw.lower() in {"off", "0", "false", "no"}:
+        return {}
+    if raw:
+        folder = Path(raw).expanduser()
+    elif sys.platform == "darwin":
+        folder = Path.home() / "Library" / "Caches" / "nnx" / "jax-tests"
+    elif sys.platform == "win32":
+        folder = Path(os.environ.get("LOCALAPPDATA") or Path.home()) / "nnx" / "Cache" / "jax-tests"
+    else:
+        folder = (
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnx" / "jax-tests"
+        )
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(folder),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+
+
 def _pytest_success_codes(session: nox.Session) -> list[int]:
     # pytest exits 5 when it collects nothing. With no extra arguments the whole suite
     # runs, so an empty run means something is broken; with a user's selection (-k, -m,
@@ -205,6 +236,10 @@ def tests(session: nox.Session, backend: str) -> None:
         xla_flags = _fast_compile_xla_flags(session)
         if xla_flags:
             env["XLA_FLAGS"] = xla_flags
+        cache = _jax_compile_cache_env()
+        if cache:
+            session.log(f"JAX compilation cache: {cache['JAX_COMPILATION_CACHE_DIR']}")
+            env.update(cache)
     # Nothing may rely on assert statements: the numpy session runs the suite under
     # python -O (pytest still rewrites the tests' own asserts, and those of helpers.py,
     # so they still check); the other backends run it with asserts on.
