@@ -9,6 +9,7 @@ dtype), or, for a ``(batch, K)`` prediction, may be integer class labels of shap
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -83,16 +84,18 @@ class _TargetLoss(Loss):
         ):
             check_array(name, yhat, self._yhat_shape(yhat), "yhat")
             yhat_shape = yhat.shape
-        if ndim == 2 and yhat_shape[1] < 2 and (yhat_shape[1] == 0 or self.softmax_inside):
-            if yhat_shape[1] == 1:
-                raise ValueError(
-                    f"{name}: expected yhat with at least 2 classes, got shape "
-                    f"{tuple(yhat_shape)}: a softmax over one class is 1, so the loss is 0 "
-                    f"whatever the network does; for one probability per sample use "
-                    f"BCELoss after a Sigmoid"
-                )
+        if ndim == 2 and yhat_shape[1] == 0:
             raise ValueError(
                 f"{name}: expected yhat with at least 1 class, got shape {tuple(yhat_shape)}"
+            )
+        if ndim == 2 and yhat_shape[1] == 1 and self.softmax_inside:
+            # PyTorch computes this (a loss of 0), so nnx does too, but says why it is 0
+            warnings.warn(
+                f"{name}: yhat has 1 class (shape (batch, 1)): a softmax over one class "
+                f"is 1, so the loss and its gradient are 0 whatever the network does; for "
+                f"one probability per sample use BCELoss after a Sigmoid",
+                UserWarning,
+                stacklevel=4,
             )
         if type(y) is not type(yhat):
             if not backends.is_array(y):
@@ -281,8 +284,9 @@ class CrossEntropyLoss(_TargetLoss):
     the negative log-likelihood of its log-probabilities, values and gradients alike
     (what :class:`NLLLoss` computes). After a ``Linear``, ``Sigmoid`` or ``Softmax`` it
     is the cross-entropy of the softmax of those outputs: bounded below by 0, so it
-    trains. At least 2 classes: with one, the softmax is 1 and the loss 0 whatever the
-    input (a ``ValueError`` says to use :class:`BCELoss` for one probability per sample).
+    trains. With one class (``yhat`` of shape ``(batch, 1)``) the softmax is 1 and the
+    loss and its gradient are 0 whatever the input, as in PyTorch; a ``UserWarning`` says
+    so and points to :class:`BCELoss` for one probability per sample.
 
     The original library's ``CrossEntropyLoss`` computed :math:`1 - \sum_k y_k \hat y_k`
     with the "gradient" :math:`\hat y - y`; these are not a function and its derivative

@@ -234,6 +234,43 @@ def test_crossentropy_trains_after_any_head(backend, head):
     assert opt.score(X, y) > 0.9
 
 
+@pytest.mark.parametrize("loss_type", [nnx.CrossEntropyLoss, nnx.CELogSoftmax])
+@pytest.mark.parametrize("targets", ["labels", "one-hot"])
+def test_one_class_gives_pytorchs_zero_loss_with_a_warning(backend, float64, loss_type, targets):
+    """yhat of shape (batch, 1), as in the original scripts/random_data.py (Linear(2, 1),
+    Sigmoid, CrossEntropyLoss): PyTorch's loss and gradient are 0 (a softmax over one
+    class is 1); nnx computes the same and warns that nothing can be learned that way."""
+    import torch
+
+    yhat_host = np.array([[0.3], [2.0], [-1.5], [0.7]])
+    y_host = np.zeros(4, dtype=np.int64) if targets == "labels" else np.ones((4, 1))
+    y, yhat = nnx.asarray(y_host), nnx.asarray(yhat_host)
+    loss = loss_type()
+    with pytest.warns(UserWarning, match=r"1 class.*loss and its gradient are 0.*BCELoss"):
+        value = loss(y, yhat)
+    grad = loss.backward(y, yhat)  # the same batch: checked, and warned about, once
+    t_yhat = torch.tensor(yhat_host, requires_grad=True)
+    t_y = torch.tensor(y_host)
+    t_loss = torch.nn.functional.cross_entropy(t_yhat, t_y, reduction="none")
+    t_loss.sum().backward()
+    assert_close(value, t_loss.detach().numpy(), 1e-12, 1e-12)
+    assert_close(grad, t_yhat.grad.numpy(), 1e-12, 1e-12)
+    assert np.all(host(value) == 0) and np.all(host(grad) == 0)
+
+
+def test_one_class_script_runs_to_the_end(backend):
+    """The original scripts/random_data.py, unchanged but for its imports, trains to the
+    end (with the warning), as it did on the original library."""
+    np.random.seed(42)  # noqa: NPY002 (the script's own lines)
+    X = np.random.random(size=(256, 2))  # noqa: NPY002
+    y = np.random.choice([1], size=(256, 1))  # noqa: NPY002
+    net = nnx.Sequential(nnx.Linear(2, 2), nnx.TanH(), nnx.Linear(2, 1), nnx.Sigmoid())
+    optimizer = nnx.Optim(net, nnx.CrossEntropyLoss(), eps=1e-1)
+    with pytest.warns(UserWarning, match="1 class"):
+        losses = optimizer.SGD(X, y, 32, 10, progress=False)
+    assert len(losses) == 10 and np.all(np.asarray(losses) == 0)
+
+
 def test_bce_saturated_predictions_are_finite(backend, float64):
     """yhat exactly 0 or 1: finite loss (logs clamped at -100, as in PyTorch)."""
     y = np.array([[1.0, 0.0, 1.0, 0.0]])
