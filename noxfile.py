@@ -20,6 +20,10 @@ Environment variables:
 ``NNX_REQUIRE_GPU=1``
     On a machine that must have a GPU: the CuPy session fails instead of skipping when
     no NVIDIA GPU is found, and the test suite fails instead of skipping CuPy tests.
+``NNX_JAX_TEST_CACHE``
+    The JAX session keeps the operations XLA compiled in JAX's persistent compilation
+    cache, ``~/.cache/nnx/jax-tests`` (``$XDG_CACHE_HOME/nnx/jax-tests``); ``off`` turns
+    that off, a path moves it. A ``JAX_COMPILATION_CACHE_DIR`` you set is used instead.
 ``NNX_TORCH_REQUIREMENT``
     What ``pip install`` gets for PyTorch (default ``torch==2.13.0``; the tests compare
     every layer against PyTorch autograd). Several words are split like a shell, e.g.
