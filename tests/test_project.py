@@ -70,6 +70,27 @@ def test_pip_index_settings_are_handed_to_uv(monkeypatch, tmp_path):
     assert os.environ == {"UV_FIND_LINKS": "mine", "PIP_FIND_LINKS": "/p"}
 
 
+def test_jax_compile_cache_follows_the_switch(monkeypatch, tmp_path):
+    """The JAX session's persistent compile cache: in the user's cache folder by default,
+    moved or turned off by NNX_JAX_TEST_CACHE, the user's own JAX setting left alone."""
+    noxfile = _noxfile(monkeypatch)
+    for var in ("JAX_COMPILATION_CACHE_DIR", "NNX_JAX_TEST_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    env = noxfile._jax_compile_cache_env()
+    if sys.platform.startswith("linux"):
+        assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "xdg" / "nnx" / "jax-tests")
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    monkeypatch.setenv("NNX_JAX_TEST_CACHE", str(tmp_path / "here"))
+    assert noxfile._jax_compile_cache_env()["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "here")
+    for off in ("off", "0", "no"):
+        monkeypatch.setenv("NNX_JAX_TEST_CACHE", off)
+        assert noxfile._jax_compile_cache_env() == {}
+    monkeypatch.delenv("NNX_JAX_TEST_CACHE")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert noxfile._jax_compile_cache_env() == {}
+
+
 @pytest.mark.once
 def test_jax_fast_compile_flags_are_known_and_give_the_same_values(monkeypatch):
     # nox's JAX session compiles with these XLA options; XLA aborts on an unknown one
