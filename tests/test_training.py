@@ -527,3 +527,29 @@ def test_single_output_regression_has_no_accuracy_and_stops_on_loss(backend, rng
     lt, st, lte, ste = opt.SGD_eval(X, t, 8, 6, 0.25, patience=2, restore_best=True, progress=False)
     assert np.all(np.isnan(st)) and np.all(np.isnan(ste))
     assert len(lte) == 6 and opt.best_epoch == int(np.argmin(lte)) + 1  # monitored the loss
+
+
+def test_batch_bar_only_for_long_epochs_and_drawn_once(backend, monkeypatch):
+    """Short epochs show only the epochs bar (a bar per epoch cost more than the epoch
+    in a notebook); once an epoch has run BATCH_BAR_DELAY seconds its batch bar is
+    drawn, and later epochs reuse it."""
+    tqdm = pytest.importorskip("tqdm")
+    created = []
+
+    class RecordingTqdm(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordingTqdm)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    opt = nnx.Optim(nnx.Sequential(nnx.Linear(4, 3)), nnx.CELogSoftmax(), eps=0.01)
+    opt.SGD(X, y, 8, 5, progress=True)
+    assert [b.desc for b in created] == ["epochs"]
+    created.clear()
+    monkeypatch.setattr(nnx.training.progress, "BATCH_BAR_DELAY", 0.0)
+    opt.SGD(X, y, 8, 5, progress=True)
+    assert len(created) == 2  # the epochs bar and one batch bar, reset every epoch
+    assert created[1].total == 5 and created[1].n == 5 and created[1].desc.startswith("epoch 5")
+    assert all(b.disable for b in created)  # closed

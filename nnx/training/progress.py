@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 TRAIN_EXTRA = 'pip install "nnx-backprop[train]"'
@@ -33,6 +34,33 @@ class _NullBar:
 
     def update(self, n: int = 1) -> None:
         pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+#: Seconds an epoch runs before its batch bar is drawn. Short epochs show only the
+#: epochs bar: drawing a bar costs more than an epoch of a small network (a notebook
+#: sends every redraw to the browser).
+BATCH_BAR_DELAY = 0.5
+
+
+class _PendingBar:
+    """The batch bar of an epoch not yet :data:`BATCH_BAR_DELAY` seconds long: counts
+    batches, and draws the real bar once the epoch has lasted that long."""
+
+    def __init__(self, progress: Progress, desc: str, total: int) -> None:
+        self.progress, self.desc, self.total = progress, desc, total
+        self.n = 0
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.perf_counter() - self.start >= BATCH_BAR_DELAY:
+            self.progress.show_batch_bar(self.desc, self.total, self.n)
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -85,15 +113,23 @@ class Progress:
         return self.tqdm is not None
 
     def start_epoch(self, epoch: int, batches: int) -> None:
-        self.batch_bar.close()
-        if self.tqdm:
-            self.batch_bar = self.tqdm(
-                total=batches, desc=f"epoch {epoch}", position=1, leave=False, dynamic_ncols=True
-            )
+        if not self.tqdm:
+            return
+        desc = f"epoch {epoch}"
+        if isinstance(self.batch_bar, (_PendingBar, _NullBar)):
+            self.batch_bar = _PendingBar(self, desc, batches)
+        else:  # the bar of an earlier, long epoch: reused, not drawn anew
+            self.batch_bar.set_description(desc, refresh=False)
+            self.batch_bar.reset(total=batches)
+
+    def show_batch_bar(self, desc: str, total: int, done: int) -> Any:
+        """Draw the batch bar (the epoch has run for :data:`BATCH_BAR_DELAY` seconds)."""
+        self.batch_bar = self.tqdm(
+            total=total, initial=done, desc=desc, position=1, leave=False, dynamic_ncols=True
+        )
+        return self.batch_bar
 
     def end_epoch(self, **postfix: float) -> None:
-        self.batch_bar.close()
-        self.batch_bar = _NullBar()
         self.epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
         self.epochs_bar.update(1)
 
