@@ -77,3 +77,19 @@ def torch_loss_forward(loss: nnx.Loss, y: Any, yhat: Any) -> Any:
     if isinstance(loss, nnx.CrossEntropyLoss):  # CELogSoftmax too (a subclass)
         return F.cross_entropy(yhat, y, reduction="none")
     raise NotImplementedError(f"no torch reference for {loss!r}")
+
+
+def record_tqdm_bars(monkeypatch: Any) -> list:
+    """Make every tqdm bar the training loops create append itself to the returned list."""
+    import pytest
+
+    tqdm = pytest.importorskip("tqdm")
+    created: list = []
+
+    class RecordingTqdm(tqdm.tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordingTqdm)
+    return created

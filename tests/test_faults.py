@@ -23,7 +23,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from helpers import host
+from helpers import host, record_tqdm_bars
 
 import nnx
 
@@ -94,15 +94,7 @@ def run_catching_interrupt(fn, *args, **kwargs):
 @pytest.fixture
 def bars(monkeypatch):
     """Every tqdm bar the loops create (forced on with ``progress=True``)."""
-    tqdm = pytest.importorskip("tqdm")
-    created = []
-
-    class RecordingTqdm(tqdm.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            created.append(self)
-
-    monkeypatch.setattr(tqdm, "tqdm", RecordingTqdm)
+    created = record_tqdm_bars(monkeypatch)
     # the batch bar is drawn from the first batch on, not after half a second
     monkeypatch.setattr(nnx.training.progress, "BATCH_BAR_DELAY", 0.0)
     return created

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import record_tqdm_bars
 
 import nnx
 from nnx.module import Module
@@ -533,15 +534,7 @@ def test_batch_bar_only_for_long_epochs_and_drawn_once(backend, monkeypatch):
     """Short epochs show only the epochs bar (a bar per epoch cost more than the epoch
     in a notebook); once an epoch has run BATCH_BAR_DELAY seconds its batch bar is
     drawn, and later epochs reuse it."""
-    tqdm = pytest.importorskip("tqdm")
-    created = []
-
-    class RecordingTqdm(tqdm.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            created.append(self)
-
-    monkeypatch.setattr(tqdm, "tqdm", RecordingTqdm)
+    created = record_tqdm_bars(monkeypatch)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
     opt = nnx.Optim(nnx.Sequential(nnx.Linear(4, 3)), nnx.CELogSoftmax(), eps=0.01)
