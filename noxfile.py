@@ -189,14 +189,14 @@ def _jax_compile_cache_env() -> dict[str, str]:
         return {}
     if raw:
         folder = Path(raw).expanduser()
-    elif sys.platform == "darwin":
-        folder = Path.home() / "Library" / "Caches" / "nnx" / "jax-tests"
-    elif sys.platform == "win32":
-        folder = Path(os.environ.get("LOCALAPPDATA") or Path.home()) / "nnx" / "Cache" / "jax-tests"
-    else:
-        folder = (
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnx" / "jax-tests"
-        )
+    else:  # the folder nnx.datasets caches into, as nnx.datasets.cache_dir finds it
+        try:
+            from platformdirs import user_cache_dir  # nox's virtualenv depends on it
+        except ImportError:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnx"
+        else:
+            base = Path(user_cache_dir("nnx", appauthor=False))
+        folder = base / "jax-tests"
     return {
         "JAX_COMPILATION_CACHE_DIR": str(folder),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

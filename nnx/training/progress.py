@@ -48,7 +48,7 @@ class _NullBar:
 BATCH_BAR_DELAY = 0.5
 
 
-class _PendingBar:
+class _PendingBar(_NullBar):
     """The batch bar of an epoch not yet :data:`BATCH_BAR_DELAY` seconds long: counts
     batches, and draws the real bar once the epoch has lasted that long."""
 
@@ -61,12 +61,6 @@ class _PendingBar:
         self.n += n
         if time.perf_counter() - self.start >= BATCH_BAR_DELAY:
             self.progress.show_batch_bar(self.desc, self.total, self.n)
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Progress:
@@ -116,18 +110,17 @@ class Progress:
         if not self.tqdm:
             return
         desc = f"epoch {epoch}"
-        if isinstance(self.batch_bar, (_PendingBar, _NullBar)):
+        if isinstance(self.batch_bar, _NullBar):  # no bar drawn yet (a _PendingBar too)
             self.batch_bar = _PendingBar(self, desc, batches)
         else:  # the bar of an earlier, long epoch: reused, not drawn anew
             self.batch_bar.set_description(desc, refresh=False)
             self.batch_bar.reset(total=batches)
 
-    def show_batch_bar(self, desc: str, total: int, done: int) -> Any:
+    def show_batch_bar(self, desc: str, total: int, done: int) -> None:
         """Draw the batch bar (the epoch has run for :data:`BATCH_BAR_DELAY` seconds)."""
         self.batch_bar = self.tqdm(
             total=total, initial=done, desc=desc, position=1, leave=False, dynamic_ncols=True
         )
-        return self.batch_bar
 
     def end_epoch(self, **postfix: float) -> None:
         self.epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
