@@ -76,10 +76,10 @@ def worker(args: argparse.Namespace) -> None:
     if comm is not None:  # time every allreduce of the training (including the wait)
         plain = comm.allreduce_sum
 
-        def timed(arrays: Any) -> Any:
+        def timed(arrays: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return plain(arrays)
+                return plain(arrays, **kwargs)
             finally:
                 waits.append(time.perf_counter() - t0)
 

@@ -199,6 +199,20 @@ def test_packing_one_collective_per_dtype_in_place(backend, xp):
     np.testing.assert_array_equal(nnx.to_numpy(b32), 2 * np.ones((1, 3)))
 
 
+def test_not_in_place_returns_views_of_the_packed_sums(backend, xp):
+    comm = TwoRanks()
+    w32 = nnx.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    b32 = nnx.asarray(np.ones((1, 3)), dtype="float32")
+    out = comm.allreduce_sum([w32, b32], inplace=False)
+    assert comm.calls == [("allreduce", "float32")]
+    np.testing.assert_array_equal(nnx.to_numpy(w32), np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(nnx.to_numpy(out[0]), 2 * np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(nnx.to_numpy(out[1]), 2 * np.ones((1, 3)))
+    assert out[0] is not w32 and tuple(out[1].shape) == (1, 3)
+    with pytest.raises(TypeError, match="inplace must be a bool"):
+        comm.allreduce_sum([w32], inplace="no")
+
+
 def test_read_only_arrays_are_replaced_not_written():
     comm = TwoRanks()
     a = np.arange(3.0)

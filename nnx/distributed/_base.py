@@ -77,20 +77,24 @@ class Communicator:
         :class:`DistributedError` with its message instead of waiting."""
 
     # -- the public collectives -----------------------------------------------------------
-    def allreduce_sum(self, arrays: Sequence[Array]) -> list[Array]:
+    def allreduce_sum(self, arrays: Sequence[Array], inplace: bool = True) -> list[Array]:
         """Sum each array over the ranks, in place.
 
         The arrays are packed into one flat buffer per (library, dtype), so a list of
         gradients of one dtype costs one collective operation. Writeable arrays are
         updated in place and returned; for read-only ones (JAX) the result is a new array
-        in the returned list, at the same position.
+        in the returned list, at the same position. With ``inplace=False`` no input is
+        written: the sums are returned as views of the packed buffers, which saves
+        copying them back (what a data-parallel step does with its gradients).
 
         >>> import nnx, numpy as np
         >>> comm = nnx.distributed.init("single")
         >>> comm.allreduce_sum([np.ones(3), np.zeros((2, 2))])[0]
         array([1., 1., 1.])
         """
-        return self._collective(arrays, self.allreduce_buffer)
+        if not isinstance(inplace, bool):
+            raise TypeError(f"{self!r}.allreduce_sum: inplace must be a bool, got {inplace!r}")
+        return self._collective(arrays, self.allreduce_buffer, inplace)
 
     def broadcast(self, arrays: Sequence[Array], root: int = 0) -> list[Array]:
         """Give every rank the values of rank ``root``'s arrays (in place, packed as in
@@ -137,13 +141,14 @@ class Communicator:
         )
 
     # -- packing ------------------------------------------------------------------------
-    def _collective(self, arrays: Sequence[Array], op: Any) -> list[Array]:
+    def _collective(self, arrays: Sequence[Array], op: Any, inplace: bool = True) -> list[Array]:
         if self.size == 1:
             return list(arrays)
-        return self._packed(arrays, op)
+        return self._packed(arrays, op, inplace)
 
-    def _packed(self, arrays: Sequence[Array], op: Any) -> list[Array]:
-        """``op`` on one flat buffer per (library, dtype) of ``arrays``, written back."""
+    def _packed(self, arrays: Sequence[Array], op: Any, inplace: bool = True) -> list[Array]:
+        """``op`` on one flat buffer per (library, dtype) of ``arrays``, written back
+        (``inplace``) or returned as views of that buffer."""
         arrays = list(arrays)
         out = list(arrays)
         if not arrays:
@@ -158,13 +163,13 @@ class Communicator:
             groups.setdefault((type(a), backends.dtype_name(a)), []).append(i)
         for idx in groups.values():
             group = [arrays[i] for i in idx]
-            for i, result in zip(idx, self._run_packed(group, op), strict=True):
+            for i, result in zip(idx, self._run_packed(group, op, inplace), strict=True):
                 out[i] = result
         return out
 
-    def _run_packed(self, group: list[Array], op: Any) -> list[Array]:
+    def _run_packed(self, group: list[Array], op: Any, inplace: bool = True) -> list[Array]:
         """Pack ``group`` (one library, one dtype) into one buffer, run ``op`` on it,
-        and write the result back."""
+        and write the result back (``inplace``) or return views of it."""
         first = group[0]
         if isinstance(first, np.ndarray):
             flat = np.concatenate([np.ravel(a) for a in group])
@@ -184,7 +189,7 @@ class Communicator:
             n = int(np.prod(a.shape))
             piece = xp.reshape(flat[offset : offset + n], tuple(a.shape))
             offset += n
-            if _writeable(a):
+            if inplace and _writeable(a):
                 a[...] = piece
                 results.append(a)
             else:

@@ -102,9 +102,10 @@ class DataParallel:
             if like is not None
             else stats
         )
-        out = self.comm.allreduce_sum([g for _, g in named] + [extra])
+        # the sums stay views of the packed buffer: binding them saves a copy back
+        out = self.comm.allreduce_sum([g for _, g in named] + [extra], inplace=False)
         for (name, g), r in zip(named, out, strict=False):
-            if r is not g:  # a read-only gradient (JAX): bind the summed array
+            if r is not g:
                 network.set_gradient(name, r)
         global_total, errors = (float(v) for v in backends.to_numpy(out[-1]))
         if errors:
