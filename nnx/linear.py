@@ -66,8 +66,6 @@ class Linear(Module):
         init.check_init_type(owner, init_type)
         self.input_size, self.output_size = int(input_size), int(output_size)
         self.bias, self.init_type = bool(bias), init_type
-        #: ``(input, delta)`` last checked (identity), so that each is checked once
-        self._checked: tuple[Any, Any] = (None, None)
         shape = (self.input_size, self.output_size)
         self._register("weight", init.parameter(shape, init_type, *shape))
         if self.bias:
@@ -106,24 +104,26 @@ class Linear(Module):
         out = namespace(X).matmul(X, W)
         if self.bias:
             out += self._parameters["bias"]
-        # the backward pass on this input skips its check (unless it had to be cast)
-        self._checked = (given, None) if given is X else (None, None)
+        # the backward pass on this input skips its check and reuses the cast
+        self._cache_key, self._cache = given, (X, None, None)
         return out
 
     def _check_backward(self, input: Array, delta: Array) -> tuple[Array, Array]:
         """``(input, delta)``, checked unless this very pair (or input) was checked;
         floating arrays of another dtype are cast to the weight's."""
-        checked_input, checked_delta = self._checked
-        if input is checked_input and delta is checked_delta:
-            return input, delta  # the second backward method of a pair: checked by the first
+        # The cache (cleared by ``to`` and ``load_state_dict``): the last input as given
+        # (key) and as checked, and the last delta as given and as checked.
         W = self._parameters["weight"]
-        given = (input, delta)
-        if input is not checked_input:
+        given_input, given_delta = input, delta
+        if input is self._cache_key:
+            input, last_delta, checked_delta = self._cache
+            if delta is last_delta and delta is not None:
+                return input, checked_delta  # the second backward method of a pair
+        else:
             input = self._check_input(input, ("batch", self.input_size), like=W)
         if not (_rows_like(delta, W, self.output_size) and delta.shape[0] == input.shape[0]):
             delta = self._check_input(delta, (input.shape[0], self.output_size), "delta", like=W)
-        cast = given[0] is not input or given[1] is not delta
-        self._checked = (None, None) if cast else given
+        self._cache_key, self._cache = given_input, (input, given_delta, delta)
         return input, delta
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:

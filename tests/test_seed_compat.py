@@ -106,6 +106,36 @@ def test_single_modules_cast_forward_and_backward(backend, rng, make, shape, tol
         np.testing.assert_allclose(g64[n], host(g), rtol=tol, atol=tol, err_msg=n)
 
 
+def test_linear_casts_its_input_once_per_forward(backend, rng, monkeypatch):
+    """The original's notebook loop (forward, backward_delta, backward_update_gradient
+    on the same float64 ``X``) casts ``X`` once; ``to()`` in between drops that cast."""
+    layer = nnx.Linear(3, 2)
+    X64 = nnx.asarray(rng.standard_normal((4, 3)), dtype="float64")
+    delta = nnx.asarray(rng.standard_normal((4, 2)), dtype="float32")
+    xp = backends.namespace_of(layer.get_parameter("weight"))
+    casts = []
+    real = xp.astype
+
+    def counting(x, dtype, *args, **kwargs):
+        casts.append(tuple(x.shape))
+        return real(x, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(xp, "astype", counting)
+    layer.forward(X64)
+    layer.backward_delta(X64, delta)
+    layer.backward_update_gradient(X64, delta)
+    monkeypatch.setattr(xp, "astype", real)
+    assert casts.count((4, 3)) == 1
+    expected = host(X64).astype(np.float32).T @ host(delta)
+    np.testing.assert_allclose(host(dict(layer.named_gradients())["weight"]), expected, rtol=1e-6)
+    layer.to(dtype="float64")  # the float32 cast of X must not be reused
+    layer.zero_grad()
+    layer.backward_update_gradient(X64, nnx.asarray(host(delta), dtype="float64"))
+    g = dict(layer.named_gradients())["weight"]
+    assert backends.dtype_name(g) == "float64"
+    np.testing.assert_allclose(host(g), host(X64).T @ host(delta), rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
 @pytest.mark.parametrize(
     "make", [lambda: nnx.Linear(4, 3), lambda: nnx.ReLU()], ids=["Linear", "ReLU"]
