@@ -14,8 +14,11 @@ one-process run (``comm=None``), N ranks run ``mpiexec -n N`` with ``comm=`` (ea
 takes its contiguous share of every global batch of ``--batch``, one packed allreduce
 of the gradients per step). Every rank is limited to one BLAS thread
 (``OMP_NUM_THREADS=1`` ...), so N ranks use N cores. Each rank times ``--rounds``
-epochs of ``--steps`` global batches after one warm-up epoch; the figure is the median
-epoch of rank 0, as samples per second. The allreduce is timed inside the epochs
+epochs of ``--steps`` global batches after one warm-up epoch. Each configuration is
+launched ``--repeats`` times, the configurations taking turns (1, 2, 1, 2, ...), so that
+a slow or fast spell of the machine falls on all of them; the figure is the median
+epoch of rank 0 over all launches, as samples per second (each launch's own figure is
+kept in the JSON). The allreduce is timed inside the epochs
 (``allreduce incl. wait``: the call, including the wait for the slower rank) and alone
 after training (``allreduce alone``: the ranks meet at a barrier, then one allreduce of
 the same gradients).
@@ -50,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="global batches per timed epoch")
     p.add_argument("--rounds", type=int, default=5, help="timed epochs")
     p.add_argument("--ranks", default="1,2", help="comma-separated numbers of ranks")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="launches of each configuration, taken in turn (1, 2, 1, 2, ...)",
+    )
     p.add_argument("--save", type=Path, default=None, help="write the results as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown")
     p.add_argument("--rst", type=Path, default=None, help="write the table as reStructuredText")
@@ -106,14 +115,11 @@ def worker(args: argparse.Namespace) -> None:
             comm.allreduce_sum(grads)
             alone.append(time.perf_counter() - t0)
     if rank == 0:
-        median = statistics.median(epochs)
         result = {
             "ranks": 1 if comm is None else comm.size,
-            "samples_per_s": n / median,
-            "step_ms": 1e3 * median / args.steps,
             "epoch_s": epochs,
-            "allreduce_fraction": statistics.median(fractions) if comm is not None else 0.0,
-            "allreduce_alone_ms": 1e3 * statistics.median(alone) if alone else 0.0,
+            "fractions": fractions if comm is not None else [],
+            "alone_s": alone,
             "gradient_mib": sum(4 * int(np.prod(p.shape)) for p in net.parameters()) / 2**20,
         }
         print("RESULT " + json.dumps(result), flush=True)
@@ -155,6 +161,26 @@ def run_config(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
             f"scaling.py: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def summarize(args: argparse.Namespace, ranks: int, launches: list[dict[str, Any]]) -> dict:
+    """One configuration's row: medians over the epochs of all its launches."""
+    epochs = [e for r in launches for e in r["epoch_s"]]
+    fractions = [f for r in launches for f in r["fractions"]]
+    alone = [a for r in launches for a in r["alone_s"]]
+    median = statistics.median(epochs)
+    return {
+        "ranks": ranks,
+        "samples_per_s": args.batch * args.steps / median,
+        "step_ms": 1e3 * median / args.steps,
+        "epoch_s": epochs,
+        "launch_samples_per_s": [
+            args.batch * args.steps / statistics.median(r["epoch_s"]) for r in launches
+        ],
+        "allreduce_fraction": statistics.median(fractions) if fractions else 0.0,
+        "allreduce_alone_ms": 1e3 * statistics.median(alone) if alone else 0.0,
+        "gradient_mib": launches[0]["gradient_mib"],
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -238,10 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     if ranks[0] != 1:
         ranks.insert(0, 1)
     info = machine()
-    rows = []
-    for n in ranks:
-        print(f"scaling: {n} rank(s) ...", flush=True)
-        rows.append(run_config(args, n))
+    # The configurations take turns, so that a slow or fast spell of the machine
+    # falls on all of them instead of on one.
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in ranks}
+    for repeat in range(args.repeats):
+        for n in ranks:
+            print(f"scaling: {n} rank(s), launch {repeat + 1} of {args.repeats} ...", flush=True)
+            runs[n].append(run_config(args, n))
+    rows = [summarize(args, n, runs[n]) for n in ranks]
     info["load_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     title = (
         f"{args.model} (length {args.length}), global batch {args.batch}, plain SGD, float32, "
@@ -253,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         f"NumPy {info['numpy']}; {info['mpi']}",
         f"Load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in load or [])}; "
         f"at end: {', '.join(f'{v:.2f}' for v in info['load_end'] or [])}",
-        f"Median of {args.rounds} epochs of {args.steps} global batches; gradients "
+        f"Median of {args.repeats} x {args.rounds} epochs of {args.steps} global batches "
+        f"({args.repeats} launches per configuration, taken in turn); gradients "
         f"{rows[0]['gradient_mib']:.2f} MiB per allreduce",
     ]
     header, body = table(args, rows)
