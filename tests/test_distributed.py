@@ -14,6 +14,7 @@ Three kinds of tests:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -406,3 +407,26 @@ def test_job_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path):
     assert proc.returncode != 0
     assert "rank 0 of 2 waited 2 s in allreduce_sum" in proc.stdout + proc.stderr
     assert seconds < 60
+
+
+@needs_mpi_job
+def test_scaling_benchmark_reports_both_configurations(tmp_path):
+    """``benchmarks/scaling.py`` runs end to end (a tiny configuration): 1 and 2 ranks,
+    launched in turn, each row with its launches' figures and the allreduce share."""
+    out = tmp_path / "scaling.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
+    args = ["--length", "32", "--batch", "16", "--steps", "2", "--rounds", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, "--repeats", "2", "--save", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["ranks"] for r in rows] == [1, 2]
+    for r in rows:
+        assert len(r["launch_samples_per_s"]) == 2 and len(r["epoch_s"]) == 2
+        assert r["samples_per_s"] > 0
+    assert 0 < rows[1]["allreduce_fraction"] < 1 and rows[1]["allreduce_alone_ms"] > 0
+    assert "| 2 |" in proc.stdout
