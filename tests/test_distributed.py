@@ -159,6 +159,7 @@ def test_single_process_collectives_return_at_once():
     a, b = np.arange(3.0), np.ones((2, 2), dtype=np.float32)
     out = comm.allreduce_sum([a, b])
     assert out[0] is a and out[1] is b
+    assert comm.allreduce_sum([a], inplace=False)[0] is a
     np.testing.assert_array_equal(a, [0.0, 1.0, 2.0])
     assert comm.broadcast([a])[0] is a
     assert comm.sum_floats([1.5, 2.0]) == [1.5, 2.0]

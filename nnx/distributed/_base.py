@@ -85,7 +85,8 @@ class Communicator:
         updated in place and returned; for read-only ones (JAX) the result is a new array
         in the returned list, at the same position. With ``inplace=False`` no input is
         written: the sums are returned as views of the packed buffers, which saves
-        copying them back (what a data-parallel step does with its gradients).
+        copying them back (what a data-parallel step does with its gradients); in a job
+        of one process they are the arrays themselves.
 
         >>> import nnx, numpy as np
         >>> comm = nnx.distributed.init("single")
