@@ -22,6 +22,13 @@ kept in the JSON). The allreduce is timed inside the epochs
 (``allreduce incl. wait``: the call, including the wait for the slower rank) and alone
 after training (``allreduce alone``: the ranks meet at a barrier, then one allreduce of
 the same gradients).
+
+For every N > 1 the table also has the row "N processes, no MPI" (unless
+``--no-ceiling``): N plain processes started together, each training on one rank's share
+of every global batch, with no communication at all, an epoch counting as long as the
+slowest process's. It is what N ranks could reach on this machine if the allreduce and
+the waits for each other cost nothing: cores that share caches, memory bandwidth and
+clock slow each other down before any message is sent.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,11 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="launches of each configuration, taken in turn (1, 2, 1, 2, ...)",
     )
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the N independent processes without communication (the machine's bound)",
+    )
     p.add_argument("--save", type=Path, default=None, help="write the results as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown")
     p.add_argument("--rst", type=Path, default=None, help="write the table as reStructuredText")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--barrier-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--barrier-count", type=int, default=1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -95,6 +110,8 @@ def worker(args: argparse.Namespace) -> None:
         comm.allreduce_sum = timed  # type: ignore[method-assign]
     optim = nnx.Optim(net, nnx.CELogSoftmax(), eps=1e-4, comm=comm)
     optim.SGD(X, y, args.batch, 1, shuffle=True, progress=False)  # warm-up
+    if args.barrier_dir is not None:  # independent processes start timing together
+        file_barrier(args.barrier_dir, args.barrier_count)
     epochs, fractions = [], []
     for r in range(args.rounds):
         if comm is not None:
@@ -125,6 +142,16 @@ def worker(args: argparse.Namespace) -> None:
         print("RESULT " + json.dumps(result), flush=True)
 
 
+def file_barrier(folder: Path, count: int, timeout: float = 300.0) -> None:
+    """Wait until ``count`` processes have reached this point (one file each)."""
+    (folder / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("ready-*"))) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"scaling.py: the other processes did not start within {timeout} s")
+        time.sleep(1e-3)
+
+
 # -- the driver -----------------------------------------------------------------------------
 def mpiexec() -> str:
     local = Path(sys.executable).parent / "mpiexec"
@@ -134,7 +161,8 @@ def mpiexec() -> str:
     return found
 
 
-def run_config(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
+def worker_command(args: argparse.Namespace, batch: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one worker process (one BLAS thread)."""
     env = dict(os.environ)
     env.update({v: "1" for v in THREAD_VARIABLES})
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -147,23 +175,63 @@ def run_config(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
         "--length",
         str(args.length),
         "--batch",
-        str(args.batch),
+        str(batch),
         "--steps",
         str(args.steps),
         "--rounds",
         str(args.rounds),
     ]
-    cmd = own if ranks == 1 else [mpiexec(), "-n", str(ranks), *own, "--distributed"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(
-            f"scaling.py: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+    return own, env
+
+
+def result_of(cmd: list[str], returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    if returncode != 0 or not lines:
+        raise SystemExit(f"scaling.py: {' '.join(cmd)} failed ({returncode}):\n{stdout}\n{stderr}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def summarize(args: argparse.Namespace, ranks: int, launches: list[dict[str, Any]]) -> dict:
+def run_config(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
+    """1 rank (a plain process) or ``ranks`` MPI ranks sharing each global batch."""
+    own, env = worker_command(args, args.batch)
+    cmd = own if ranks == 1 else [mpiexec(), "-n", str(ranks), *own, "--distributed"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    return result_of(cmd, proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_independent(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """``n`` plain processes at the same time, each training on one rank's share of the
+    global batch, with no communication at all: what ``n`` ranks could reach on this
+    machine if the allreduce and the waits cost nothing. Each epoch counts as long as
+    the slowest process's (ranks in lockstep would wait for it)."""
+    share = -(-args.batch // n)
+    own, env = worker_command(args, share)
+    with tempfile.TemporaryDirectory() as folder:
+        cmd = [*own, "--barrier-dir", folder, "--barrier-count", str(n)]
+        procs = [
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            for _ in range(n)
+        ]
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=1800)
+            results.append(result_of(cmd, proc.returncode, out, err))
+    per_process = [r["epoch_s"] for r in results]
+    return {
+        "ranks": n,
+        "epoch_s": [max(rounds) for rounds in zip(*per_process, strict=True)],
+        "process_epoch_s": per_process,
+        "fractions": [],
+        "alone_s": [],
+        "gradient_mib": results[0]["gradient_mib"],
+    }
+
+
+def summarize(
+    args: argparse.Namespace, ranks: int, launches: list[dict[str, Any]], communication: bool = True
+) -> dict:
     """One configuration's row: medians over the epochs of all its launches."""
     epochs = [e for r in launches for e in r["epoch_s"]]
     fractions = [f for r in launches for f in r["fractions"]]
@@ -171,6 +239,7 @@ def summarize(args: argparse.Namespace, ranks: int, launches: list[dict[str, Any
     median = statistics.median(epochs)
     return {
         "ranks": ranks,
+        "communication": communication,
         "samples_per_s": args.batch * args.steps / median,
         "step_ms": 1e3 * median / args.steps,
         "epoch_s": epochs,
@@ -222,17 +291,20 @@ def table(
         "allreduce incl. wait",
         "allreduce alone ms",
     ]
-    body = [
-        [
-            str(r["ranks"]),
-            f"{r['samples_per_s']:.0f}",
-            f"{r['step_ms']:.2f}",
-            f"{r['samples_per_s'] / base:.2f}x",
-            f"{100 * r['allreduce_fraction']:.1f} %" if r["ranks"] > 1 else "-",
-            f"{r['allreduce_alone_ms']:.2f}" if r["ranks"] > 1 else "-",
-        ]
-        for r in rows
-    ]
+    body = []
+    for r in rows:
+        reduced = r["ranks"] > 1 and r["communication"]
+        label = str(r["ranks"]) if r["communication"] else f"{r['ranks']} processes, no MPI"
+        body.append(
+            [
+                label,
+                f"{r['samples_per_s']:.0f}",
+                f"{r['step_ms']:.2f}",
+                f"{r['samples_per_s'] / base:.2f}x",
+                f"{100 * r['allreduce_fraction']:.1f} %" if reduced else "-",
+                f"{r['allreduce_alone_ms']:.2f}" if reduced else "-",
+            ]
+        )
     return header, body
 
 
@@ -264,14 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     if ranks[0] != 1:
         ranks.insert(0, 1)
     info = machine()
+    # (ranks, communication): the ranks of the benchmark, then for each N > 1 the N
+    # independent processes without MPI that bound what N ranks can reach here
+    configs = [(n, True) for n in ranks]
+    if not args.no_ceiling:
+        configs += [(n, False) for n in ranks if n > 1]
     # The configurations take turns, so that a slow or fast spell of the machine
     # falls on all of them instead of on one.
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in ranks}
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
     for repeat in range(args.repeats):
-        for n in ranks:
-            print(f"scaling: {n} rank(s), launch {repeat + 1} of {args.repeats} ...", flush=True)
-            runs[n].append(run_config(args, n))
-    rows = [summarize(args, n, runs[n]) for n in ranks]
+        for n, communication in configs:
+            what = f"{n} rank(s)" if communication else f"{n} processes without MPI"
+            print(f"scaling: {what}, launch {repeat + 1} of {args.repeats} ...", flush=True)
+            run = run_config(args, n) if communication else run_independent(args, n)
+            runs[n, communication].append(run)
+    rows = [summarize(args, n, runs[n, c], c) for n, c in configs]
     info["load_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     title = (
         f"{args.model} (length {args.length}), global batch {args.batch}, plain SGD, float32, "
@@ -287,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({args.repeats} launches per configuration, taken in turn); gradients "
         f"{rows[0]['gradient_mib']:.2f} MiB per allreduce",
     ]
+    if not args.no_ceiling and len(ranks) > 1:
+        notes.append(
+            "N processes, no MPI: N plain processes at the same time, each on one rank's "
+            "share of every batch, no communication (an epoch lasts as long as the slowest "
+            "process's): the bound of N ranks on this machine"
+        )
     header, body = table(args, rows)
     print(render(header, body, "markdown", title, notes))
     if args.save:

@@ -412,8 +412,9 @@ def test_job_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path):
 
 @needs_mpi_job
 def test_scaling_benchmark_reports_both_configurations(tmp_path):
-    """``benchmarks/scaling.py`` runs end to end (a tiny configuration): 1 and 2 ranks,
-    launched in turn, each row with its launches' figures and the allreduce share."""
+    """``benchmarks/scaling.py`` runs end to end (a tiny configuration): 1 and 2 ranks
+    and 2 processes without MPI, launched in turn, each row with its launches' figures
+    and the allreduce share."""
     out = tmp_path / "scaling.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
     args = ["--length", "32", "--batch", "16", "--steps", "2", "--rounds", "1"]
@@ -425,9 +426,10 @@ def test_scaling_benchmark_reports_both_configurations(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [r["ranks"] for r in rows] == [1, 2]
+    assert [(r["ranks"], r["communication"]) for r in rows] == [(1, True), (2, True), (2, False)]
     for r in rows:
         assert len(r["launch_samples_per_s"]) == 2 and len(r["epoch_s"]) == 2
         assert r["samples_per_s"] > 0
     assert 0 < rows[1]["allreduce_fraction"] < 1 and rows[1]["allreduce_alone_ms"] > 0
-    assert "| 2 |" in proc.stdout
+    assert rows[2]["allreduce_fraction"] == 0  # the bound: two processes, no MPI
+    assert "| 2 |" in proc.stdout and "| 2 processes, no MPI |" in proc.stdout
