@@ -136,7 +136,7 @@ class Linear(Module):
 
     def _add_gradients(self, input: Array, delta: Array) -> None:
         xp = namespace(delta)
-        self.accumulate_gradient("weight", xp.matmul(mT(input), delta))
+        self.accumulate_product("weight", mT(input), delta)  # Xᵀ δ
         if self.bias:
             self.accumulate_gradient("bias", xp.matmul(ones_row(delta), delta))  # 1ᵀ δ
 

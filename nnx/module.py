@@ -50,6 +50,10 @@ class Module:
     #: class default, so that modules built before the attribute existed still work
     training: bool = True
 
+    #: Gradients bound with ``set_gradient(..., reuse=True)``: buffers that the next
+    #: fresh gradient of the same name is written into (:meth:`accumulate_product`).
+    _reusable: dict[str, Array] | None = None
+
     #: Whether every gradient write of ``backward_update_gradient`` goes through
     #: :meth:`accumulate_gradient`, so that inside :meth:`fresh_gradients` a step may
     #: overwrite stale gradients instead of zeroing them first. A subclass that
@@ -153,6 +157,23 @@ class Module:
         else:
             self._gradient[name] = g + value
 
+    def accumulate_product(self, name: str, a: Array, b: Array) -> None:
+        """Add the matrix product ``a @ b`` to the gradient of parameter ``name``.
+
+        The same as ``accumulate_gradient(name, a @ b)``, except that a fresh gradient
+        (inside :meth:`fresh_gradients`) whose array was bound with
+        ``set_gradient(name, buffer, reuse=True)`` is written straight into that buffer
+        where the library can (NumPy, PyTorch): a data-parallel step binds views of its
+        packed allreduce buffer so, and the pack then copies nothing.
+        """
+        fresh, reusable = self._fresh, self._reusable
+        if fresh is not None and name in fresh and reusable:
+            out = reusable.get(name)
+            if out is not None and out is self._gradient[name] and backends.matmul_into(a, b, out):
+                fresh.discard(name)
+                return
+        self.accumulate_gradient(name, namespace(a).matmul(a, b))
+
     def get_parameter(self, name: str) -> Array:
         """Parameter ``name`` (dotted for a descendant's: ``"0.weight"``)."""
         module, local = self.locate_parameter(name)
@@ -174,9 +195,15 @@ class Module:
             )
         module._parameters[local] = value
 
-    def set_gradient(self, name: str, value: Array) -> None:
+    def set_gradient(self, name: str, value: Array, reuse: bool = False) -> None:
         """Bind the gradient of parameter ``name`` (dotted for a descendant's) to ``value``
-        (e.g. gradients summed over processes). Same shape as the parameter."""
+        (e.g. gradients summed over processes). Same shape as the parameter.
+
+        With ``reuse=True``, ``value`` is also where the next fresh gradient of ``name``
+        may be written (:meth:`accumulate_product`), as long as it stays bound: only
+        for a buffer that nobody else reads between steps (a data-parallel step's
+        packed allreduce buffer).
+        """
         module, local = self.locate_parameter(name)
         old = module._gradient[local]
         if tuple(value.shape) != tuple(old.shape):
@@ -185,6 +212,10 @@ class Module:
                 f"{tuple(old.shape)}, got {tuple(value.shape)}"
             )
         module._gradient[local] = value
+        if reuse:
+            module._reusable = {**(module._reusable or {}), local: value}
+        elif module._reusable and local in module._reusable:
+            module._reusable = {k: v for k, v in module._reusable.items() if k != local}
 
     def apply_update(self, rule: Callable[[str, Array, Array], Array]) -> None:
         """:math:`w \\leftarrow w - d` with ``d = rule(dotted name, w, gradient)`` for every

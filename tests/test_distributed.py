@@ -29,6 +29,7 @@ import pytest
 import nnx
 from nnx import backends
 from nnx.distributed import Communicator, DistributedError, SingleProcess
+from nnx.testing import host
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_VARIABLES = ("PMI_", "OMPI_", "PMIX_", "MV2_", "SLURM_", "MPI_LOCALRANKID", "HYDRA_")
@@ -213,6 +214,71 @@ def test_not_in_place_returns_views_of_the_packed_sums(backend, xp):
     assert out[0] is not w32 and tuple(out[1].shape) == (1, 3)
     with pytest.raises(TypeError, match="inplace must be a bool"):
         comm.allreduce_sum([w32], inplace="no")
+
+
+def test_reuse_packs_into_one_kept_buffer_and_returns_the_same_views(backend, xp):
+    comm = TwoRanks()
+    w = nnx.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    b = nnx.asarray(np.ones((3,)), dtype="float32")
+    first = comm.allreduce_sum([w, b], inplace=False, reuse=True)
+    assert comm.calls == [("allreduce", "float32")]
+    np.testing.assert_array_equal(nnx.to_numpy(w), np.arange(6.0).reshape(2, 3))  # untouched
+    np.testing.assert_array_equal(nnx.to_numpy(first[0]), 2 * np.arange(6.0).reshape(2, 3))
+    second = comm.allreduce_sum([w, b * 3], inplace=False, reuse=True)
+    np.testing.assert_array_equal(nnx.to_numpy(second[1]), 6 * np.ones((3,)))
+    if backends.is_mutable(w):  # the same views of the same kept buffer, every time
+        assert second[0] is first[0] and second[1] is first[1]
+        np.testing.assert_array_equal(nnx.to_numpy(first[1]), 6 * np.ones((3,)))
+        # an input that is its own view is summed where it lies
+        third = comm.allreduce_sum(second, inplace=False, reuse=True)
+        np.testing.assert_array_equal(nnx.to_numpy(third[0]), 4 * np.arange(6.0).reshape(2, 3))
+        # views passed at each other's place (same size) are read before being overwritten
+        u = nnx.asarray(np.full((3,), 5.0), dtype="float32")
+        v = nnx.asarray(np.full((3,), 7.0), dtype="float32")
+        x, z = comm.allreduce_sum([u, v], inplace=False, reuse=True)
+        np.testing.assert_array_equal(nnx.to_numpy(x), np.full((3,), 10.0))
+        swapped = comm.allreduce_sum([z, x], inplace=False, reuse=True)
+        np.testing.assert_array_equal(nnx.to_numpy(swapped[0]), np.full((3,), 28.0))
+        np.testing.assert_array_equal(nnx.to_numpy(swapped[1]), np.full((3,), 20.0))
+    # another layout gets its own buffer; in place writes back as without reuse
+    c = nnx.asarray(np.ones((4,)), dtype="float32")
+    out = comm.allreduce_sum([c], reuse=True)
+    np.testing.assert_array_equal(nnx.to_numpy(out[0]), 2 * np.ones((4,)))
+    if backends.is_mutable(c):
+        assert out[0] is c
+    with pytest.raises(TypeError, match="reuse must be a bool"):
+        comm.allreduce_sum([c], reuse=1)
+
+
+def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(backend):
+    from nnx.distributed import DataParallel
+    from nnx.training.step import DataParallelStep
+
+    comm = TwoRanks()  # the other rank has the same shard: every sum doubles
+    nnx.manual_seed(0)
+    net = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
+    ref = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
+    ref.load_state_dict(net.state_dict())
+    step = DataParallelStep(net, nnx.CrossEntropyLoss(), 0.1, None, DataParallel(comm))
+    plain = nnx.training.step.Step(ref, nnx.CrossEntropyLoss(), 0.2)  # twice the sum
+    rng = np.random.default_rng(1)
+    grads = []
+    for _ in range(3):
+        X = nnx.asarray(rng.normal(size=(6, 5)))
+        y = nnx.asarray(rng.integers(0, 3, 6))
+        comm.calls.clear()
+        step(X, y)
+        plain(X, y)
+        assert comm.calls == [("allreduce", nnx.get_default_dtype())]
+        for (name, p, g), (_, q, h) in zip(
+            net.parameters_and_gradients(), ref.parameters_and_gradients(), strict=True
+        ):
+            np.testing.assert_allclose(host(g), 2 * host(h), rtol=1e-5, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(host(p), host(q), rtol=1e-5, atol=1e-6, err_msg=name)
+        grads.append(dict(net.named_gradients()))
+    if nnx.get_backend() in ("numpy", "torch"):  # written in place from the second step on
+        assert grads[1]["0.weight"] is grads[2]["0.weight"]
+        assert grads[1]["2.weight"] is grads[2]["2.weight"]
 
 
 def test_read_only_arrays_are_replaced_not_written():

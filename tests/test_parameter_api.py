@@ -36,6 +36,57 @@ def test_accumulate_adds_and_fresh_gradients_replace(backend, rng):
     np.testing.assert_array_equal(host(layer._gradient["bias"]), np.zeros((1, 2)))  # unwritten
 
 
+def test_accumulate_product_writes_into_a_reusable_gradient_buffer(backend, rng):
+    layer = nnx.Linear(3, 2, bias=False)
+    a = nnx.asarray(rng.normal(size=(3, 4)))
+    b = nnx.asarray(rng.normal(size=(4, 2)))
+    want = host(a) @ host(b)
+    # not bound for reuse: a new array, as accumulate_gradient(a @ b)
+    with layer.fresh_gradients():
+        layer.accumulate_product("weight", a, b)
+    first = layer._gradient["weight"]
+    np.testing.assert_allclose(host(first), want, rtol=1e-5)
+    buf = nnx.asarray(np.zeros((3, 2)))
+    layer.set_gradient("weight", buf, reuse=True)
+    with layer.fresh_gradients():
+        layer.accumulate_product("weight", a, b)
+        layer.accumulate_product("weight", a, b)  # the second contribution adds
+    g = layer._gradient["weight"]
+    np.testing.assert_allclose(host(g), 2 * want, rtol=1e-5)
+    if nnx.get_backend() in ("numpy", "torch"):  # libraries that write into out
+        assert g is buf
+        np.testing.assert_allclose(host(buf), 2 * want, rtol=1e-5)
+    else:  # the buffer is left alone, the gradient is a new array
+        np.testing.assert_array_equal(host(buf), np.zeros((3, 2)))
+    # outside fresh_gradients it accumulates as ever (no overwrite of the buffer)
+    layer.accumulate_product("weight", a, b)
+    np.testing.assert_allclose(host(layer._gradient["weight"]), 3 * want, rtol=1e-5)
+    # bound without reuse: the buffer is the gradient, but never written by a product
+    other = nnx.asarray(np.zeros((3, 2)))
+    layer.set_gradient("weight", other)
+    with layer.fresh_gradients():
+        layer.accumulate_product("weight", a, b)
+    assert layer._gradient["weight"] is not other
+    np.testing.assert_array_equal(host(other), np.zeros((3, 2)))
+
+
+def test_matmul_into_writes_only_where_it_can(backend, rng):
+    a = nnx.asarray(rng.normal(size=(3, 4)))
+    b = nnx.asarray(rng.normal(size=(4, 2)))
+    out = nnx.asarray(np.zeros((3, 2)))
+    wrote = nnx.backends.matmul_into(a, b, out)
+    assert wrote == (nnx.get_backend() in ("numpy", "torch"))
+    if wrote:
+        np.testing.assert_allclose(host(out), host(a) @ host(b), rtol=1e-5)
+    wide = nnx.asarray(np.zeros((2, 3)))
+    assert not nnx.backends.matmul_into(a, b, wide.T if hasattr(wide, "T") else wide)
+    if nnx.get_backend() == "numpy":
+        assert not nnx.backends.matmul_into(a, b, np.zeros((3, 2), dtype=np.float16))
+        square = np.ones((3, 3), dtype=a.dtype)
+        assert not nnx.backends.matmul_into(square, square, square)  # out overlaps an input
+        np.testing.assert_array_equal(square, np.ones((3, 3)))
+
+
 def test_set_parameter_binds_and_updates_never_modify_the_callers_array(backend):
     net = _net()
     mine = nnx.asarray(np.ones((4, 2)))

@@ -57,6 +57,7 @@ __all__ = [
     "namespace_of",
     "set_backend",
     "set_default_dtype",
+    "matmul_into",
     "set_at",
     "sliding_window",
     "sliding_window_2d",
@@ -466,6 +467,14 @@ def add_at(x: Any, index: Any, value: Any) -> Any:
         x[index] += value
         return x
     return backend.add_at(x, index, value)
+
+
+def matmul_into(a: Any, b: Any, out: Any) -> bool:
+    """Write the 2-D product ``a @ b`` into ``out`` where ``out``'s library can (NumPy,
+    PyTorch: same dtype, contiguous ``out`` apart from the inputs); return whether it
+    did. Callers compute ``a @ b`` the usual way when it returns ``False``."""
+    backend = backend_of(out)
+    return backend is not None and backend.matmul_into(a, b, out)
 
 
 def set_at(x: Any, index: Any, value: Any) -> Any:

@@ -82,6 +82,11 @@ class Backend:
         x[index] = value
         return x
 
+    def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
+        """Write the 2-D product ``a @ b`` into ``out`` if this library can do it without
+        a temporary; return whether it did (``False``: nothing was written)."""
+        return False
+
     def synchronize(self, x: Any) -> None:
         """Wait until the work queued on ``x``'s device is done (before another library,
         such as MPI, reads its memory). Host libraries have nothing to wait for."""

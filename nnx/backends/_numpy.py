@@ -31,6 +31,23 @@ class NumpyBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
+    def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
+        # BLAS writes into out only if it is C-contiguous, of the inputs' dtype, and
+        # apart from them; np.dot(out=) raises (or copies) otherwise
+        if not (
+            type(a) is type(b) is type(out) is np.ndarray
+            and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype == out.dtype
+            and out.shape == (a.shape[0], b.shape[1])
+            and out.flags.c_contiguous
+            and out.flags.writeable
+            and not np.may_share_memory(out, a)
+            and not np.may_share_memory(out, b)
+        ):
+            return False
+        np.dot(a, b, out=out)
+        return True
+
     def windows(self, x: np.ndarray, k_size: int, stride: int) -> np.ndarray:
         return strided_windows(np.lib.stride_tricks.as_strided, x, k_size, stride)
 

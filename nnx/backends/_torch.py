@@ -56,6 +56,23 @@ class TorchBackend(Backend):
         if x.device.type == "cuda":
             self._torch.cuda.synchronize(x.device)
 
+    def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
+        T = self._torch.Tensor
+        if not (
+            isinstance(a, T)
+            and isinstance(b, T)
+            and isinstance(out, T)
+            and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype == out.dtype
+            and a.device == b.device == out.device
+            and tuple(out.shape) == (a.shape[0], b.shape[1])
+            and out.is_contiguous()
+            and not out.requires_grad
+        ):
+            return False
+        self._torch.matmul(a, b, out=out)
+        return True
+
     def windows(self, x: Any, k_size: int, stride: int) -> Any:
         # Tensor.unfold(dim, size, step) appends the window axis: (B, O, C, K), no copy.
         return x.unfold(1, k_size, stride)

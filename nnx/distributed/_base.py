@@ -3,6 +3,7 @@ the single-process communicator."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,9 @@ class Communicator:
         self.rank = int(rank)
         self.size = int(size)
         self.timeout = float(timeout)
+        #: packed buffers kept by ``allreduce_sum(..., reuse=True)`` with their views,
+        #: per library, dtype and device
+        self._kept: dict[tuple[type, str, str], tuple[Array, list[Array]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
@@ -77,7 +81,9 @@ class Communicator:
         :class:`DistributedError` with its message instead of waiting."""
 
     # -- the public collectives -----------------------------------------------------------
-    def allreduce_sum(self, arrays: Sequence[Array], inplace: bool = True) -> list[Array]:
+    def allreduce_sum(
+        self, arrays: Sequence[Array], inplace: bool = True, reuse: bool = False
+    ) -> list[Array]:
         """Sum each array over the ranks, in place.
 
         The arrays are packed into one flat buffer per (library, dtype), so a list of
@@ -88,14 +94,24 @@ class Communicator:
         copying them back (what a data-parallel step does with its gradients); in a job
         of one process they are the arrays themselves.
 
+        With ``reuse=True`` the communicator keeps the packed buffers (one per library,
+        dtype and device; mutable libraries only) and packs the next ``reuse=True`` call
+        with the same shapes into them again, returning (``inplace=False``) the same view
+        objects every time; those are overwritten by the next such call. An input that
+        *is* the view returned at its position is not copied at all: a data-parallel
+        step binds the views as its gradients, and the backward pass writes the largest
+        ones straight into the buffer (:meth:`nnx.Module.accumulate_product`), so the
+        packing copy disappears (PyTorch DDP's ``gradient_as_bucket_view``).
+
         >>> import nnx, numpy as np
         >>> comm = nnx.distributed.init("single")
         >>> comm.allreduce_sum([np.ones(3), np.zeros((2, 2))])[0]
         array([1., 1., 1.])
         """
-        if not isinstance(inplace, bool):
-            raise TypeError(f"{self!r}.allreduce_sum: inplace must be a bool, got {inplace!r}")
-        return self._collective(arrays, self.allreduce_buffer, inplace)
+        for arg, value in (("inplace", inplace), ("reuse", reuse)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{self!r}.allreduce_sum: {arg} must be a bool, got {value!r}")
+        return self._collective(arrays, self.allreduce_buffer, inplace, reuse)
 
     def broadcast(self, arrays: Sequence[Array], root: int = 0) -> list[Array]:
         """Give every rank the values of rank ``root``'s arrays (in place, packed as in
@@ -142,12 +158,16 @@ class Communicator:
         )
 
     # -- packing ------------------------------------------------------------------------
-    def _collective(self, arrays: Sequence[Array], op: Any, inplace: bool = True) -> list[Array]:
+    def _collective(
+        self, arrays: Sequence[Array], op: Any, inplace: bool = True, reuse: bool = False
+    ) -> list[Array]:
         if self.size == 1:
             return list(arrays)
-        return self._packed(arrays, op, inplace)
+        return self._packed(arrays, op, inplace, reuse)
 
-    def _packed(self, arrays: Sequence[Array], op: Any, inplace: bool = True) -> list[Array]:
+    def _packed(
+        self, arrays: Sequence[Array], op: Any, inplace: bool = True, reuse: bool = False
+    ) -> list[Array]:
         """``op`` on one flat buffer per (library, dtype) of ``arrays``, written back
         (``inplace``) or returned as views of that buffer."""
         arrays = list(arrays)
@@ -164,38 +184,93 @@ class Communicator:
             groups.setdefault((type(a), backends.dtype_name(a)), []).append(i)
         for idx in groups.values():
             group = [arrays[i] for i in idx]
-            for i, result in zip(idx, self._run_packed(group, op, inplace), strict=True):
+            results = self._run_packed(group, op, inplace, reuse)
+            for i, result in zip(idx, results, strict=True):
                 out[i] = result
         return out
 
-    def _run_packed(self, group: list[Array], op: Any, inplace: bool = True) -> list[Array]:
+    def _run_packed(
+        self, group: list[Array], op: Any, inplace: bool = True, reuse: bool = False
+    ) -> list[Array]:
         """Pack ``group`` (one library, one dtype) into one buffer, run ``op`` on it,
         and write the result back (``inplace``) or return views of it."""
         first = group[0]
-        if isinstance(first, np.ndarray):
+        xp: Any = np if isinstance(first, np.ndarray) else backends.namespace_of(first)
+        shapes = [tuple(a.shape) for a in group]
+        kept = self._keep(first, shapes) if reuse else None
+        if kept is not None:
+            flat, views = kept
+            _fill(xp, flat, group, views)
+        elif xp is np:
             flat = np.concatenate([np.ravel(a) for a in group])
-            flat = op(flat)
-            xp: Any = np
         else:
-            xp = backends.namespace_of(first)
             flat = xp.concat([xp.reshape(a, (-1,)) for a in group], axis=0)
-            if self._takes_device(flat):
-                flat = op(flat)
-            else:  # host staging: one device-to-host and one host-to-device copy
-                host = np.array(backends.to_numpy(flat), copy=True)
-                flat = backends.from_numpy(op(host), first)
+        if xp is np or self._takes_device(flat):
+            flat = op(flat)
+        else:  # host staging: one device-to-host and one host-to-device copy
+            host = np.array(backends.to_numpy(flat), copy=True)
+            summed = backends.from_numpy(op(host), first)
+            if kept is None:
+                flat = summed
+            else:  # the sums go back into the kept buffer: the same views every time
+                flat[...] = summed
+        pieces = views if kept is not None else _views(xp, flat, shapes)
+        if not inplace:
+            return list(pieces)
         results = []
-        offset = 0
-        for a in group:
-            n = int(np.prod(a.shape))
-            piece = xp.reshape(flat[offset : offset + n], tuple(a.shape))
-            offset += n
-            if inplace and _writeable(a):
+        for a, piece in zip(group, pieces, strict=True):
+            if _writeable(a):
                 a[...] = piece
                 results.append(a)
             else:
                 results.append(piece)
         return results
+
+    def _keep(self, like: Array, shapes: list[tuple[int, ...]]) -> tuple[Array, list] | None:
+        """The kept packing buffer for arrays of ``shapes`` like ``like``, with its views
+        (one per shape), or ``None`` for an immutable library (then a fresh buffer is
+        packed). A new layout replaces the kept buffer."""
+        if not backends.is_mutable(like):
+            return None
+        device = getattr(like, "device", None)
+        key = (type(like), backends.dtype_name(like), str(device))
+        kept = self._kept.get(key)
+        if kept is None or [tuple(v.shape) for v in kept[1]] != shapes:
+            xp = backends.namespace_of(like)
+            where = {} if device is None else {"device": device}
+            buf = xp.empty((sum(math.prod(s) for s in shapes),), dtype=like.dtype, **where)
+            kept = self._kept[key] = (buf, _views(xp, buf, shapes))
+        return kept
+
+
+def _views(xp: Any, flat: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
+    """Views of consecutive pieces of the 1-D ``flat``, one per shape."""
+    views, offset = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        views.append(xp.reshape(flat[offset : offset + n], shape))
+        offset += n
+    return views
+
+
+def _fill(xp: Any, flat: Array, group: list[Array], views: list[Array]) -> None:
+    """Copy ``group`` into the kept buffer ``flat`` whose pieces are ``views``. An input
+    that is already its own piece (a gradient the backward pass wrote in place) is not
+    copied; one that is another piece is copied out first, before it is overwritten."""
+    sources = [
+        None
+        if a is views[i]
+        else xp.asarray(xp.reshape(a, (-1,)), copy=True)
+        if any(a is v for v in views)
+        else xp.reshape(a, (-1,))
+        for i, a in enumerate(group)
+    ]
+    offset = 0
+    for src, v in zip(sources, views, strict=True):
+        n = math.prod(tuple(v.shape))
+        if src is not None:
+            flat[offset : offset + n] = src
+        offset += n
 
 
 def _writeable(a: Array) -> bool:

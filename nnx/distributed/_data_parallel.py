@@ -102,11 +102,12 @@ class DataParallel:
             if like is not None
             else stats
         )
-        # the sums stay views of the packed buffer: binding them saves a copy back
-        out = self.comm.allreduce_sum([g for _, g in named] + [extra], inplace=False)
+        # The sums are views of one kept buffer, bound as the gradients (no copy back);
+        # the next backward pass writes the large ones straight into it (no packing)
+        out = self.comm.allreduce_sum([g for _, g in named] + [extra], inplace=False, reuse=True)
         for (name, g), r in zip(named, out, strict=False):
             if r is not g:
-                network.set_gradient(name, r)
+                network.set_gradient(name, r, reuse=True)
         global_total, errors = (float(v) for v in backends.to_numpy(out[-1]))
         if errors:
             self.raise_agreed(error)
