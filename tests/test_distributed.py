@@ -380,6 +380,14 @@ def test_nccl_engine_packs_device_arrays_and_sends_host_arrays_to_mpi():
     assert out[0] is g[0]
     np.testing.assert_array_equal(g[1].numpy(), 2 * np.arange(4.0))
     np.testing.assert_array_equal(out[2], [2.0, 2.0])
+    # the data-parallel step's call: the sums in a kept device buffer, the same views
+    ops.calls.clear()
+    first = comm.allreduce_sum(g, inplace=False, reuse=True)
+    second = comm.allreduce_sum([first[0], g[1]], inplace=False, reuse=True)
+    assert ops.calls == [("allreduce", "float32", (10,))] * 2
+    assert second[0] is first[0] and second[1] is first[1]
+    np.testing.assert_array_equal(second[0].numpy(), 8 * np.ones((2, 3)))
+    np.testing.assert_array_equal(second[1].numpy(), 4 * np.arange(4.0))
     comm.timeout = 3.0
     assert mpi.timeout == 3.0
 

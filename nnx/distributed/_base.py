@@ -232,14 +232,14 @@ class Communicator:
         packed). A new layout replaces the kept buffer."""
         if not backends.is_mutable(like):
             return None
-        device = getattr(like, "device", None)
-        key = (type(like), backends.dtype_name(like), str(device))
+        dtype = backends.dtype_name(like)
+        key = (type(like), dtype, str(getattr(like, "device", None)))
         kept = self._kept.get(key)
         if kept is None or [tuple(v.shape) for v in kept[1]] != shapes:
-            xp = backends.namespace_of(like)
-            where = {} if device is None else {"device": device}
-            buf = xp.empty((sum(math.prod(s) for s in shapes),), dtype=like.dtype, **where)
-            kept = self._kept[key] = (buf, _views(xp, buf, shapes))
+            # made once per layout, on like's device the way nnx puts any array there
+            host = np.zeros(sum(math.prod(s) for s in shapes), dtype=dtype)
+            buf = backends.from_numpy(host, like)
+            kept = self._kept[key] = (buf, _views(backends.namespace_of(like), buf, shapes))
         return kept
 
 
