@@ -279,6 +279,16 @@ def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(ba
     if nnx.get_backend() in ("numpy", "torch"):  # written in place from the second step on
         assert grads[1]["0.weight"] is grads[2]["0.weight"]
         assert grads[1]["2.weight"] is grads[2]["2.weight"]
+        assert grads[1]["2.bias"] is grads[2]["2.bias"]
+    # the loss sum and the error flag travel in the same buffer, step after step
+    dp = step.dp
+    for total in (1.5, 2.5, 4.0):
+        comm.calls.clear()
+        assert dp.reduce_step(net, total, None) == 2 * total
+        assert len(comm.calls) == 1
+    with pytest.raises(ValueError, match="bad shard"):
+        dp.reduce_step(net, 1.0, ValueError("bad shard"))
+    assert dp.reduce_step(net, 3.0, None) == 6.0  # the flag does not stick
 
 
 def test_read_only_arrays_are_replaced_not_written():

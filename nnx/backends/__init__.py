@@ -248,15 +248,25 @@ def get_default_dtype() -> str:
     return _current().dtype
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype_name(dtype: Any) -> str:
     if isinstance(dtype, str):
         return dtype
     if isinstance(dtype, type):  # a scalar type such as numpy.float64
         return dtype.__name__
+    try:  # dtype objects are few: name each once (a training step asks many times)
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
     if isinstance(dtype, np.dtype):  # ">f8" (big-endian) is float64 too
-        return dtype.newbyteorder("=").name
-    # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
-    return str(dtype).rsplit(".", 1)[-1]
+        name = dtype.newbyteorder("=").name
+    else:  # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
+        name = str(dtype).rsplit(".", 1)[-1]
+    with contextlib.suppress(TypeError):  # an unhashable dtype: named every time
+        _DTYPE_NAMES[dtype] = name
+    return name
 
 
 def canonical_dtype(dtype: Any) -> str:

@@ -36,6 +36,8 @@ class DataParallel:
             )
         self.comm = comm
         self._synced: Any = None
+        #: the loss sum and error count of the last step, a view of the packed sums
+        self._stats: Any = None
         #: the exception raised on every rank by the last reduction (not a failure)
         self.agreed: BaseException | None = None
 
@@ -96,18 +98,24 @@ class DataParallel:
         of the lowest rank whose share failed, if any."""
         named = [(name, g) for name, _, g in network.parameters_and_gradients()]
         like = named[0][1] if named else None
-        stats = np.array([total, 1.0 if error is not None else 0.0])
-        extra = (
-            backends.from_numpy(stats.astype(backends.dtype_name(like)), like)
-            if like is not None
-            else stats
-        )
+        flag = 1.0 if error is not None else 0.0
+        extra = self._stats
+        if _same_kind(extra, like) and backends.is_mutable(extra):
+            extra[0], extra[1] = total, flag  # last step's view, packed where it lies
+        else:
+            stats = np.array([total, flag])
+            extra = (
+                backends.from_numpy(stats.astype(backends.dtype_name(like)), like)
+                if like is not None
+                else stats
+            )
         # The sums are views of one kept buffer, bound as the gradients (no copy back);
         # the next backward pass writes the large ones straight into it (no packing)
         out = self.comm.allreduce_sum([g for _, g in named] + [extra], inplace=False, reuse=True)
         for (name, g), r in zip(named, out, strict=False):
             if r is not g:
                 network.set_gradient(name, r, reuse=True)
+        self._stats = out[-1]
         global_total, errors = (float(v) for v in backends.to_numpy(out[-1]))
         if errors:
             self.raise_agreed(error)
@@ -141,3 +149,10 @@ class DataParallel:
         raises it (the reduced checks; a non-finite loss is decided on the global sum)."""
         if exc is not self.agreed and not isinstance(exc, FloatingPointError):
             self.comm.fail(exc)
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are arrays of one library and one dtype."""
+    if a is None or b is None or type(a) is not type(b):
+        return False
+    return backends.dtype_name(a) == backends.dtype_name(b)
