@@ -318,7 +318,10 @@ class Conv1D(_Windowed):
         batch = input.shape[0]
         cols = self._cache if cached else self._cols(xp, input, out_length)
         d2 = xp.reshape(delta, (batch * out_length, self.chan_out))
-        self.accumulate_product("weight", mT(cols), d2)  # colsᵀ δ, as (K, C, D)
+        grad = xp.matmul(mT(cols), d2)
+        self.accumulate_gradient(
+            "weight", xp.reshape(grad, (self.k_size, self.chan_in, self.chan_out))
+        )
         if self.bias:
             self.accumulate_gradient("bias", xp.sum(d2, axis=0))
 

@@ -304,7 +304,10 @@ class Conv2D(_Windowed2D):
         xp = namespace(input)
         cols = self._cache if cached else self._cols(xp, input, out)
         d2 = xp.reshape(delta, (input.shape[0] * out[0] * out[1], self.chan_out))
-        self.accumulate_product("weight", cols if self._transposed_cols else mT(cols), d2)  # Vᵀ δ
+        grad = xp.matmul(cols if self._transposed_cols else mT(cols), d2)  # Vᵀ δ
+        self.accumulate_gradient(
+            "weight", xp.reshape(grad, tuple(self._parameters["weight"].shape))
+        )
         if self.bias:
             self.accumulate_gradient("bias", xp.sum(d2, axis=0))
 

@@ -135,9 +135,10 @@ class Linear(Module):
         return namespace(delta).matmul(delta, mT(self._parameters["weight"]))
 
     def _add_gradients(self, input: Array, delta: Array) -> None:
+        xp = namespace(delta)
         self.accumulate_product("weight", mT(input), delta)  # Xᵀ δ
         if self.bias:
-            self.accumulate_product("bias", ones_row(delta), delta)  # 1ᵀ δ
+            self.accumulate_gradient("bias", xp.matmul(ones_row(delta), delta))  # 1ᵀ δ
 
 
 def _rows_like(X: Any, W: Array, width: int) -> bool:

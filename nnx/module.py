@@ -158,27 +158,28 @@ class Module:
             self._gradient[name] = g + value
 
     def accumulate_product(self, name: str, a: Array, b: Array) -> None:
-        """Add the matrix product ``a @ b``, reshaped to the parameter's shape, to the
-        gradient of parameter ``name``.
+        """Add the matrix product ``a @ b`` to the gradient of parameter ``name``.
 
-        The same as ``accumulate_gradient(name, reshape(a @ b, shape))``, except that a
-        fresh gradient (inside :meth:`fresh_gradients`) whose array was bound with
+        The same as ``accumulate_gradient(name, a @ b)``, except that a fresh gradient
+        (inside :meth:`fresh_gradients`) whose array was bound with
         ``set_gradient(name, buffer, reuse=True)`` is written straight into that buffer
         where the library can (NumPy, PyTorch): a data-parallel step binds views of its
-        packed allreduce buffer so, and the pack then copies nothing.
+        packed allreduce buffer so, and the pack then copies nothing. Worth it for large
+        gradients only (a ``Linear`` weight); small ones use :meth:`accumulate_gradient`.
         """
-        g = self._gradient[name]
-        fresh, reusable = self._fresh, self._reusable
-        if fresh is not None and name in fresh and reusable and reusable.get(name) is g:
-            m, n = a.shape[0], b.shape[1]
-            out = g if tuple(g.shape) == (m, n) else namespace(g).reshape(g, (m, n))
-            if backends.matmul_into(a, b, out):
+        reusable = self._reusable
+        if reusable:
+            out, fresh = reusable.get(name), self._fresh
+            if (
+                out is not None
+                and fresh is not None
+                and name in fresh
+                and out is self._gradient[name]
+                and backends.matmul_into(a, b, out)
+            ):
                 fresh.discard(name)
                 return
-        value = namespace(a).matmul(a, b)
-        if tuple(value.shape) != tuple(g.shape):
-            value = namespace(value).reshape(value, tuple(g.shape))
-        self.accumulate_gradient(name, value)
+        self.accumulate_gradient(name, namespace(a).matmul(a, b))
 
     def get_parameter(self, name: str) -> Array:
         """Parameter ``name`` (dotted for a descendant's: ``"0.weight"``)."""
