@@ -632,3 +632,23 @@ def test_freed_buffers_are_reused_without_page_faults(setting, monkeypatch):
         assert int(faults) < 2_000, f"{faults} page faults in 20 training steps"
     else:
         assert tuned == "False"
+
+
+def test_host_view_shares_host_memory_only(backend):
+    x = nnx.asarray(np.arange(4.0))
+    view = backends.host_view(x)
+    if backend in ("numpy", "torch"):  # host memory that NumPy can see, written in place
+        view[0] = 7.0
+        np.testing.assert_array_equal(host(x), [7.0, 1.0, 2.0, 3.0])
+    else:  # device memory, immutable arrays, or a library NumPy cannot share with
+        assert view is None
+    if backend == "numpy":
+        frozen = np.arange(3.0)
+        frozen.flags.writeable = False
+        assert backends.host_view(frozen) is None
+    if backend == "torch":
+        import torch
+
+        assert backends.host_view(torch.ones(3, requires_grad=True)) is None
+        assert backends.host_view(torch.ones(3, 2).T) is None  # not contiguous
+    assert backends.host_view([1.0, 2.0]) is None

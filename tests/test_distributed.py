@@ -291,6 +291,24 @@ def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(ba
     assert dp.reduce_step(net, 3.0, None) == 6.0  # the flag does not stick
 
 
+def test_torch_cpu_tensors_are_summed_where_they_lie(monkeypatch):
+    torch = pytest.importorskip("torch")
+
+    def no_staging(*args, **kwargs):
+        raise AssertionError("a CPU tensor was staged through a NumPy copy")
+
+    monkeypatch.setattr(backends, "to_numpy", no_staging)
+    comm = TwoRanks()
+    w, b = torch.arange(6.0).reshape(2, 3), torch.ones(3)
+    out = comm.allreduce_sum([w, b])
+    assert out[0] is w and out[1] is b
+    np.testing.assert_array_equal(w.numpy(), 2 * np.arange(6.0).reshape(2, 3))
+    views = comm.allreduce_sum([w, b], inplace=False, reuse=True)
+    np.testing.assert_array_equal(views[1].numpy(), 4 * np.ones(3))
+    np.testing.assert_array_equal(b.numpy(), 2 * np.ones(3))
+    assert comm.calls == [("allreduce", "float32")] * 2
+
+
 def test_read_only_arrays_are_replaced_not_written():
     comm = TwoRanks()
     a = np.arange(3.0)

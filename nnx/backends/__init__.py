@@ -57,6 +57,7 @@ __all__ = [
     "namespace_of",
     "set_backend",
     "set_default_dtype",
+    "host_view",
     "matmul_into",
     "set_at",
     "sliding_window",
@@ -477,6 +478,14 @@ def add_at(x: Any, index: Any, value: Any) -> Any:
         x[index] += value
         return x
     return backend.add_at(x, index, value)
+
+
+def host_view(x: Any) -> np.ndarray | None:
+    """A writeable NumPy array sharing ``x``'s memory (NumPy arrays, PyTorch CPU
+    tensors), or ``None`` (device memory, immutable or unknown arrays): a host library
+    such as MPI may then work on ``x`` in place, without copies."""
+    backend = backend_of(x)
+    return None if backend is None else backend.host_view(x)
 
 
 def matmul_into(a: Any, b: Any, out: Any) -> bool:

@@ -82,6 +82,12 @@ class Backend:
         x[index] = value
         return x
 
+    def host_view(self, x: Any) -> np.ndarray | None:
+        """A writeable NumPy array sharing ``x``'s memory (so that a host library such
+        as MPI can work on ``x`` in place), or ``None`` where there is none (device
+        memory, immutable arrays)."""
+        return None
+
     def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
         """Write the 2-D product ``a @ b`` into ``out`` if this library can do it without
         a temporary; return whether it did (``False``: nothing was written)."""

@@ -31,6 +31,9 @@ class NumpyBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
+    def host_view(self, x: Any) -> np.ndarray | None:
+        return x if type(x) is np.ndarray and x.flags.writeable else None
+
     def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
         # BLAS writes into out only if it is C-contiguous, of the inputs' dtype, and
         # apart from them; np.dot(out=) raises (or copies) otherwise

@@ -56,6 +56,11 @@ class TorchBackend(Backend):
         if x.device.type == "cuda":
             self._torch.cuda.synchronize(x.device)
 
+    def host_view(self, x: Any) -> np.ndarray | None:
+        if x.device.type != "cpu" or x.requires_grad or not x.is_contiguous():
+            return None
+        return x.numpy()  # shares the tensor's memory
+
     def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
         T = self._torch.Tensor
         if not (

@@ -207,6 +207,8 @@ class Communicator:
             flat = xp.concat([xp.reshape(a, (-1,)) for a in group], axis=0)
         if xp is np or self._takes_device(flat):
             flat = op(flat)
+        elif (host := backends.host_view(flat)) is not None:
+            op(host)  # host memory (PyTorch on the CPU): summed where it lies
         else:  # host staging: one device-to-host and one host-to-device copy
             host = np.array(backends.to_numpy(flat), copy=True)
             summed = backends.from_numpy(op(host), first)
