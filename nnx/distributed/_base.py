@@ -72,8 +72,9 @@ class Communicator:
         raise NotImplementedError
 
     def _takes_device(self, flat: Array) -> bool:
-        """Whether the engine works on ``flat`` where it lives (else it is staged
-        through a host NumPy buffer)."""
+        """Whether the engine works on ``flat`` where it lives (else host memory is
+        used through its NumPy view, and device memory is staged through a host NumPy
+        buffer)."""
         return False
 
     def fail(self, exc: BaseException) -> None:
