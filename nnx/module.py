@@ -453,6 +453,7 @@ class Module:
                     table[name] = target.from_numpy(host, dev)
             module._owned = {k: p for k, p in module._parameters.items() if backends.is_mutable(p)}
             module._cache_key = module._cache = None
+            module._reusable = None  # the old gradients' buffers are not the new ones
             module._moved()
         return self
 

@@ -246,6 +246,12 @@ def test_reuse_packs_into_one_kept_buffer_and_returns_the_same_views(backend, xp
     np.testing.assert_array_equal(nnx.to_numpy(out[0]), 2 * np.ones((4,)))
     if backends.is_mutable(c):
         assert out[0] is c
+        # two layouts in turn (two networks) keep their own buffers and views
+        again = comm.allreduce_sum([w, b], inplace=False, reuse=True)
+        assert again[0] is first[0]
+        other = comm.allreduce_sum([c], inplace=False, reuse=True)
+        assert comm.allreduce_sum([c], inplace=False, reuse=True)[0] is other[0]
+        assert comm.allreduce_sum([w, b], inplace=False, reuse=True)[0] is first[0]
     with pytest.raises(TypeError, match="reuse must be a bool"):
         comm.allreduce_sum([c], reuse=1)
 
@@ -289,6 +295,19 @@ def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(ba
     with pytest.raises(ValueError, match="bad shard"):
         dp.reduce_step(net, 1.0, ValueError("bad shard"))
     assert dp.reduce_step(net, 3.0, None) == 6.0  # the flag does not stick
+    # moved to another dtype: new gradients, a new packed layout, the same sums
+    net.to(dtype="float64")
+    ref.to(dtype="float64")
+    X = nnx.asarray(rng.normal(size=(6, 5)), dtype="float64")
+    y = nnx.asarray(rng.integers(0, 3, 6))
+    comm.calls.clear()
+    step(X, y)
+    plain(X, y)
+    assert comm.calls == [("allreduce", "float64")]
+    for (name, _, g), (_, _, h) in zip(
+        net.parameters_and_gradients(), ref.parameters_and_gradients(), strict=True
+    ):
+        np.testing.assert_allclose(host(g), 2 * host(h), rtol=1e-10, err_msg=name)
 
 
 def test_torch_cpu_tensors_are_summed_where_they_lie(monkeypatch):

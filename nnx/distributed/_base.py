@@ -46,8 +46,8 @@ class Communicator:
         self.size = int(size)
         self.timeout = float(timeout)
         #: packed buffers kept by ``allreduce_sum(..., reuse=True)`` with their views,
-        #: per library, dtype and device
-        self._kept: dict[tuple[type, str, str], tuple[Array, list[Array]]] = {}
+        #: per library, dtype, device and layout
+        self._kept: dict[tuple[Any, ...], tuple[Array, list[Array]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
@@ -232,18 +232,26 @@ class Communicator:
     def _keep(self, like: Array, shapes: list[tuple[int, ...]]) -> tuple[Array, list] | None:
         """The kept packing buffer for arrays of ``shapes`` like ``like``, with its views
         (one per shape), or ``None`` for an immutable library (then a fresh buffer is
-        packed). A new layout replaces the kept buffer."""
+        packed). One buffer per layout, the last few layouts kept (two networks trained
+        in turn keep theirs)."""
         if not backends.is_mutable(like):
             return None
         dtype = backends.dtype_name(like)
-        key = (type(like), dtype, str(getattr(like, "device", None)))
-        kept = self._kept.get(key)
-        if kept is None or [tuple(v.shape) for v in kept[1]] != shapes:
+        key = (type(like), dtype, str(getattr(like, "device", None)), tuple(shapes))
+        kept = self._kept.pop(key, None)
+        if kept is None:
             # made once per layout, on like's device the way nnx puts any array there
             host = np.zeros(sum(math.prod(s) for s in shapes), dtype=dtype)
             buf = backends.from_numpy(host, like)
-            kept = self._kept[key] = (buf, _views(backends.namespace_of(like), buf, shapes))
+            kept = (buf, _views(backends.namespace_of(like), buf, shapes))
+        self._kept[key] = kept  # the most recent last
+        while len(self._kept) > _KEPT_LAYOUTS:
+            del self._kept[next(iter(self._kept))]
         return kept
+
+
+#: How many packing layouts a communicator keeps buffers for.
+_KEPT_LAYOUTS = 4
 
 
 def _views(xp: Any, flat: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
