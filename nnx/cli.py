@@ -620,10 +620,25 @@ def evaluate(args: argparse.Namespace) -> float:
     return acc
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; under an MPI launcher only rank 0 prints the help or a usage
+    error (every rank parses the same command line and exits the same way)."""
+    from .distributed import launcher_rank
+
+    if launcher_rank() == 0:
+        return parser.parse_args(argv)
+    with (
+        open(os.devnull, "w") as quiet,
+        contextlib.redirect_stdout(quiet),
+        contextlib.redirect_stderr(quiet),
+    ):
+        return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nnx`` console script and ``python -m nnx``."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         with (
             signals.sigterm_as_interrupt(),

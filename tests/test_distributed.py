@@ -124,6 +124,23 @@ def test_in_launcher_reads_the_launchers_variables(monkeypatch):
     assert nnx.distributed.in_launcher()
 
 
+def test_launcher_rank_reads_the_launchers_variables(monkeypatch):
+    for name in (
+        *nnx.distributed.LAUNCHER_SIZE_VARIABLES,
+        *nnx.distributed.LAUNCHER_RANK_VARIABLES,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMI_RANK", "3")
+    assert nnx.distributed.launcher_rank() == 0  # no job of several processes
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert nnx.distributed.launcher_rank() == 3
+    monkeypatch.delenv("PMI_RANK")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert nnx.distributed.launcher_rank() == 2
+    monkeypatch.delenv("SLURM_PROCID")
+    assert nnx.distributed.launcher_rank() == 0  # a launcher that names no rank
+
+
 def test_init_rejects_bad_arguments(monkeypatch):
     with pytest.raises(ValueError, match="engine must be"):
         nnx.distributed.init("gloo")

@@ -255,6 +255,24 @@ def test_job_a_rank_killed_or_failing_mid_epoch_ends_the_job(tmp_path, how):
 
 
 @needs_mpi_job
+def test_job_cli_help_and_usage_errors_are_printed_once(tmp_path):
+    for args, code, stream in ((["--help"], 0, "stdout"), (["--epochs", "x"], 2, "stderr")):
+        proc, _ = run_job(
+            f"""
+            import sys
+            from nnx import cli
+            try:
+                cli.main(["train", *{args!r}])
+            except SystemExit as exc:
+                sys.exit(exc.code)
+            """,
+            tmp_path,
+        )
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        assert getattr(proc, stream).count("usage: nnx train") == 1, proc.stdout + proc.stderr
+
+
+@needs_mpi_job
 def test_job_cli_prints_one_result_and_writes_files_once(tmp_path):
     # each rank runs in its own folder (mpiexec -wdir) with the same relative --out:
     # rank 0's folder gets the run, rank 1's stays empty

@@ -48,6 +48,7 @@ __all__ = [
     "SingleProcess",
     "default_timeout",
     "in_launcher",
+    "launcher_rank",
     "init",
     "nccl_unavailable",
     "notify_failure",
@@ -61,6 +62,15 @@ LAUNCHER_SIZE_VARIABLES = (
     "MV2_COMM_WORLD_SIZE",
     "PMIX_SIZE",
     "SLURM_NTASKS",
+)
+
+#: ... and the rank of this process in it.
+LAUNCHER_RANK_VARIABLES = (
+    "PMI_RANK",
+    "OMPI_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_RANK",
+    "PMIX_RANK",
+    "SLURM_PROCID",
 )
 
 MPI_HINT = (
@@ -96,6 +106,19 @@ def in_launcher() -> bool:
         if raw.isdigit() and int(raw) > 1:
             return True
     return False
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher announced it (0 outside a launcher, or when
+    no known variable says), decided from the environment without importing MPI: what
+    a program may check before :func:`init`, to print its help or usage errors once."""
+    if not in_launcher():
+        return 0
+    for name in LAUNCHER_RANK_VARIABLES:
+        raw = os.environ.get(name, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 0
 
 
 def _import_mpi(owner: str) -> Any:
