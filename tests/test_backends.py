@@ -388,7 +388,7 @@ def _fast_cases() -> list[np.ndarray]:
     ]
 
 
-@pytest.mark.parametrize("name", ["sum", "max", "min", "count_nonzero"])
+@pytest.mark.parametrize("name", ["sum", "max", "min", "count_nonzero", "argmax"])
 def test_numpy_fast_namespace_matches_array_api_compat(name):
     import array_api_compat.numpy as compat
 
@@ -416,7 +416,7 @@ def _compare_fast(compat, fast, name):
                 assert np.shape(got) == np.shape(want), msg
                 assert np.asarray(got).dtype == np.asarray(want).dtype, msg
                 np.testing.assert_array_equal(got, want, err_msg=msg)
-                if name in ("sum", "count_nonzero"):  # max/min: either zero of a tie
+                if name in ("sum", "count_nonzero"):  # max/min/argmax: no signed zeros
                     np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=msg)
 
 
