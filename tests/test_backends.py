@@ -420,6 +420,24 @@ def _compare_fast(compat, fast, name):
                     np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=msg)
 
 
+def test_numpy_fast_take_matches_array_api_compat():
+    import array_api_compat.numpy as compat
+
+    fast = backends.BACKENDS["numpy"].load().xp
+    rng = np.random.default_rng(3)
+    for x in _fast_cases():
+        for axis in range(-x.ndim, x.ndim):
+            n = x.shape[axis]
+            for idx in (np.arange(n)[::-1], rng.integers(0, n, 7) if n else np.arange(0)):
+                got, want = fast.take(x, idx, axis=axis), compat.take(x, idx, axis=axis)
+                assert got.shape == want.shape and got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)
+                if got.size:  # a copy, never a view of x
+                    assert not np.shares_memory(got, x)
+    with pytest.raises(IndexError):
+        fast.take(np.ones((2, 3)), np.array([5]), axis=0)
+
+
 def test_numpy_fast_max_of_short_rows():
     """max over short rows (through argmax): many shapes, a fresh array every time."""
     fast = backends.BACKENDS["numpy"].load().xp

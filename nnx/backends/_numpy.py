@@ -109,7 +109,8 @@ def fast_namespace(base: Any) -> types.ModuleType:
       ``argmax``: ``maximum.reduce`` runs a slow loop per short row;
     - ``count_nonzero`` of a whole ``ndarray`` calls ``numpy.count_nonzero``;
     - ``argmax`` of an ``ndarray`` along one axis is ``ndarray.argmax`` (the training
-      accuracy of every batch takes two);
+      accuracy of every batch takes two), and ``take`` along one axis is
+      ``ndarray.take`` (every shuffled batch takes its rows twice);
     - ``matmul`` of two 2-D ``ndarray`` of one float dtype is ``ndarray.dot``, the same
       BLAS call without the ufunc machinery.
 
@@ -125,7 +126,7 @@ def fast_namespace(base: Any) -> types.ModuleType:
     base_arange, np_arange = base.arange, np.arange
     base_count_nonzero, np_count_nonzero = getattr(base, "count_nonzero", None), np.count_nonzero
     base_matmul = base.matmul
-    base_argmax = base.argmax
+    base_argmax, base_take = base.argmax, base.take
 
     def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
         if dtype is None and type(x) is ndarray and x.dtype.kind == "f":
@@ -201,7 +202,12 @@ def fast_namespace(base: Any) -> types.ModuleType:
             return x.argmax(axis=axis)
         return base_argmax(x, axis=axis, keepdims=keepdims)
 
-    fast = [sum, max, min, astype, arange, matmul, argmax]
+    def take(x: Any, indices: Any, /, *, axis: Any = None) -> Any:
+        if type(x) is ndarray and type(indices) is ndarray and axis is not None:
+            return x.take(indices, axis=axis)
+        return base_take(x, indices, axis=axis)
+
+    fast = [sum, max, min, astype, arange, matmul, argmax, take]
     if base_count_nonzero is not None:  # standard 2024.12: older array-api-compat lacks it
         fast.append(count_nonzero)
     for f in fast:
