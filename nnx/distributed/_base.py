@@ -207,27 +207,17 @@ class Communicator:
         else:
             flat = xp.concat([xp.reshape(a, (-1,)) for a in group], axis=0)
         if xp is np or self._takes_device(flat):
-            flat = op(flat)
+            summed = op(flat)
         elif (host := backends.host_view(flat)) is not None:
             op(host)  # host memory (PyTorch on the CPU): summed where it lies
+            summed = flat
         else:  # host staging: one device-to-host and one host-to-device copy
-            host = np.array(backends.to_numpy(flat), copy=True)
-            summed = backends.from_numpy(op(host), first)
-            if kept is None:
-                flat = summed
-            else:  # the sums go back into the kept buffer: the same views every time
-                flat[...] = summed
-        pieces = views if kept is not None else _views(xp, flat, shapes)
-        if not inplace:
-            return list(pieces)
-        results = []
-        for a, piece in zip(group, pieces, strict=True):
-            if _writeable(a):
-                a[...] = piece
-                results.append(a)
-            else:
-                results.append(piece)
-        return results
+            summed = backends.from_numpy(op(np.array(backends.to_numpy(flat), copy=True)), first)
+        if kept is None:
+            return _unpacked(group, _views(xp, summed, shapes), inplace)
+        if summed is not flat:  # the sums go back into the kept buffer: the same views
+            flat[...] = summed
+        return _unpacked(group, views, inplace)
 
     def _keep(self, like: Array, shapes: list[tuple[int, ...]]) -> tuple[Array, list] | None:
         """The kept packing buffer for arrays of ``shapes`` like ``like``, with its views
@@ -254,6 +244,21 @@ class Communicator:
 _KEPT_LAYOUTS = 4
 
 
+def _unpacked(group: list[Array], pieces: list[Array], inplace: bool) -> list[Array]:
+    """The pieces of the summed buffer (``inplace=False``), or the inputs with the
+    pieces written into them where they are writeable (the pieces where not)."""
+    if not inplace:
+        return list(pieces)
+    results = []
+    for a, piece in zip(group, pieces, strict=True):
+        if _writeable(a):
+            a[...] = piece
+            results.append(a)
+        else:
+            results.append(piece)
+    return results
+
+
 def _views(xp: Any, flat: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
     """Views of consecutive pieces of the 1-D ``flat``, one per shape."""
     views, offset = [], 0
@@ -278,7 +283,7 @@ def _fill(xp: Any, flat: Array, group: list[Array], views: list[Array]) -> None:
     ]
     offset = 0
     for src, v in zip(sources, views, strict=True):
-        n = math.prod(tuple(v.shape))
+        n = math.prod(v.shape)
         if src is not None:
             flat[offset : offset + n] = src
         offset += n
