@@ -20,8 +20,8 @@ a slow or fast spell of the machine falls on all of them; the figure is the medi
 epoch of rank 0 over all launches, as samples per second (each launch's own figure is
 kept in the JSON). The allreduce is timed inside the epochs
 (``allreduce incl. wait``: the call, including the wait for the slower rank) and alone
-after training (``allreduce alone``: the ranks meet at a barrier, then one allreduce of
-the same gradients).
+after training (``allreduce alone``: the ranks meet at a barrier, then make the step's
+call on the same gradients: ``allreduce_sum(..., inplace=False, reuse=True)``).
 
 For every N > 1 the table also has the row "N processes, no MPI" (unless
 ``--no-ceiling``): N plain processes started together, each training on one rank's share
@@ -125,11 +125,12 @@ def worker(args: argparse.Namespace) -> None:
     alone = []
     if comm is not None:
         comm.allreduce_sum = plain  # type: ignore[method-assign]
-        grads = [g for _, g in net.named_gradients()]
+        # the step's call: the bound gradients and the two statistics, kept buffers
+        grads = [g for _, g in net.named_gradients()] + [np.zeros(2, dtype=np.float32)]
         for _ in range(20):
             comm.barrier()
             t0 = time.perf_counter()
-            comm.allreduce_sum(grads)
+            grads = comm.allreduce_sum(grads, inplace=False, reuse=True)
             alone.append(time.perf_counter() - t0)
     if rank == 0:
         result = {

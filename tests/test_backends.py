@@ -670,3 +670,22 @@ def test_host_view_shares_host_memory_only(backend):
         assert backends.host_view(torch.ones(3, requires_grad=True)) is None
         assert backends.host_view(torch.ones(3, 2).T) is None  # not contiguous
     assert backends.host_view([1.0, 2.0]) is None
+
+
+def test_from_host_memory_wraps_host_memory_without_a_copy(backend):
+    like = nnx.asarray(np.zeros(2), dtype="float32")
+    memory = np.arange(4, dtype=np.float32)
+    x = backends.from_host_memory(memory, like)
+    if backend in ("numpy", "torch"):  # the library's array over the same memory
+        assert backends.backend_of(x) is backends.backend_of(like)
+        memory[0] = 7.0
+        np.testing.assert_array_equal(host(x), [7.0, 1.0, 2.0, 3.0])
+        view = backends.host_view(x)  # and back: host_view is its inverse
+        assert view is not None and np.shares_memory(view, memory)
+    else:  # device memory, immutable arrays, or a library NumPy cannot share with
+        assert x is None
+    if backend == "torch":
+        import torch
+
+        assert backends.from_host_memory(memory, torch.ones(2, device="meta")) is None
+    assert backends.from_host_memory(memory, [1.0]) is None

@@ -273,6 +273,92 @@ def test_reuse_packs_into_one_kept_buffer_and_returns_the_same_views(backend, xp
         comm.allreduce_sum([c], reuse=1)
 
 
+class SharedTwoRanks(TwoRanks):
+    """Rank 0 of two ranks with an engine that sums one kept buffer into another (the
+    MPI engine's shared memory): the other rank holds the same values."""
+
+    engine = "stand-in (shared)"
+
+    def shared_buffers(self, n, dtype):
+        self.calls.append(("shared_buffers", dtype))
+        return [np.zeros(n, dtype=dtype), np.zeros(n, dtype=dtype)]
+
+    def sum_into(self, src, dst):
+        self.calls.append(("sum_into", str(src.dtype)))
+        np.multiply(src, 2, out=dst)
+
+
+def test_an_engine_with_shared_buffers_sums_one_kept_buffer_into_the_other(backend, xp):
+    comm = SharedTwoRanks()
+    w = nnx.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    b = nnx.asarray(np.ones((3,)), dtype="float32")
+    first = comm.allreduce_sum([w, b], inplace=False, reuse=True)
+    np.testing.assert_array_equal(nnx.to_numpy(w), np.arange(6.0).reshape(2, 3))  # untouched
+    np.testing.assert_array_equal(nnx.to_numpy(first[0]), 2 * np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(nnx.to_numpy(first[1]), 2 * np.ones(3))
+    if backend not in ("numpy", "torch"):  # no host memory to share: one buffer, in place
+        assert comm.calls == [("allreduce", "float32")]
+        return
+    assert comm.calls == [("shared_buffers", "float32"), ("sum_into", "float32")]
+    # the results live in the engine's buffers: this library's arrays over that memory
+    assert backends.backend_of(first[0]) is backends.backend_of(w)
+    # the sums of one call are packed (where they lie) into the next call's sums, which
+    # land in the other buffer: two sets of views in turn, none of them copied
+    comm.calls.clear()
+    second = comm.allreduce_sum(first, inplace=False, reuse=True)
+    third = comm.allreduce_sum(second, inplace=False, reuse=True)
+    assert comm.calls == [("sum_into", "float32")] * 2
+    assert all(s is not f for s, f in zip(second, first, strict=True))
+    assert third[0] is first[0] and third[1] is first[1]
+    np.testing.assert_array_equal(nnx.to_numpy(third[0]), 8 * np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(nnx.to_numpy(second[1]), 4 * np.ones(3))  # until the next
+    # a second layout gets its own pair; in place writes back as without reuse
+    c = nnx.asarray(np.ones((4,)), dtype="float32")
+    assert comm.allreduce_sum([c], reuse=True)[0] is c
+    np.testing.assert_array_equal(nnx.to_numpy(c), 2 * np.ones(4))
+    assert comm.calls[-2:] == [("shared_buffers", "float32"), ("sum_into", "float32")]
+    # other operations never use them
+    comm.calls.clear()
+    comm.broadcast([c])
+    comm.allreduce_sum([c])
+    assert comm.calls == [("broadcast", "float32"), ("allreduce", "float32")]
+
+
+def test_data_parallel_step_on_shared_buffers_is_the_one_process_step(backend):
+    from nnx.distributed import DataParallel
+    from nnx.training.step import DataParallelStep
+
+    comm = SharedTwoRanks()
+    nnx.manual_seed(0)
+    net = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
+    ref = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
+    ref.load_state_dict(net.state_dict())
+    step = DataParallelStep(net, nnx.CrossEntropyLoss(), 0.1, None, DataParallel(comm))
+    plain = nnx.training.step.Step(ref, nnx.CrossEntropyLoss(), 0.2)  # twice the sum
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        X = nnx.asarray(rng.normal(size=(6, 5)))
+        y = nnx.asarray(rng.integers(0, 3, 6))
+        comm.calls.clear()
+        step(X, y)
+        plain(X, y)
+        one = ("allreduce" if backend not in ("numpy", "torch") else "sum_into", "float32")
+        assert comm.calls[-1] == one and comm.calls.count(one) == 1
+        for (name, p, g), (_, q, h) in zip(
+            net.parameters_and_gradients(), ref.parameters_and_gradients(), strict=True
+        ):
+            np.testing.assert_allclose(
+                host(g), 2 * host(h), rtol=1e-5, atol=1e-6, err_msg=f"{k} {name}"
+            )
+            np.testing.assert_allclose(
+                host(p), host(q), rtol=1e-5, atol=1e-6, err_msg=f"{k} {name}"
+            )
+    assert step.dp.reduce_step(net, 1.5, None) == 3.0
+    with pytest.raises(ValueError, match="bad shard"):
+        step.dp.reduce_step(net, 1.0, ValueError("bad shard"))
+    assert step.dp.reduce_step(net, 2.5, None) == 5.0
+
+
 def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(backend):
     from nnx.distributed import DataParallel
     from nnx.training.step import DataParallelStep
@@ -495,6 +581,30 @@ def test_mpi_allreduce_and_broadcast(backend):
 
 
 @pytest.mark.mpi
+def test_mpi_kept_buffers_are_summed_in_shared_memory(backend):
+    comm = world()
+    r = comm.rank
+    w = nnx.asarray(np.arange(7.0).reshape(7, 1) * (r + 1), dtype="float64")
+    b = nnx.asarray(np.full(5, 0.1 * (r + 1)), dtype="float64")
+    assert comm.shared_buffers(3, "float64") is not None  # two ranks of one machine
+    out = comm.allreduce_sum([w, b], inplace=False, reuse=True)
+    for _ in range(3):  # two buffers in turn, the sums written where they lie
+        out = comm.allreduce_sum(out, inplace=False, reuse=True)
+    np.testing.assert_array_equal(nnx.to_numpy(w), np.arange(7.0).reshape(7, 1) * (r + 1))
+    np.testing.assert_allclose(nnx.to_numpy(out[0]), 3 * 2**3 * np.arange(7.0).reshape(7, 1))
+    np.testing.assert_allclose(nnx.to_numpy(out[1]), np.full(5, 0.3 * 2**3))
+    # every rank holds the very same bits
+    mine = b"".join(nnx.to_numpy(a).tobytes() for a in out)
+    theirs = comm.allgather_bytes(mine)
+    assert theirs[0] == theirs[1]
+    # the same sums as MPI's own allreduce (without reuse)
+    again = comm.allreduce_sum([w, b], inplace=False)
+    once = comm.allreduce_sum([w, b], inplace=False, reuse=True)
+    for a, c in zip(again, once, strict=True):
+        np.testing.assert_array_equal(nnx.to_numpy(a), nnx.to_numpy(c))
+
+
+@pytest.mark.mpi
 def test_mpi_allgather_and_disagreement():
     comm = world()
     assert comm.allgather_bytes(b"r%d" % comm.rank * (comm.rank + 1)) == [b"r0", b"r1r1"]
@@ -540,6 +650,45 @@ def test_job_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path):
         if comm.rank == 1:
             time.sleep(600)
         comm.allreduce_sum([np.ones(3)])
+        """,
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "rank 0 of 2 waited 2 s in allreduce_sum" in proc.stdout + proc.stderr
+    assert seconds < 60
+
+
+@needs_mpi_job
+@pytest.mark.parametrize("setting", ["", "0"])
+def test_job_shared_memory_sums_and_the_switch_that_turns_them_off(tmp_path, monkeypatch, setting):
+    monkeypatch.setenv("NNX_MPI_SHARED_MEMORY", setting)
+    proc, _ = run_job(
+        """
+        import numpy as np, nnx
+        comm = nnx.distributed.init()
+        shared = comm.shared_buffers(4, "float32") is not None
+        out = comm.allreduce_sum([np.full(3, comm.rank + 1.0)], inplace=False, reuse=True)
+        print(f"rank {comm.rank}: shared {shared}, {out[0].tolist()}")
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for r in range(2):
+        assert f"rank {r}: shared {setting != '0'}, [3.0, 3.0, 3.0]" in proc.stdout
+
+
+@needs_mpi_job
+def test_job_a_rank_that_hangs_during_a_shared_memory_sum_ends_the_job(tmp_path):
+    proc, seconds = run_job(
+        """
+        import time, numpy as np, nnx
+        comm = nnx.distributed.init(timeout=2)
+        assert comm.shared_buffers(4, "float64") is not None
+        out = comm.allreduce_sum([np.ones(3)], inplace=False, reuse=True)
+        assert out[0].tolist() == [2.0, 2.0, 2.0]
+        if comm.rank == 1:
+            time.sleep(600)
+        comm.allreduce_sum(out, inplace=False, reuse=True)
         """,
         tmp_path,
     )

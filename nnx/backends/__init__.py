@@ -58,6 +58,7 @@ __all__ = [
     "set_backend",
     "set_default_dtype",
     "host_view",
+    "from_host_memory",
     "matmul_into",
     "set_at",
     "sliding_window",
@@ -486,6 +487,14 @@ def host_view(x: Any) -> np.ndarray | None:
     such as MPI may then work on ``x`` in place, without copies."""
     backend = backend_of(x)
     return None if backend is None else backend.host_view(x)
+
+
+def from_host_memory(a: np.ndarray, like: Any) -> Any:
+    """An array of ``like``'s library and device sharing the NumPy array ``a``'s memory
+    (NumPy: ``a`` itself; PyTorch: a CPU tensor over it), or ``None`` where there is
+    none (device memory, immutable arrays): the inverse of :func:`host_view`."""
+    backend = backend_of(like)
+    return None if backend is None else backend.from_host_memory(a, backend.device_of(like))
 
 
 def matmul_into(a: Any, b: Any, out: Any) -> bool:

@@ -88,6 +88,12 @@ class Backend:
         memory, immutable arrays)."""
         return None
 
+    def from_host_memory(self, a: np.ndarray, device: Any = None) -> Any:
+        """An array of this library on ``device`` that shares the memory of the NumPy
+        array ``a`` (no copy; e.g. memory that several processes map), or ``None``
+        where the library cannot (device memory, immutable arrays)."""
+        return None
+
     def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
         """Write the 2-D product ``a @ b`` into ``out`` if this library can do it without
         a temporary; return whether it did (``False``: nothing was written)."""

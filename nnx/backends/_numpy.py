@@ -34,6 +34,9 @@ class NumpyBackend(Backend):
     def host_view(self, x: Any) -> np.ndarray | None:
         return x if type(x) is np.ndarray and x.flags.writeable else None
 
+    def from_host_memory(self, a: np.ndarray, device: Any = None) -> np.ndarray:
+        return a
+
     def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
         # BLAS writes into out only if it is C-contiguous, of the inputs' dtype, and
         # apart from them; np.dot(out=) raises (or copies) otherwise

@@ -61,6 +61,11 @@ class TorchBackend(Backend):
             return None
         return x.numpy()  # shares the tensor's memory
 
+    def from_host_memory(self, a: np.ndarray, device: Any = None) -> Any:
+        if device is not None and self._torch.device(device).type != "cpu":
+            return None
+        return self._torch.from_numpy(a)  # shares a's memory
+
     def matmul_into(self, a: Any, b: Any, out: Any) -> bool:
         T = self._torch.Tensor
         if not (

@@ -47,7 +47,7 @@ class Communicator:
         self.timeout = float(timeout)
         #: packed buffers kept by ``allreduce_sum(..., reuse=True)`` with their views,
         #: per library, dtype, device and layout
-        self._kept: dict[tuple[Any, ...], tuple[Array, list[Array]]] = {}
+        self._kept: dict[tuple[Any, ...], _Kept] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
@@ -77,6 +77,19 @@ class Communicator:
         buffer)."""
         return False
 
+    def shared_buffers(self, n: int, dtype: str) -> list[np.ndarray] | None:
+        """Two zeroed host buffers of ``n`` items that every rank can read, for
+        :meth:`sum_into`, or ``None`` (the default: the engine sums in place). Called
+        by every rank at once, for the kept buffers of ``allreduce_sum(..., reuse=True)``;
+        every rank must give the same answer."""
+        return None
+
+    def sum_into(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Write into ``dst`` the sum over the ranks of their ``src`` (two buffers from
+        :meth:`shared_buffers`, ``src`` fully written by every rank); ``src`` is read by
+        the other ranks until the next ``sum_into`` on the same pair, the other way."""
+        raise NotImplementedError
+
     def fail(self, exc: BaseException) -> None:
         """Tell the other ranks that this one failed with ``exc``: they raise
         :class:`DistributedError` with its message instead of waiting."""
@@ -97,9 +110,12 @@ class Communicator:
 
         With ``reuse=True`` the communicator keeps the packed buffers (one per library,
         dtype and device; mutable libraries only) and packs the next ``reuse=True`` call
-        with the same shapes into them again, returning (``inplace=False``) the same view
-        objects every time; those are overwritten by the next such call. An input that
-        *is* the view returned at its position is not copied at all: a data-parallel
+        with the same shapes into them again, returning (``inplace=False``) views of
+        them: the same view objects every time, or, where the engine sums one buffer
+        into another (MPI with every rank on one machine: two buffers in shared memory,
+        :meth:`shared_buffers`), two sets of views in turn. The views returned by one
+        call stay valid until the next call but one. An input that *is* a view of the
+        buffer being packed, at its own position, is not copied at all: a data-parallel
         step binds the views as its gradients, and the backward pass writes the largest
         ones straight into the buffer (:meth:`nnx.Module.accumulate_product`), so the
         packing copy disappears (PyTorch DDP's ``gradient_as_bucket_view``).
@@ -200,8 +216,12 @@ class Communicator:
         shapes = [tuple(a.shape) for a in group]
         kept = self._keep(first, shapes) if reuse else None
         if kept is not None:
-            flat, views = kept
+            flat, views = kept.flat[kept.turn], kept.views[kept.turn]
             _fill(xp, flat, group, views)
+            if kept.hosts:  # summed by the engine into the other buffer of the pair
+                self.sum_into(kept.hosts[kept.turn], kept.hosts[1 - kept.turn])
+                kept.turn = 1 - kept.turn
+                return _unpacked(group, kept.views[kept.turn], inplace)
         elif xp is np:
             flat = np.concatenate([np.ravel(a) for a in group])
         else:
@@ -219,25 +239,48 @@ class Communicator:
             flat[...] = summed
         return _unpacked(group, views, inplace)
 
-    def _keep(self, like: Array, shapes: list[tuple[int, ...]]) -> tuple[Array, list] | None:
-        """The kept packing buffer for arrays of ``shapes`` like ``like``, with its views
-        (one per shape), or ``None`` for an immutable library (then a fresh buffer is
-        packed). One buffer per layout, the last few layouts kept (two networks trained
-        in turn keep theirs)."""
+    def _keep(self, like: Array, shapes: list[tuple[int, ...]]) -> _Kept | None:
+        """The kept packing buffer(s) for arrays of ``shapes`` like ``like``, with their
+        views (one per shape), or ``None`` for an immutable library (then a fresh buffer
+        is packed). One buffer (or pair) per layout, the last few layouts kept (two
+        networks trained in turn keep theirs)."""
         if not backends.is_mutable(like):
             return None
         dtype = backends.dtype_name(like)
         key = (type(like), dtype, str(getattr(like, "device", None)), tuple(shapes))
         kept = self._kept.pop(key, None)
         if kept is None:
-            # made once per layout, on like's device the way nnx puts any array there
-            host = np.zeros(sum(math.prod(s) for s in shapes), dtype=dtype)
-            buf = backends.from_numpy(host, like)
-            kept = (buf, _views(backends.namespace_of(like), buf, shapes))
+            kept = self._new_kept(like, dtype, shapes)
         self._kept[key] = kept  # the most recent last
         while len(self._kept) > _KEPT_LAYOUTS:
             del self._kept[next(iter(self._kept))]
         return kept
+
+    def _new_kept(self, like: Array, dtype: str, shapes: list[tuple[int, ...]]) -> _Kept:
+        """The buffer(s) of a new layout: the engine's shared pair where it has one and
+        ``like``'s library can use host memory in place, else one buffer made on
+        ``like``'s device the way nnx puts any array there."""
+        n = sum(math.prod(s) for s in shapes)
+        xp = backends.namespace_of(like)
+        hosts = None
+        if backends.from_host_memory(np.zeros(0, dtype=dtype), like) is not None:
+            hosts = self.shared_buffers(n, dtype)
+        if hosts is not None:
+            flat = [backends.from_host_memory(h, like) for h in hosts]
+        else:
+            flat = [backends.from_numpy(np.zeros(n, dtype=dtype), like)]
+        return _Kept(flat, [_views(xp, f, shapes) for f in flat], hosts)
+
+
+class _Kept:
+    """The packed buffers kept for one layout: ``flat[i]`` with its views ``views[i]``.
+    With ``hosts`` (the engine's shared pair, as NumPy arrays), the two buffers are used
+    in turn: ``turn`` is the one to pack next."""
+
+    __slots__ = ("flat", "views", "hosts", "turn")
+
+    def __init__(self, flat: list[Array], views: list[list[Array]], hosts: Any) -> None:
+        self.flat, self.views, self.hosts, self.turn = flat, views, hosts, 0
 
 
 #: How many packing layouts a communicator keeps buffers for.
