@@ -86,8 +86,9 @@ class Communicator:
 
     def sum_into(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Write into ``dst`` the sum over the ranks of their ``src`` (two buffers from
-        :meth:`shared_buffers`, ``src`` fully written by every rank); ``src`` is read by
-        the other ranks until the next ``sum_into`` on the same pair, the other way."""
+        :meth:`shared_buffers`; every rank calls it at once, with its own pair). Only
+        until it returns may other ranks read this rank's ``src`` and write its
+        ``dst``: afterwards both are this rank's to write."""
         raise NotImplementedError
 
     def fail(self, exc: BaseException) -> None:

@@ -318,7 +318,7 @@ class MPICommunicator(Communicator):
                 lambda: MPI.Win.Allocate_shared(nbytes, itemsize, info, comm=self._node),
                 "allreduce_sum (allocating shared memory)",
             )
-            win.Lock_all(MPI.MODE_NOCHECK)  # a passive epoch for Win_sync, for good
+            win.Lock_all(MPI.MODE_NOCHECK)  # MPI_Win_sync needs a passive-target epoch
             self._windows.append(win)
             peers = [
                 np.frombuffer(win.Shared_query(r)[0], dtype=dtype, count=n)
