@@ -274,8 +274,10 @@ def distributed(session: nox.Session) -> None:
 
     First the tests that launch ``mpiexec -n 2`` jobs themselves (a rank that raises,
     hangs or is killed), then ``mpiexec -n 2 python -m pytest -m mpi`` on both backends:
-    every rank runs the ``mpi`` tests (parameters equal to the one-process run).
-    Arguments after ``--`` go to both pytest runs.
+    every rank runs the ``mpi`` tests (parameters equal to the one-process run), once
+    with the gradients summed in shared memory (the default on one machine) and once
+    with ``MPI_Allreduce`` (``NNX_MPI_SHARED_MEMORY=0``, as on several machines).
+    Arguments after ``--`` go to every pytest run.
     """
     if sys.platform == "win32":
         session.skip("mpich from PyPI has no Windows wheels (use MS-MPI and mpi4py by hand)")
@@ -292,22 +294,27 @@ def distributed(session: nox.Session) -> None:
     codes = _pytest_success_codes(session)
     session.run("pytest", "-q", "-m", "not mpi", *files, *session.posargs, success_codes=codes)
     # -p no:cacheprovider: two pytest processes would race on .pytest_cache
-    session.run(
-        launcher,
-        "-n",
-        "2",
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "mpi",
-        *(session.posargs or files),
-        env={"NNX_TEST_BACKENDS": "numpy,torch", "OMP_NUM_THREADS": "1"},
-        success_codes=codes,
-    )
+    for shared_memory in ("1", "0"):
+        session.run(
+            launcher,
+            "-n",
+            "2",
+            "python",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "mpi",
+            *(session.posargs or files),
+            env={
+                "NNX_TEST_BACKENDS": "numpy,torch",
+                "OMP_NUM_THREADS": "1",
+                "NNX_MPI_SHARED_MEMORY": shared_memory,
+            },
+            success_codes=codes,
+        )
 
 
 @nox.session

@@ -52,6 +52,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _shared_memory_for_every_layout(request: pytest.FixtureRequest, monkeypatch) -> None:
+    # The ranks of the ``mpi`` tests build many networks, and a communicator gives
+    # shared memory to its first few layouts of gradients only: to all of them here, so
+    # that every data-parallel test runs on that path (unless NNX_MPI_SHARED_MEMORY=0).
+    if request.node.get_closest_marker("mpi") is not None:
+        from nnx.distributed import _mpi
+
+        monkeypatch.setattr(_mpi, "SHARED_LAYOUTS", 1000)
+
+
 def _selected() -> tuple[str, ...]:
     raw = os.environ.get("NNX_TEST_BACKENDS", "").strip()
     if not raw:

@@ -581,12 +581,13 @@ def test_mpi_allreduce_and_broadcast(backend):
 
 
 @pytest.mark.mpi
-def test_mpi_kept_buffers_are_summed_in_shared_memory(backend):
+def test_mpi_kept_buffers_are_summed_in_shared_memory_unless_turned_off(backend):
     comm = world()
     r = comm.rank
     w = nnx.asarray(np.arange(7.0).reshape(7, 1) * (r + 1), dtype="float64")
     b = nnx.asarray(np.full(5, 0.1 * (r + 1)), dtype="float64")
-    assert comm.shared_buffers(3, "float64") is not None  # two ranks of one machine
+    shared = os.environ.get("NNX_MPI_SHARED_MEMORY", "").strip() != "0"
+    assert (comm.shared_buffers(3, "float64") is not None) == shared  # ranks of one machine
     out = comm.allreduce_sum([w, b], inplace=False, reuse=True)
     for _ in range(3):  # two buffers in turn, the sums written where they lie
         out = comm.allreduce_sum(out, inplace=False, reuse=True)
@@ -669,12 +670,18 @@ def test_job_shared_memory_sums_and_the_switch_that_turns_them_off(tmp_path, mon
         shared = comm.shared_buffers(4, "float32") is not None
         out = comm.allreduce_sum([np.full(3, comm.rank + 1.0)], inplace=False, reuse=True)
         print(f"rank {comm.rank}: shared {shared}, {out[0].tolist()}")
+        # a few layouts get windows, later ones MPI_Allreduce (the windows live on)
+        more = [comm.shared_buffers(k + 5, "float64") is not None for k in range(4)]
+        out = comm.allreduce_sum([np.full(2, comm.rank + 1.0)], inplace=False, reuse=True)
+        print(f"rank {comm.rank}: more {more}, {out[0].tolist()}")
         """,
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    on = setting != "0"
     for r in range(2):
-        assert f"rank {r}: shared {setting != '0'}, [3.0, 3.0, 3.0]" in proc.stdout
+        assert f"rank {r}: shared {on}, [3.0, 3.0, 3.0]" in proc.stdout
+        assert f"rank {r}: more {[on, on, False, False]}, [3.0, 3.0]" in proc.stdout
 
 
 @needs_mpi_job

@@ -23,6 +23,9 @@ _NOTICE_TAG = 77
 _NOTICE_BYTES = 4096
 #: Seconds between two looks of the watchdog thread.
 _PERIOD = 0.05
+#: How many pairs of shared-memory windows a communicator makes (one per layout of
+#: gradients); they live until the job ends, so later layouts use MPI_Allreduce.
+SHARED_LAYOUTS = 4
 #: Seconds a rank stuck in a collective waits after a failure notice before aborting
 #: the job, so that the failing rank can print its traceback first.
 _GRACE = 2.0
@@ -65,7 +68,8 @@ class MPICommunicator(Communicator):
     an ``MPI_Allreduce``: each rank adds up its slice of everyone's buffer and writes it
     into everyone's other buffer (:meth:`sum_into`). Every rank then holds the same sums
     in the same order of addition. ``shared_memory=False`` (or
-    ``NNX_MPI_SHARED_MEMORY=0``) keeps ``MPI_Allreduce``.
+    ``NNX_MPI_SHARED_MEMORY=0``) keeps ``MPI_Allreduce``, as do layouts of gradients
+    beyond the first :data:`SHARED_LAYOUTS` (the windows live until the job ends).
 
     Parameters
     ----------
@@ -300,7 +304,8 @@ class MPICommunicator(Communicator):
 
     # -- shared memory ------------------------------------------------------------------
     def shared_buffers(self, n: int, dtype: str) -> list[np.ndarray] | None:
-        if self._node is None:
+        # windows cannot be freed while a network may still hold views of them
+        if self._node is None or len(self._windows) >= 2 * SHARED_LAYOUTS:
             return None
         MPI = self._MPI
         itemsize = np.dtype(dtype).itemsize
