@@ -324,17 +324,33 @@ def test_an_engine_with_shared_buffers_sums_one_kept_buffer_into_the_other(backe
     assert comm.calls == [("broadcast", "float32"), ("allreduce", "float32")]
 
 
-def test_data_parallel_step_on_shared_buffers_is_the_one_process_step(backend):
+def data_parallel_and_reference(comm):
+    """A data-parallel step on ``comm`` (whose other rank has the same shard: every sum
+    doubles) and a one-process step on a copy of the network at twice the learning rate:
+    the two keep the same parameters, the first with twice the gradients."""
     from nnx.distributed import DataParallel
     from nnx.training.step import DataParallelStep
 
-    comm = SharedTwoRanks()
     nnx.manual_seed(0)
     net = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
     ref = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
     ref.load_state_dict(net.state_dict())
     step = DataParallelStep(net, nnx.CrossEntropyLoss(), 0.1, None, DataParallel(comm))
     plain = nnx.training.step.Step(ref, nnx.CrossEntropyLoss(), 0.2)  # twice the sum
+    return net, ref, step, plain
+
+
+def assert_twice_the_one_process_step(net, ref, rtol=1e-5, atol=1e-6, label=""):
+    for (name, p, g), (_, q, h) in zip(
+        net.parameters_and_gradients(), ref.parameters_and_gradients(), strict=True
+    ):
+        np.testing.assert_allclose(host(g), 2 * host(h), rtol, atol, err_msg=f"{label}{name}")
+        np.testing.assert_allclose(host(p), host(q), rtol, atol, err_msg=f"{label}{name}")
+
+
+def test_data_parallel_step_on_shared_buffers_is_the_one_process_step(backend):
+    comm = SharedTwoRanks()
+    net, ref, step, plain = data_parallel_and_reference(comm)
     rng = np.random.default_rng(1)
     for k in range(4):
         X = nnx.asarray(rng.normal(size=(6, 5)))
@@ -344,15 +360,7 @@ def test_data_parallel_step_on_shared_buffers_is_the_one_process_step(backend):
         plain(X, y)
         one = ("allreduce" if backend not in ("numpy", "torch") else "sum_into", "float32")
         assert comm.calls[-1] == one and comm.calls.count(one) == 1
-        for (name, p, g), (_, q, h) in zip(
-            net.parameters_and_gradients(), ref.parameters_and_gradients(), strict=True
-        ):
-            np.testing.assert_allclose(
-                host(g), 2 * host(h), rtol=1e-5, atol=1e-6, err_msg=f"{k} {name}"
-            )
-            np.testing.assert_allclose(
-                host(p), host(q), rtol=1e-5, atol=1e-6, err_msg=f"{k} {name}"
-            )
+        assert_twice_the_one_process_step(net, ref, label=f"step {k}: ")
     assert step.dp.reduce_step(net, 1.5, None) == 3.0
     with pytest.raises(ValueError, match="bad shard"):
         step.dp.reduce_step(net, 1.0, ValueError("bad shard"))
@@ -360,16 +368,8 @@ def test_data_parallel_step_on_shared_buffers_is_the_one_process_step(backend):
 
 
 def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(backend):
-    from nnx.distributed import DataParallel
-    from nnx.training.step import DataParallelStep
-
     comm = TwoRanks()  # the other rank has the same shard: every sum doubles
-    nnx.manual_seed(0)
-    net = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
-    ref = nnx.Sequential(nnx.Linear(5, 4), nnx.ReLU(), nnx.Linear(4, 3))
-    ref.load_state_dict(net.state_dict())
-    step = DataParallelStep(net, nnx.CrossEntropyLoss(), 0.1, None, DataParallel(comm))
-    plain = nnx.training.step.Step(ref, nnx.CrossEntropyLoss(), 0.2)  # twice the sum
+    net, ref, step, plain = data_parallel_and_reference(comm)
     rng = np.random.default_rng(1)
     grads = []
     for _ in range(3):
@@ -379,11 +379,7 @@ def test_data_parallel_step_writes_the_big_gradient_into_the_allreduce_buffer(ba
         step(X, y)
         plain(X, y)
         assert comm.calls == [("allreduce", nnx.get_default_dtype())]
-        for (name, p, g), (_, q, h) in zip(
-            net.parameters_and_gradients(), ref.parameters_and_gradients(), strict=True
-        ):
-            np.testing.assert_allclose(host(g), 2 * host(h), rtol=1e-5, atol=1e-6, err_msg=name)
-            np.testing.assert_allclose(host(p), host(q), rtol=1e-5, atol=1e-6, err_msg=name)
+        assert_twice_the_one_process_step(net, ref)
         grads.append(dict(net.named_gradients()))
     if nnx.get_backend() in ("numpy", "torch"):  # written in place from the second step on
         assert grads[1]["0.weight"] is grads[2]["0.weight"]
