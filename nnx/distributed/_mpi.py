@@ -206,20 +206,16 @@ class MPICommunicator(Communicator):
         module too, and an allreduce of 1.6 MB between two processes of one machine
         became 5 times slower (measured: benchmarks/scaling.py).
         """
-        self.check_usable()
-        self._waiting_in = what
         if self._watchdog is None:
+            self.check_usable()
+            self._waiting_in = what
             self._poll(req)
-            return
-        self._since = time.monotonic()
-        try:
-            req.Wait()
-        finally:
-            self._since = None
+        else:
+            self._blocking(req.Wait, what)
 
     def _blocking(self, call: Any, what: str) -> Any:
-        """``call()``, a blocking collective MPI has no non-blocking form of, watched
-        by the watchdog's clock like a wait."""
+        """``call()`` (a wait, or a blocking collective MPI has no non-blocking form
+        of), watched by the watchdog's clock."""
         self.check_usable()
         self._waiting_in = what
         self._since = time.monotonic()
