@@ -242,6 +242,30 @@ def test_progress_silent_when_not_interactive_or_asked(backend, rng, capsys):
     assert "test" not in err
 
 
+def test_verbose_is_keras_word_for_progress(backend, rng, capsys):
+    X, y = _data(rng, n=20)
+    opt = nnx.Optim(_net(), nnx.CELogSoftmax(), eps=0.05)
+    opt.SGD(X, y, 5, 2, verbose=False)  # the original's random_data notebook passes it
+    opt.SGD_eval(X, y, 5, 2, 0.2, verbose=0)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    opt.SGD(X, y, 5, 2, verbose=1)
+    assert "epochs: 100%" in capsys.readouterr().err
+    losses = opt.SGD(X, y, 5, 2, verbose=2)  # one line per epoch, no bars
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
+    assert lines[1].split(" - ")[1] == f"loss: {losses[1]:.4g}"
+    opt.SGD_eval(X, y, 5, 2, 0.2, verbose=2)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("Epoch 2/2 - loss: ") and " - val_acc: " in last
+    with pytest.raises(TypeError, match="Optim.SGD: pass progress or verbose, not both"):
+        opt.SGD(X, y, 5, 1, progress=True, verbose=0)
+    with pytest.raises(ValueError, match="Optim.SGD_eval: verbose must be .* got 3"):
+        opt.SGD_eval(X, y, 5, 1, 0.2, verbose=3)
+
+
 # -- SGD_eval ------------------------------------------------------------------------
 def test_sgd_eval_split_is_kept_and_reproducible(backend, rng):
     X, y = _data(rng, n=50)

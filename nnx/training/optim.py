@@ -27,7 +27,7 @@ from .graph import GraphedStep
 from .guard import non_finite_parameter
 from .history import HISTORY_COLUMNS, LivePlot, history_frame
 from .loop import Observer, Trainer, evaluate
-from .progress import Progress
+from .progress import Progress, bars_setting
 from .signals import Terminated
 from .step import DataParallelStep, Step
 
@@ -389,7 +389,7 @@ class Optim:
         """The same seed on every rank (rank 0's draw for ``seed=None``)."""
         return seed if self._dp is None else self._dp.common_seed(seed)
 
-    def _shows(self, progress: bool | None) -> bool | None:
+    def _shows(self, progress: bool | str | None) -> bool | str | None:
         """Bars (and plots) only on rank 0."""
         return progress if self._dp is None or self._dp.root else False
 
@@ -404,6 +404,7 @@ class Optim:
         seed: int | None = 42,
         progress: bool | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
+        verbose: bool | int | str | None = None,
     ) -> np.ndarray:
         """Mini-batch training; returns the mean per-sample loss of each epoch.
 
@@ -427,6 +428,10 @@ class Optim:
             Write the training state there after every epoch and resume from it when
             it exists; removed when training ends normally
             (:mod:`nnx.training.checkpoint`).
+        verbose : {"auto", 0, 1, 2} or bool, optional
+            Keras's word for ``progress`` (an earlier version of the original library
+            had it too): 0 or ``False`` silent, 1 or ``True`` bars, 2 one printed line
+            per epoch, ``"auto"``/``None`` as ``progress``. Give one of the two.
 
         Returns
         -------
@@ -434,6 +439,7 @@ class Optim:
             Shape ``(epochs_done,)``: :math:`\\frac{1}{n}\\sum_i \\ell_i` of each epoch
             (fewer than ``epochs`` after Ctrl-C).
         """
+        shown = bars_setting("Optim.SGD", progress, verbose)
         check_positive_int("Optim.SGD", "batch_size", batch_size)
         check_positive_int("Optim.SGD", "epochs", epochs)
         self._use_network(network)
@@ -464,7 +470,7 @@ class Optim:
             if self._dp is None or self._dp.root:  # one writer; every rank resumes
                 saver.follow(self.network, self.optimizer, rng, self.history)
                 observers.append(saver.on_epoch_end)
-        bars = Progress(self._shows(progress), int(epochs))
+        bars = Progress(self._shows(shown), int(epochs))
         self._interrupted(None)
         stop = trainer.run(int(epochs), self.history, bars, observers, first)
         self._interrupted(stop)
@@ -491,6 +497,7 @@ class Optim:
         monitor: str | None = None,
         callback: Callable[[dict[str, float]], Any] | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
+        verbose: bool | int | str | None = None,
     ) -> Any:
         """Train on a split of ``(X, y)``, evaluating on the rest after every epoch.
 
@@ -539,6 +546,9 @@ class Optim:
             when it exists; removed when training ends normally
             (:mod:`nnx.training.checkpoint`). A non-finite loss or parameter keeps the
             parameters of before that step, or the best epoch's with ``restore_best``.
+        verbose : {"auto", 0, 1, 2} or bool, optional
+            Keras's word for ``progress``: 0 or ``False`` silent, 1 or ``True`` bars, 2
+            one printed line per epoch, ``"auto"``/``None`` as ``progress``.
 
         Returns
         -------
@@ -550,6 +560,7 @@ class Optim:
             value per epoch. Also kept as :attr:`train_df`.
         """
         owner = "Optim.SGD_eval"
+        shown = bars_setting(owner, progress, verbose)
         check_positive_int(owner, "batch_size", batch_size)
         check_positive_int(owner, "epochs", epochs)
         if patience is not None and patience != 0:
@@ -600,7 +611,7 @@ class Optim:
                 stopping.best_state = resumed["best_state"]
                 if plot is not None:
                     plot.update(self.history)
-        bars = Progress(self._shows(progress), int(epochs))
+        bars = Progress(self._shows(shown), int(epochs))
         observers: list[Observer] = []
         if plot is not None:
             plot.history = self.history

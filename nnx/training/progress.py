@@ -69,11 +69,14 @@ class Progress:
     ``enabled``: ``True`` forces bars (ImportError naming the extra if tqdm is
     missing), ``False`` silences them, ``None`` shows them only where they render well:
     a Jupyter notebook or a terminal (``sys.stderr.isatty()``). Redirected output (a CI
-    log, a file) gets no bars at all, so no log spam.
+    log, a file) gets no bars at all, so no log spam. ``"lines"``: no bars, one line
+    printed after each epoch (Keras's ``verbose=2``).
     """
 
-    def __init__(self, enabled: bool | None, epochs: int, desc: str = "epochs") -> None:
-        self.tqdm: Any = self.resolve(enabled)
+    def __init__(self, enabled: bool | str | None, epochs: int, desc: str = "epochs") -> None:
+        self.lines = enabled == "lines"
+        self.epochs, self.epoch = epochs, 0
+        self.tqdm: Any = None if self.lines else self.resolve(enabled)
         self.epochs_bar: Any = (
             self.tqdm(total=epochs, desc=desc, position=0, leave=True, dynamic_ncols=True)
             if self.tqdm
@@ -107,6 +110,7 @@ class Progress:
         return self.tqdm is not None
 
     def start_epoch(self, epoch: int, batches: int) -> None:
+        self.epoch = epoch
         if not self.tqdm:
             return
         desc = f"epoch {epoch}"
@@ -123,12 +127,27 @@ class Progress:
         )
 
     def end_epoch(self, **postfix: float) -> None:
+        if self.lines:
+            shown = "".join(f" - {k}: {v:.4g}" for k, v in postfix.items())
+            print(f"Epoch {self.epoch}/{self.epochs}{shown}", flush=True)
         self.epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
         self.epochs_bar.update(1)
 
     def close(self) -> None:
         self.batch_bar.close()
         self.epochs_bar.close()
+
+
+def bars_setting(owner: str, progress: bool | None, verbose: Any) -> bool | str | None:
+    """:class:`Progress`'s ``enabled`` from nnx's ``progress`` and Keras's ``verbose``
+    (``"auto"``/``None``: as ``progress``; 0: silent; 1: bars; 2: a line per epoch)."""
+    if verbose is None or (isinstance(verbose, str) and verbose == "auto"):
+        return progress
+    if progress is not None:
+        raise TypeError(f"{owner}: pass progress or verbose, not both")
+    if isinstance(verbose, (bool, int)) and verbose in (0, 1, 2):
+        return "lines" if verbose == 2 else bool(verbose)
+    raise ValueError(f"{owner}: verbose must be 'auto', 0, 1 or 2 (or a bool), got {verbose!r}")
 
 
 def _isatty(stream: Any) -> bool:
