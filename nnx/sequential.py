@@ -45,8 +45,9 @@ class Sequential(Module):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
-        self._modules: list[Module] = []
-        self._initial: list[dict[str, np.ndarray]] = []
+        self._modules = _ModuleList(self)
+        # (module, its state when it joined): pairs, since ids change in a copy
+        self._initial: list[tuple[Module, dict[str, np.ndarray]]] = []
         self._inputs: list[Array] | None = None
         for m in modules:
             self.add(m)
@@ -61,22 +62,30 @@ class Sequential(Module):
 
     def add(self, module: Module) -> Sequential:
         """Append ``module``; returns ``self`` for chaining."""
-        self._modules.append(self._checked(module))
-        self._initial.append(_snapshot(module))
-        self._inputs = None
+        self._modules.append(module)
         return self
 
     def insert(self, index: int, module: Module) -> Sequential:
         """Insert ``module`` before position ``index``; returns ``self``."""
-        self._modules.insert(index, self._checked(module))
-        self._initial.insert(index, _snapshot(module))
-        self._inputs = None
+        self._modules.insert(index, module)
         return self
+
+    def _edited(self, before: list[Module]) -> None:
+        """After any change to the list of modules (``before``: the old list): every
+        entry must be a Module (else the change is undone), newcomers get their initial
+        snapshot, and the chain's saved inputs are dropped."""
+        bad = [m for m in self._modules if not isinstance(m, Module)]
+        if bad:
+            list.__init__(self._modules, before)
+            self._checked(bad[0])
+        kept = {id(pair[0]): pair for pair in self._initial}
+        self._initial = [kept.get(id(m)) or (m, _snapshot(m)) for m in self._modules]
+        self._inputs = None
 
     def reset(self) -> Sequential:
         """Restore every module's parameters to their values when it was added; returns
         the network (``Optim(net.reset(), loss)``, as in the original library)."""
-        for module, initial in zip(self._modules, self._initial, strict=True):
+        for module, initial in self._initial:
             module.load_state_dict(initial)
         self._inputs = None
         return self
@@ -90,16 +99,16 @@ class Sequential(Module):
         (``net.modules[0]``, ``len(net.modules)``, ``for m in net.modules``).
 
         For every module at any depth (PyTorch's ``modules()``) use
-        :meth:`~nnx.Module.all_modules`. Assigning a list replaces the modules (each is
-        checked, and :meth:`reset` then returns to their parameters at that time).
+        :meth:`~nnx.Module.all_modules`. The list may be edited in place (``append``,
+        ``insert``, ``del``, item assignment ...) or replaced: every entry is checked to
+        be a Module, and :meth:`reset` returns each module to its parameters of when it
+        joined the list.
         """
         return self._modules
 
     @modules.setter
     def modules(self, modules: list[Module]) -> None:
-        self._modules, self._initial, self._inputs = [], [], None
-        for m in modules:
-            self.add(m)
+        self._modules[:] = modules
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -181,6 +190,46 @@ class Sequential(Module):
 
     def _moved(self) -> None:
         self._inputs = None
+
+
+class _ModuleList(list):  # type: ignore[type-arg]
+    """``Sequential.modules``: a plain list to read, whose every edit is reported to
+    its network (checks, :meth:`Sequential.reset` snapshots, saved inputs)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: Sequential) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # a copy is filled without reporting
+        return (_restored, (self.owner, list(self)))
+
+
+def _restored(owner: Sequential, modules: list[Module]) -> _ModuleList:
+    restored = _ModuleList(owner)
+    list.extend(restored, modules)
+    return restored
+
+
+def _edit(name: str) -> Any:
+    method = getattr(list, name)
+
+    def edit(self: _ModuleList, *args: Any) -> Any:
+        before = list(self)
+        result = method(self, *args)
+        self.owner._edited(before)
+        return self if name in ("__iadd__", "__imul__") else result
+
+    edit.__name__ = name
+    return edit
+
+
+for _name in (
+    "append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+    "__setitem__", "__delitem__", "__iadd__", "__imul__",
+):  # fmt: skip
+    setattr(_ModuleList, _name, _edit(_name))
 
 
 def _snapshot(module: Module) -> dict[str, np.ndarray]:

@@ -216,6 +216,71 @@ def test_sequential_modules_is_the_seed_list(backend):
         net.modules = ["not a module"]
 
 
+def _weights(net: nnx.Sequential) -> list[np.ndarray]:
+    return [host(p).copy() for _, p in net.named_parameters()]
+
+
+def _shift_all(net: nnx.Sequential) -> None:
+    """Stand-in for training: every parameter moves."""
+    for name, p in net.named_parameters():
+        net.set_parameter(name, p + 1.0)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda ms: ms.append(nnx.Linear(3, 3)),
+        lambda ms: ms.insert(0, nnx.Linear(4, 4)),
+        lambda ms: ms.extend([nnx.TanH(), nnx.Linear(3, 3)]),
+        lambda ms: ms.__setitem__(2, nnx.Linear(8, 3)),
+        lambda ms: ms.__delitem__(slice(1, 2)),
+        lambda ms: ms.pop(),
+        lambda ms: ms.__iadd__([nnx.Sigmoid()]),
+    ],
+    ids=["append", "insert", "extend", "setitem", "delitem", "pop", "iadd"],
+)
+def test_editing_the_modules_list_keeps_reset_and_backward_right(backend, rng, edit):
+    net = nnx.Sequential(nnx.Linear(4, 8), nnx.ReLU(), nnx.Linear(8, 3))
+    X = nnx.asarray(rng.standard_normal((5, 4)))
+    net(X)  # saved inputs of the old chain, which the edit must drop
+    edit(net.modules)
+    initial = _weights(net)
+    out = net(X)
+    delta = nnx.asarray(rng.standard_normal(tuple(out.shape)))
+    net.forward(X)
+    dx = net.backward(X, delta)
+    # the chain as it is now, one module at a time
+    inputs = [X]
+    for m in net.modules:
+        inputs.append(m.forward(inputs[-1]))
+    ref = delta
+    for m, z in zip(reversed(net.modules), reversed(inputs[:-1]), strict=True):
+        ref = m.backward_delta(z, ref)
+    assert_close(dx, ref, 1e-5)
+    _shift_all(net)
+    assert net.reset() is net
+    for a, b in zip(_weights(net), initial, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_modules_list_refuses_non_modules_and_survives_copies(backend):
+    net = nnx.Sequential(nnx.Linear(3, 2), nnx.ReLU())
+    with pytest.raises(TypeError, match="Sequential: expected a nnx Module, got int 5"):
+        net.modules.append(5)
+    with pytest.raises(TypeError, match="got str 'x'"):
+        net.modules[0] = "x"
+    assert [type(m).__name__ for m in net.modules] == ["Linear", "ReLU"]  # undone
+    initial = _weights(net)
+    for twin in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        _shift_all(twin)
+        twin.modules.append(nnx.Linear(2, 1))
+        assert twin(nnx.asarray(np.ones((4, 3)))).shape == (4, 1)
+        twin.reset()
+        for a, b in zip(_weights(twin)[:2], initial, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert len(net) == 2  # the original is untouched
+
+
 def test_reset_returns_the_network(backend):
     net = nnx.Sequential(nnx.Linear(3, 2))
     w0 = host(net[0]._parameters["weight"]).copy()
