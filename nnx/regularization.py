@@ -81,7 +81,7 @@ class Dropout(Module):
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
         self._check_any(input)
-        self._check_input(delta, tuple(input.shape), "delta", like=input)
+        delta = self._check_input(delta, tuple(input.shape), "delta", like=input)
         if not self.training or self.p == 0.0:
             return delta
         mask = self._mask
@@ -212,10 +212,11 @@ class BatchNorm(Module):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
         )
 
-    def _check_x(self, X: Array) -> None:
+    def _check_x(self, X: Array) -> Array:
+        """``X`` checked, in the parameters' dtype (another float dtype is cast)."""
         rank = len(getattr(X, "shape", ()))
         shape = ("batch",) + ("?",) * max(rank - 2, 0) + (self.num_features,)
-        self._check_input(X, shape, like=self._buffers["running_mean"])
+        return self._check_input(X, shape, like=self._buffers["running_mean"])
 
     def _normalize(self, X: Array, training: bool) -> tuple[Array, Array, Array, Array]:
         """``(X_hat, 1/sqrt(var + eps), batch mean, batch variance)``: no side effect.
@@ -241,7 +242,7 @@ class BatchNorm(Module):
         return centred * inv_std, inv_std, mean, var
 
     def forward(self, X: Array) -> Array:
-        self._check_x(X)
+        given, X = X, self._check_x(X)
         x_hat, inv_std, mean, var = self._normalize(X, self.training)
         if self.training:
             n, m = _count(X), self.momentum
@@ -250,34 +251,34 @@ class BatchNorm(Module):
             self._update_buffer(
                 "running_var", (1.0 - m) * running["running_var"] + (m * n / (n - 1)) * var
             )
-        self._cache_key, self._cache = X, (self.training, x_hat, inv_std)
+        self._cache_key, self._cache = given, (self.training, x_hat, inv_std)
         if not self.affine:
             return x_hat
         return x_hat * self._parameters["weight"] + self._parameters["bias"]
 
-    def _cached(self, input: Array, delta: Array) -> tuple[Array, Array]:
-        """``(X_hat, 1/sqrt(var + eps))`` of ``input`` in the current mode (the last
-        forward's when it saw this input in this mode, else recomputed)."""
+    def _cached(self, input: Array, delta: Array) -> tuple[Array, Array, Array]:
+        """``(X_hat, 1/sqrt(var + eps), delta)`` of ``input`` in the current mode (the
+        last forward's when it saw this input in this mode, else recomputed), with
+        ``delta`` checked and in the parameters' dtype."""
         if input is self._cache_key and self._cache[0] is self.training:
             x_hat, inv_std = self._cache[1:]
         else:
-            self._check_x(input)
-            x_hat, inv_std, _, _ = self._normalize(input, self.training)
-        self._check_input(delta, tuple(input.shape), "delta", like=input)
-        return x_hat, inv_std
+            x_hat, inv_std, _, _ = self._normalize(self._check_x(input), self.training)
+        delta = self._check_input(delta, tuple(input.shape), "delta", like=x_hat)
+        return x_hat, inv_std, delta
 
     def backward_update_gradient(self, input: Array, delta: Array) -> None:
         if not self.affine:
             self._cached(input, delta)  # the checks
             return
-        x_hat, _ = self._cached(input, delta)
+        x_hat, _, delta = self._cached(input, delta)
         xp = namespace(delta)
         axes = tuple(range(len(delta.shape) - 1))
         self.accumulate_gradient("weight", xp.sum(delta * x_hat, axis=axes))
         self.accumulate_gradient("bias", xp.sum(delta, axis=axes))
 
     def backward_delta(self, input: Array, delta: Array) -> Array:
-        x_hat, inv_std = self._cached(input, delta)
+        x_hat, inv_std, delta = self._cached(input, delta)
         scale = inv_std * self._parameters["weight"] if self.affine else inv_std
         if not self.training:
             return delta * scale

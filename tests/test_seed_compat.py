@@ -81,8 +81,18 @@ def test_float_input_of_another_dtype_is_cast(backend, net_dtype, rng):
         ),
         # a module without parameters works in its input's dtype: TanH in float64 here
         (lambda: nnx.Sequential(nnx.TanH(), nnx.Linear(4, 3), nnx.Sigmoid()), (2, 4), 1e-5),
+        (lambda: nnx.BatchNorm(4), (3, 4), 0.0),
+        (lambda: nnx.BatchNorm(2), (3, 5, 2), 0.0),
     ],
-    ids=["Linear", "Conv1D", "Conv2D", "MaxPool2D-Flatten-Linear", "TanH-Linear-Sigmoid"],
+    ids=[
+        "Linear",
+        "Conv1D",
+        "Conv2D",
+        "MaxPool2D-Flatten-Linear",
+        "TanH-Linear-Sigmoid",
+        "BatchNorm",
+        "BatchNorm-3d",
+    ],
 )
 def test_single_modules_cast_forward_and_backward(backend, rng, make, shape, tol):
     module = make()
@@ -104,6 +114,17 @@ def test_single_modules_cast_forward_and_backward(backend, rng, make, shape, tol
     for n, g in module.named_gradients():
         assert backends.dtype_name(g) == "float32"
         np.testing.assert_allclose(g64[n], host(g), rtol=tol, atol=tol, err_msg=n)
+
+
+def test_dropout_delta_takes_its_input_dtype(backend, rng):
+    drop = nnx.Dropout(0.5)
+    X = nnx.asarray(rng.standard_normal((6, 4)), dtype="float32")
+    out = drop(X)
+    delta64 = nnx.asarray(rng.standard_normal((6, 4)), dtype="float64")
+    dx = drop.backward_delta(X, delta64)
+    assert backends.dtype_name(dx) == "float32"
+    mask = host(out) / host(X)  # 0 or 2 where kept
+    np.testing.assert_allclose(host(dx), host(delta64).astype(np.float32) * mask, rtol=1e-6)
 
 
 def test_linear_casts_its_input_once_per_forward(backend, rng, monkeypatch):
