@@ -97,6 +97,36 @@ def test_sgd_eval_resume_equals_uninterrupted(backend, tmp_path, name):
     assert again.best_epoch == straight.best_epoch
 
 
+def test_resume_of_an_early_stopped_run_trains_no_further(backend, tmp_path, monkeypatch):
+    """Killed after the checkpoint of the stopping epoch was written, before it was
+    removed: the resumed call ends where the uninterrupted one ended."""
+    X, y = data()
+    args = (X, y, 16, 40, 0.25)
+    kw = {"patience": 1, "progress": False, "monitor": "loss"}
+    nnx.manual_seed(1)
+    straight = nnx.Optim(make("adam").network, nnx.CELogSoftmax(), optimizer=optimizers.Adam(0.3))
+    straight.SGD_eval(*args, **kw)
+    stopped_at = len(straight.history["epoch"])
+    assert stopped_at < 40  # it did stop early
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    path = tmp_path / "c.npz"
+    monkeypatch.setattr(nnx.training.checkpoint.Checkpoint, "remove", killed)
+    nnx.manual_seed(1)
+    first = nnx.Optim(make("adam").network, nnx.CELogSoftmax(), optimizer=optimizers.Adam(0.3))
+    with pytest.raises(KeyboardInterrupt):
+        first.SGD_eval(*args, **kw, checkpoint=path)
+    monkeypatch.undo()
+    assert path.exists()
+    nnx.manual_seed(1)
+    again = nnx.Optim(make("adam").network, nnx.CELogSoftmax(), optimizer=optimizers.Adam(0.3))
+    again.SGD_eval(*args, **kw, checkpoint=path)
+    assert len(again.history["epoch"]) == stopped_at and not path.exists()
+    same(again.network.state_dict(), straight.network.state_dict(), backend == "numpy")
+
+
 @pytest.mark.parametrize("name", ["eps", "adam"])
 def test_sgd_resume_equals_uninterrupted(backend, tmp_path, name, monkeypatch):
     X, y = data()

@@ -43,6 +43,12 @@ class EarlyStopping:
             self.best_value, self.best_epoch, self.best_state, self.wait = value, epoch, state, 0
             return False
         self.wait += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the patience has run out (a checkpoint resumed at that epoch trains no
+        further)."""
         return self.patience is not None and self.wait >= self.patience
 
 

@@ -609,6 +609,8 @@ class Optim:
                 stopping.best_epoch = early.get("best_epoch")
                 stopping.wait = early.get("wait", 0)
                 stopping.best_state = resumed["best_state"]
+                if stopping.stopped:  # written after the stopping epoch, before the end
+                    first = int(epochs) + 1
                 if plot is not None:
                     plot.update(self.history)
         bars = Progress(self._shows(shown), int(epochs))
