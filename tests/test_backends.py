@@ -161,6 +161,27 @@ def test_cpu_backends_refuse_gpu_devices(backend):
 
 
 # -- dtypes ------------------------------------------------------------------------------
+def test_array_api_strict_after_numpy_warns_nothing(tmp_path):
+    """Naming dtypes of two libraries in one process never compares one library's dtype
+    with another's (array-api-strict warns when that happens)."""
+    pytest.importorskip("array_api_strict")
+    code = (
+        "import warnings, numpy as np, nnx\n"
+        "warnings.simplefilter('error')\n"
+        "X, y = np.random.rand(16, 4), np.random.randint(0, 3, 16)\n"
+        "fit = lambda: nnx.Optim(nnx.Sequential(nnx.Linear(4, 3)), nnx.CrossEntropyLoss())"
+        ".SGD(X, y, 8, 1, progress=False)\n"
+        "fit()\n"
+        "with nnx.use_backend('array_api_strict'):\n"
+        "    fit()\n"
+        f"    net = nnx.Sequential(nnx.Linear(4, 3)); nnx.save(net, {str(tmp_path / 'n.npz')!r})\n"
+        f"    nnx.load({str(tmp_path / 'n.npz')!r}).to('numpy').to('array_api_strict')\n"
+        "print('ok')\n"
+    )
+    done = run_python(code, "numpy")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_default_dtype(backend):
     assert nnx.get_default_dtype() == "float32"
     nnx.set_default_dtype("float64")

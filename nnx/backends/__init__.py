@@ -250,7 +250,9 @@ def get_default_dtype() -> str:
     return _current().dtype
 
 
-_DTYPE_NAMES: dict[Any, str] = {}
+#: ``(type(dtype), dtype) -> name``: keyed by the type too, so that one library's dtype
+#: is never compared with another's (array-api-strict warns when asked)
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -258,8 +260,9 @@ def _dtype_name(dtype: Any) -> str:
         return dtype
     if isinstance(dtype, type):  # a scalar type such as numpy.float64
         return dtype.__name__
+    key = (type(dtype), dtype)
     try:  # dtype objects are few: name each once (a training step asks many times)
-        return _DTYPE_NAMES[dtype]
+        return _DTYPE_NAMES[key]
     except (KeyError, TypeError):
         pass
     if isinstance(dtype, np.dtype):  # ">f8" (big-endian) is float64 too
@@ -267,7 +270,7 @@ def _dtype_name(dtype: Any) -> str:
     else:  # numpy: 'float32', torch: 'torch.float32', strict: 'array_api_strict.float32'
         name = str(dtype).rsplit(".", 1)[-1]
     with contextlib.suppress(TypeError):  # an unhashable dtype: named every time
-        _DTYPE_NAMES[dtype] = name
+        _DTYPE_NAMES[key] = name
     return name
 
 
