@@ -182,6 +182,26 @@ def test_array_api_strict_after_numpy_warns_nothing(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_meeting_a_jax_array_leaves_jax_settings_alone():
+    """Only choosing JAX switches on its float64 (``jax_enable_x64``); converting or
+    refusing a JAX array does not change the user's own JAX code."""
+    pytest.importorskip("jax")
+    code = (
+        "import jax, jax.numpy as jnp, nnx\n"
+        "nnx.to_numpy(jnp.ones(3))\n"
+        "try:\n"
+        "    nnx.Linear(3, 2)(jnp.ones((2, 3)))\n"
+        "except TypeError:\n"
+        "    pass\n"
+        "print(jax.config.jax_enable_x64, jnp.arange(3.0).dtype)\n"
+        "with nnx.use_backend('jax'):\n"
+        "    print(nnx.asarray([1.0], dtype='float64').dtype)\n"
+    )
+    done = run_python(code, "numpy")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "float32", "float64"]
+
+
 def test_default_dtype(backend):
     assert nnx.get_default_dtype() == "float32"
     nnx.set_default_dtype("float64")

@@ -124,7 +124,7 @@ def _get(name: str, owner: str = "nnx.set_backend") -> Backend:
         raise ValueError(f"{owner}: unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     backend = BACKENDS[name]
     try:
-        return backend.load()
+        return backend.load().prepare()
     except ImportError as exc:
         raise ImportError(
             f"backend {name!r} needs the {backend.module_name!r} package, which could not "

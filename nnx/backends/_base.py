@@ -44,6 +44,12 @@ class Backend:
     def _load(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare(self) -> Backend:
+        """Called when data is to be put on this library (``set_backend``,
+        ``use_backend``, ``Module.to`` ...), not when one of its arrays is merely
+        recognised: library-wide settings nnx needs are made here. Returns ``self``."""
+        return self
+
     # -- arrays ---------------------------------------------------------------------
     def is_array(self, x: Any) -> bool:
         return self.array_type is not None and isinstance(x, self.array_type)

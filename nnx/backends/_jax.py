@@ -3,8 +3,9 @@
 JAX arrays are immutable: ``p -= d`` binds a new array to the local name and ``x[i] =
 v`` raises. nnx handles this here and in :class:`nnx.Module`'s parameter API (updates
 bind new arrays where ``mutable_arrays`` is false), and with :meth:`add_at`, never with
-branches in the layers. ``float64`` needs ``jax_enable_x64``, switched on when the
-backend loads (JAX would otherwise give float32 silently).
+branches in the layers. ``float64`` needs ``jax_enable_x64``, switched on when nnx is
+asked to use JAX (JAX would otherwise give float32 silently), not when it merely meets a
+JAX array (``nnx.to_numpy`` of one leaves the user's JAX settings alone).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ class JaxBackend(Backend):
 
     def _load(self) -> None:
         import jax
-
-        jax.config.update("jax_enable_x64", True)  # else float64 silently becomes float32
         import jax.numpy as xp
 
         self._jax = jax
         self.array_type = jax.Array
         self.xp = xp
+
+    def prepare(self) -> JaxBackend:
+        if not self._jax.config.jax_enable_x64:
+            self._jax.config.update("jax_enable_x64", True)  # else float64 becomes float32
+        return self
 
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         return self.xp.asarray(np.array(a, copy=True))
