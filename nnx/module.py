@@ -45,6 +45,10 @@ class Module:
         Training mode (``True``, the default) or evaluation mode; only some modules
         behave differently (:class:`~nnx.Dropout`, :class:`~nnx.BatchNorm`). Set it
         with :meth:`train` / :meth:`eval`, which also set every sub-module's.
+
+    A module may keep what its forward computed for its backward, found again by the
+    input's identity: write a new array rather than into the input between a forward
+    and its backward (PyTorch raises there; a NumPy array cannot tell it was written).
     """
 
     #: class default, so that modules built before the attribute existed still work
@@ -322,6 +326,15 @@ class Module:
     def children(self) -> list[Module]:
         """Direct sub-modules (none for a plain layer)."""
         return []
+
+    @property
+    def row_independent(self) -> bool:
+        """Whether sample ``b`` of the output depends on sample ``b`` of the input only,
+        in the current mode: true of every layer but :class:`~nnx.BatchNorm` in
+        training mode (a container: true of all its children). Gradient checks perturb
+        one sample per row of one batched call when it holds, whole batches otherwise.
+        """
+        return all(child.row_independent for child in self.children())
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """``(dotted name, parameter)`` pairs, this module's then its children's."""

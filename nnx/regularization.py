@@ -212,6 +212,10 @@ class BatchNorm(Module):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
         )
 
+    @property
+    def row_independent(self) -> bool:
+        return not self.training  # the batch statistics tie the samples together
+
     def _check_x(self, X: Array) -> Array:
         """``X`` checked, in the parameters' dtype (another float dtype is cast)."""
         rank = len(getattr(X, "shape", ()))

@@ -170,7 +170,8 @@ def numerical_gradient_rows(
     """Central differences of :math:`\\sum \\text{fn}(x) \\odot \\text{weights}` in one call.
 
     For a *row-independent* ``fn`` (sample ``b`` of the output depends only on sample
-    ``b`` of the input, true of every nnx layer and loss), perturbing element ``(b, j)``
+    ``b`` of the input: :attr:`nnx.Module.row_independent`, true of every nnx loss and
+    layer but BatchNorm in training mode), perturbing element ``(b, j)``
     changes only row ``b``. So all perturbed samples are stacked into one batch of
     ``2 n`` rows and ``fn`` is called once: ``fn(rows_x, rows)`` gets the stacked
     samples and, in ``rows``, the index of the sample each one came from (to pick
@@ -236,6 +237,11 @@ def check_gradients(
     ``backward`` is the derivative of sample ``i``'s loss only. Integer labels keep
     their dtype, float targets become float64.
 
+    Modules whose samples interact (:attr:`Module.row_independent` false:
+    :class:`~nnx.BatchNorm` in training mode) are perturbed a whole batch at a time;
+    their buffers (running statistics) are put back afterwards. A module whose forward
+    is random (Dropout in training mode) is refused: check it in eval mode.
+
     The error names the module, ``dL/dinput`` or ``dL/d<parameter>``, how many of the
     checked entries are off, and the worst entry with both values.
     """
@@ -249,10 +255,37 @@ def check_gradients(
             f"check_gradients: expected a nnx Module or Loss, got {type(module).__name__}"
         )
     _float64_parameters(module)
+    buffers = {name: host(b).copy() for name, b in module.named_buffers()}
+    try:
+        _check_module(module, input, weights, h, rtol, atol, max_input_elements,
+                      max_param_elements, seed)  # fmt: skip
+    finally:  # BatchNorm's running statistics moved with every forward in training mode
+        if buffers:
+            module.load_state_dict(buffers, strict=False)
+
+
+def _check_module(
+    module: Module,
+    input: Any,
+    weights: Any,
+    h: float,
+    rtol: float,
+    atol: float,
+    max_input_elements: int | None,
+    max_param_elements: int | None,
+    seed: int,
+) -> None:
     rng = np.random.default_rng(seed)
     x_host = np.asarray(backends.to_numpy(input), dtype=np.float64)
     xb = asarray(x_host, dtype="float64")
     out = module.forward(xb)
+    again = host(module.forward(xb))
+    _check(
+        bool(np.array_equal(host(out), again, equal_nan=True)),
+        f"{module!r}: two forward calls on the same input differ, so finite differences "
+        f"mean nothing (Dropout in training mode draws a new mask each call): check it "
+        f"in eval mode (module.eval())",
+    )
     R = rng.standard_normal(tuple(out.shape)) if weights is None else np.asarray(weights)
     delta = asarray(R, dtype="float64")
     module.zero_grad()
@@ -266,8 +299,14 @@ def check_gradients(
     def rows_forward(stacked: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return host(module.forward(asarray(stacked, dtype="float64")))
 
+    def batch_loss(x: np.ndarray) -> float:
+        return float(np.sum(host(module.forward(asarray(x, dtype="float64"))) * R))
+
     idx = _subset(x_host.size, max_input_elements, rng)
-    numeric = numerical_gradient_rows(rows_forward, x_host, R, idx, h)
+    if module.row_independent:  # one batched call for every perturbed element
+        numeric = numerical_gradient_rows(rows_forward, x_host, R, idx, h)
+    else:  # samples interact (BatchNorm training): the whole batch, element by element
+        numeric = numerical_gradient(batch_loss, x_host, idx, h)
     compare(dx.reshape(-1)[idx], numeric, f"{module!r}: dL/dinput", rtol, atol, x_host.shape, idx)
 
     grads = {name: host(g) for name, g in module.named_gradients()}
@@ -406,9 +445,18 @@ def _builtin_cases() -> None:
     for cls in (nnx.Sigmoid, nnx.StableSigmoid, nnx.TanH, nnx.Softplus, nnx.Softmax):
         register_case(cls.__name__, cls, (4, 6))
     register_case("LogSoftmax", nnx.LogSoftmax, (4, 6))
-    # batch-wide in training mode (not row by row): checked in eval mode here
+    # random in training mode: checked in eval mode
     register_case("Dropout-eval", lambda: nnx.Dropout(0.5).eval(), (4, 6))
     register_case("BatchNorm-eval", lambda: nnx.BatchNorm(3).eval(), (5, 3))
+    # training mode: the batch statistics tie the samples (whole-batch differences)
+    register_case("BatchNorm", lambda: nnx.BatchNorm(3, affine=True), (5, 3))
+    register_case("BatchNorm-3d", lambda: nnx.BatchNorm(2), (3, 4, 2))
+    register_case(
+        "Linear-BatchNorm-ReLU",
+        lambda: nnx.Sequential(nnx.Linear(3, 4), nnx.BatchNorm(4), nnx.ReLU()),
+        (6, 3),
+        away_from_kinks,
+    )
     register_case(
         "Sequential",
         lambda: nnx.Sequential(nnx.Linear(4, 3), nnx.TanH(), nnx.Linear(3, 2)),

@@ -706,6 +706,37 @@ def test_failure_names_the_parameter_and_the_worst_entry(backend, float64, rng):
     assert "in 3 of 3 checked entries; worst at index (0, 2): analytic 500.5, numeric 500" in msg
 
 
+class _WrongBatchNorm(nnx.BatchNorm):
+    """Training-mode backward that forgets the batch statistics' own dependence on x."""
+
+    def backward_delta(self, input, delta):  # type: ignore[override]
+        self.eval()
+        try:
+            return super().backward_delta(input, delta)
+        finally:
+            self.train()
+
+
+def test_batch_coupled_modules_are_checked_on_whole_batches(backend, float64, rng):
+    """BatchNorm in training mode passes (samples interact: whole-batch differences), a
+    wrong one fails, the running statistics are left as they were, and a random forward
+    (Dropout in training mode) is refused with the reason."""
+    x = rng.standard_normal((6, 3))
+    bn = nnx.BatchNorm(3)
+    assert bn.row_independent is False and bn.eval().row_independent is True
+    bn.train()
+    net = nnx.Sequential(nnx.Linear(3, 3), bn)
+    assert net.row_independent is False
+    before = {k: v.copy() for k, v in bn.state_dict().items()}
+    nnx.testing.check_gradients(net, x)
+    for k, v in bn.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    with pytest.raises(GradientCheckError, match=r"BatchNorm\(3.*dL/dinput differs"):
+        nnx.testing.check_gradients(_WrongBatchNorm(3), x)
+    with pytest.raises(GradientCheckError, match="two forward calls on the same input differ"):
+        nnx.testing.check_gradients(nnx.Dropout(0.5), x)
+
+
 def test_checkers_catch_wrong_gradients(backend, float64, rng):
     x = rng.standard_normal((3, 4))
     with pytest.raises(AssertionError, match="dL/dinput"):
