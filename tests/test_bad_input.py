@@ -960,3 +960,26 @@ def test_empty_batch_losses(backend, loss):
             continue
         assert tuple(loss.forward(y, yhat).shape) == (0,)
         assert tuple(loss.backward(y, yhat).shape) == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: nnx.MaxPool1D(1, 1), (2, 5, 3)),
+        (lambda: nnx.MaxPool1D(1, 2), (2, 5, 3)),
+        (lambda: nnx.AvgPool1D(1, 1), (2, 5, 3)),
+        (lambda: nnx.MaxPool2D(1), (2, 3, 3, 2)),
+        (lambda: nnx.AvgPool2D(1), (2, 3, 3, 2)),
+    ],
+    ids=["MaxPool1D-1", "MaxPool1D-1-stride2", "AvgPool1D-1", "MaxPool2D-1", "AvgPool2D-1"],
+)
+def test_pool_outputs_are_not_the_callers_input(backend, make, shape):
+    """A one-element window picks values out of the input; the output is still a new
+    array, as PyTorch's pools give: writing into it leaves the input alone."""
+    X = nnx.asarray(np.arange(np.prod(shape), dtype=np.float64).reshape(shape))
+    before = nnx.to_numpy(X).copy()
+    out = make()(X)
+    if not backends.is_mutable(out):
+        pytest.skip("this library's arrays cannot be written in place")
+    out[...] = -1.0
+    np.testing.assert_array_equal(nnx.to_numpy(X), before)
