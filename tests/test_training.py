@@ -287,6 +287,11 @@ def test_sgd_eval_split_is_kept_and_reproducible(backend, rng):
     np.testing.assert_array_equal(np.sort(together[:, 0]), np.sort(X[:, 0]))
     opt.SGD_eval(X, y, 10, 1, test_size=7, shuffle_test=True, seed=10, progress=False)
     assert not np.array_equal(nnx.to_numpy(opt.X_test), first)  # another seed, another split
+    # NumPy's numbers are numbers: a count and a fraction, as scikit-learn takes them
+    opt.SGD_eval(X, y, 10, 1, test_size=np.int64(7), shuffle_test=True, seed=9, progress=False)
+    np.testing.assert_array_equal(nnx.to_numpy(opt.X_test), first)
+    opt.SGD_eval(X, y, 10, 1, test_size=np.float64(0.2), progress=False)
+    assert nnx.to_numpy(opt.X_test).shape == (10, 4)
 
 
 def test_sgd_eval_returns_arrays_or_dataframe(backend, rng):

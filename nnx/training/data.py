@@ -12,6 +12,7 @@ epoch loop (:mod:`nnx.training.loop`) pulls from.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -225,9 +226,10 @@ def split_indices(
     Both parts keep the data's order, unless ``shuffle_test``: then the test part comes
     in the random order of the draw (as scikit-learn's ``train_test_split`` returns it).
     """
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
         raise TypeError(f"{owner}: test_size must be a float or an int, got {test_size!r}")
-    if isinstance(test_size, float):
+    if not isinstance(test_size, numbers.Integral):  # NumPy's integers count as ints
+        test_size = float(test_size)
         if not 0.0 < test_size < 1.0:
             raise ValueError(f"{owner}: a float test_size must lie in (0, 1), got {test_size}")
         n_test = math.ceil(test_size * n)
