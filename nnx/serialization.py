@@ -141,11 +141,11 @@ def _registry() -> dict[str, type[Module]]:
     return known
 
 
-def _architecture(module: Module) -> dict[str, Any]:
+def _architecture(module: Module, owner: str = "nnx.save") -> dict[str, Any]:
     cls = type(module)
     if _registry().get(cls.__name__) is not cls:
         raise TypeError(
-            f"nnx.save: module class {cls.__module__}.{cls.__qualname__} is unknown to "
+            f"{owner}: module class {cls.__module__}.{cls.__qualname__} is unknown to "
             f"nnx.load; register it with nnx.serialization.register"
         )
     config = module.get_config()
@@ -153,13 +153,22 @@ def _architecture(module: Module) -> dict[str, Any]:
         json.dumps(config)
     except TypeError as exc:
         raise TypeError(
-            f"nnx.save: the config of {cls.__name__} is not JSON-serialisable ({exc})"
+            f"{owner}: the config of {cls.__name__} is not JSON-serialisable ({exc})"
         ) from None
     return {
         "class": cls.__name__,
         "config": config,
-        "children": [_architecture(c) for c in module.children()],
+        "children": [_architecture(c, owner) for c in module.children()],
     }
+
+
+def check_savable(network: Module, owner: str = "nnx.save") -> None:
+    """Raise the ``TypeError`` :func:`save` would raise for ``network`` (a module class
+    :func:`load` could not rebuild, a config that is not JSON), without writing: what a
+    training loop with checkpoints checks before its first epoch."""
+    if not isinstance(network, Module):
+        raise TypeError(f"{owner}: expected a nnx Module, got {type(network).__name__}")
+    _architecture(network, owner)
 
 
 def save(
@@ -192,7 +201,7 @@ def save_archive(
         "format": FORMAT,
         "version": VERSION,
         "nnx_version": _nnx_version(),
-        "architecture": _architecture(network),
+        "architecture": _architecture(network, owner),
         "parameters": _declare(arrays),
         "metadata": metadata or {},
     }

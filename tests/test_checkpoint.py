@@ -415,3 +415,28 @@ def test_resume_with_numpy_global_state(tmp_path, monkeypatch):
         same(again.network.state_dict(), straight.network.state_dict(), exact=True)
     finally:
         nnx.manual_seed(0)
+
+
+class _Unregistered(nnx.ReLU):
+    """A user's module class that nnx.load could not rebuild (not registered)."""
+
+
+def test_unsavable_network_fails_before_the_first_epoch(tmp_path):
+    nnx.manual_seed(1)
+    net = nnx.Sequential(nnx.Linear(6, 8), _Unregistered(), nnx.Linear(8, 3))
+    before = net.state_dict()
+    X, y = data(40)
+    opt = nnx.Optim(net, nnx.CELogSoftmax(), eps=0.01)
+    for loop in (
+        lambda **kw: opt.SGD(X, y, 8, 3, **kw),
+        lambda **kw: opt.SGD_eval(X, y, 8, 3, 0.25, **kw),
+    ):
+        with pytest.raises(
+            TypeError, match=r"Optim\.SGD(_eval)?: module class .*_Unregistered is unknown"
+        ):
+            loop(progress=False, checkpoint=tmp_path / "ck.npz")
+        assert not (tmp_path / "ck.npz").exists() and not opt.history.get("epoch")
+        same(net.state_dict(), before, exact=True)  # not one step was taken
+    nnx.serialization.register(_Unregistered)  # registered: checkpoints work
+    opt.SGD(X, y, 8, 2, progress=False, checkpoint=tmp_path / "ck.npz")
+    assert len(opt.history["epoch"]) == 2

@@ -81,9 +81,12 @@ def _optimizer_arrays(optimizer: Any) -> tuple[dict[str, Any] | None, dict[str, 
 class Checkpoint:
     """The checkpoint file of one training loop (see the module documentation)."""
 
-    def __init__(self, path: str | os.PathLike[str], owner: str, call: dict[str, Any]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], owner: str, call: dict[str, Any], network: Module
+    ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"{owner}: checkpoint must be a path, got {type(path).__name__}")
+        serialization.check_savable(network, owner)  # before an epoch is trained, not after
         self.path = Path(path)
         self.owner = owner
         self.call = call

@@ -463,7 +463,7 @@ class Optim:
                 shuffle=bool(shuffle),
                 seed=seed,
             )
-            saver = Checkpoint(checkpoint, "Optim.SGD", call)
+            saver = Checkpoint(checkpoint, "Optim.SGD", call, self.network)
             if saver.exists():
                 resumed = saver.restore(self.network, self.optimizer, rng)
                 self.history, first = resumed["history"], resumed["epoch"] + 1
@@ -600,7 +600,7 @@ class Optim:
                 patience=patience,
                 monitor=monitor,
             )
-            saver = Checkpoint(checkpoint, owner, call)
+            saver = Checkpoint(checkpoint, owner, call, self.network)
             if saver.exists():
                 resumed = saver.restore(self.network, self.optimizer, rng)
                 self.history, first = resumed["history"], resumed["epoch"] + 1
