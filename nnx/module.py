@@ -80,6 +80,10 @@ class Module:
         self._cache_key: Any = None
         self._cache: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and deep copy: everything but what a forward kept for its backward."""
+        return _without_caches(self.__dict__)
+
     # -- the protocol ---------------------------------------------------------------
     def forward(self, X: Array) -> Array:
         """Compute the module's output for input ``X``."""
@@ -671,6 +675,19 @@ class DeferredCheck(NamedTuple):
     fail: Callable[[], None]
 
 
+#: Attributes that hold a forward's arrays for the next backward (found by identity):
+#: a pickled or copied module starts without them, and recomputes on its first backward.
+_CACHES = ("_cache_key", "_cache", "_inputs", "_targets_key", "_targets_value")
+
+
+def _without_caches(state: dict[str, Any]) -> dict[str, Any]:
+    state = dict(state)
+    for name in _CACHES:
+        if name in state:
+            state[name] = None
+    return state
+
+
 class Loss:
     """Base class of the losses.
 
@@ -699,6 +716,10 @@ class Loss:
 
     #: Where :meth:`require_count` records checks (``None``: check at once).
     _deferred: list[DeferredCheck] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and deep copy: everything but what a forward kept for its backward."""
+        return _without_caches(self.__dict__)
 
     def forward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError

@@ -416,6 +416,23 @@ def test_pickled_network_predicts_the_same(backend, rng):
     assert layer(nnx.asarray(np.ones((1, 3)))).shape == (1, 2)
 
 
+def test_copies_leave_the_last_batch_behind(backend, rng):
+    """What a forward kept for its backward (inputs, outputs, the loss's targets) is not
+    pickled or deep-copied: a network is as small after a large batch as before, and
+    a copy's backward recomputes what it needs."""
+    net, loss = cnn(), nnx.CrossEntropyLoss()
+    size = len(pickle.dumps((net, loss)))
+    X = nnx.asarray(rng.standard_normal((500, 11, 2)))
+    y = nnx.asarray(rng.integers(0, 3, 500))
+    out = net(X)
+    loss(y, out)
+    assert len(pickle.dumps((net, loss))) < size + 1000  # the batch alone is 44 kB
+    delta = loss.backward(y, out)
+    for clone, closs in (pickle.loads(pickle.dumps((net, loss))), copy.deepcopy((net, loss))):
+        assert_close(closs.backward(y, out), delta, 0.0)
+        assert_close(clone.backward(X, delta), net.backward(X, delta), 1e-6)
+
+
 # -- SGD_eval: what is monitored, and the split without a seed ---------------------------------
 def _monitored_run(X, y, net, loss, **kw):
     nnx.manual_seed(7)
