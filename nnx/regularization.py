@@ -27,6 +27,8 @@ class Dropout(Module):
         M_i = \frac{\mathbb{1}[U_i \ge p]}{1 - p},\ U_i \sim \mathcal{U}[0, 1)
         \qquad \text{(evaluation:}\ Z = X)
 
+    (:math:`p = 1`: :math:`M = 0`, every element dropped, as in PyTorch.)
+
     .. math::
         \text{backward\_delta:}\quad \frac{\partial L}{\partial X} = \delta \odot M
         \qquad \text{(evaluation: } \delta)
@@ -39,7 +41,7 @@ class Dropout(Module):
     Parameters
     ----------
     p : float, default 0.5
-        Probability of dropping an element, in :math:`[0, 1)`.
+        Probability of dropping an element, in :math:`[0, 1]`.
 
     Shapes
     ------
@@ -61,8 +63,8 @@ class Dropout(Module):
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
             raise TypeError(f"Dropout: p must be a float in [0, 1), got {type(p).__name__} {p!r}")
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"Dropout: p must lie in [0, 1), got {p!r}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout: p must lie in [0, 1], got {p!r}")
         self.p = float(p)
         self._mask: Array = None
 
@@ -76,7 +78,8 @@ class Dropout(Module):
             return X
         xp = namespace(X)
         keep = backends.uniform(tuple(X.shape), X) >= self.p
-        self._mask = xp.astype(keep, X.dtype) * (1.0 / (1.0 - self.p))
+        scale = 1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0  # p = 1: nothing kept
+        self._mask = xp.astype(keep, X.dtype) * scale
         return X * self._mask
 
     def backward_delta(self, input: Array, delta: Array) -> Array:

@@ -361,9 +361,18 @@ def test_dropout_identity_in_eval_mode_and_for_p_zero(backend, rng):
         np.testing.assert_array_equal(host(drop.backward_delta(x, delta)), host(delta))
 
 
+def test_dropout_of_everything(backend, rng):
+    """p = 1 drops every element (PyTorch's answer), forward and backward."""
+    x = nnx.asarray(rng.standard_normal((4, 7)))
+    drop = nnx.Dropout(1.0)
+    np.testing.assert_array_equal(host(drop(x)), np.zeros((4, 7)))
+    np.testing.assert_array_equal(host(drop.backward_delta(x, x)), np.zeros((4, 7)))
+    np.testing.assert_array_equal(host(drop.eval()(x)), host(x))
+
+
 def test_dropout_errors(backend):
-    for p in (1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"Dropout: p must lie in \[0, 1\)"):
+    for p in (1.0001, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"Dropout: p must lie in \[0, 1\]"):
             nnx.Dropout(p)
     for p in ("0.5", True, None):
         with pytest.raises(TypeError, match=r"Dropout: p must be a float"):
