@@ -97,6 +97,8 @@ class _TargetLoss(Loss):
                 UserWarning,
                 stacklevel=4,
             )
+        if type(y) is not type(yhat) and isinstance(y, type(yhat)):
+            y = backends.base_array(y)  # targets in an np.memmap ...
         if type(y) is not type(yhat):
             if not backends.is_array(y):
                 raise TypeError(f"{name}: expected y to be an array, got {type(y).__name__}")
@@ -110,9 +112,15 @@ class _TargetLoss(Loss):
             return y if y.dtype == yhat.dtype else xp.astype(y, yhat.dtype)
         if len(y_shape) == 1 and len(yhat_shape) == 2 and y_shape[0] == yhat_shape[0]:
             if is_floating(y) or y.dtype == xp.bool:
+                hint = (
+                    f"; for one value per sample pass y of shape {tuple(yhat_shape)} "
+                    f"(y.reshape(-1, 1))"
+                    if yhat_shape[1] == 1
+                    else ""
+                )
                 raise TypeError(
                     f"{name}: 1-D targets must be integer class labels, got dtype "
-                    f"{backends.dtype_name(y)}"
+                    f"{backends.dtype_name(y)}{hint}"
                 )
             hits = _hits(y, yhat_shape[1])
             # every label lies in [0, K) exactly when every one-hot row holds a 1: one

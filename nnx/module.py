@@ -522,6 +522,8 @@ class Module:
                         break
                 else:
                     return X
+        if like is not None and type(X) is not type(like) and isinstance(X, type(like)):
+            return self._check_input(backends.base_array(X), shape, what, like)  # np.memmap
         check_array(self.name, X, shape, what, like)
         return X
 

@@ -116,6 +116,35 @@ def test_single_modules_cast_forward_and_backward(backend, rng, make, shape, tol
         np.testing.assert_allclose(g64[n], host(g), rtol=tol, atol=tol, err_msg=n)
 
 
+def _subclass_instance(backend: str, a: np.ndarray, tmp_path) -> object:
+    """``a`` as an instance of a subclass of the backend's array type."""
+    if backend == "numpy":
+        mm = np.memmap(tmp_path / f"a{a.size}.dat", a.dtype, "w+", shape=a.shape)
+        mm[...] = a
+        return mm
+    if backend == "torch":
+        import torch
+
+        return torch.nn.Parameter(torch.from_numpy(a.copy()))
+    pytest.skip(f"no common array subclass on {backend}")
+
+
+def test_array_subclasses_are_their_plain_arrays(backend, rng, tmp_path):
+    """np.memmap data (or a torch.nn.Parameter) goes through layers and losses as the
+    plain array it holds, as NumPy and PyTorch code take it."""
+    net = nnx.Sequential(nnx.Linear(4, 3), nnx.BatchNorm(3), nnx.Sigmoid())
+    Xh = rng.standard_normal((6, 4)).astype(np.float32)
+    yh = rng.random((6, 3)).astype(np.float32)
+    X, y = _subclass_instance(backend, Xh, tmp_path), _subclass_instance(backend, yh, tmp_path)
+    out = net(X)
+    assert type(out) is type(nnx.asarray(Xh))
+    assert_close(out, net(nnx.asarray(Xh)), 0.0)
+    loss = nnx.MSELoss()
+    assert_close(loss(y, out), loss(nnx.asarray(yh), out), 0.0)
+    dx = net.backward(X, loss.backward(y, out))
+    assert tuple(dx.shape) == (6, 4)
+
+
 def test_dropout_delta_takes_its_input_dtype(backend, rng):
     drop = nnx.Dropout(0.5)
     X = nnx.asarray(rng.standard_normal((6, 4)), dtype="float32")

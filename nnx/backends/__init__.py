@@ -492,6 +492,16 @@ def host_view(x: Any) -> np.ndarray | None:
     return None if backend is None else backend.host_view(x)
 
 
+def base_array(x: Any) -> Any:
+    """``x`` as its library's own array type where it is an instance of a subclass
+    (``np.memmap``, ``np.matrix``, ``torch.nn.Parameter``), sharing its memory; ``x``
+    itself otherwise. Layers take such input as the plain array it holds."""
+    backend = backend_of(x)
+    if backend is None or type(x) is backend.array_type:
+        return x
+    return backend.base_array(x)
+
+
 def from_host_memory(a: np.ndarray, like: Any) -> Any:
     """An array of ``like``'s library and device sharing the NumPy array ``a``'s memory
     (NumPy: ``a`` itself; PyTorch: a CPU tensor over it), or ``None`` where there is

@@ -88,6 +88,11 @@ class Backend:
         x[index] = value
         return x
 
+    def base_array(self, x: Any) -> Any:
+        """``x``, an instance of a subclass of this library's array type, as the type
+        itself, sharing memory (default: ``x`` as it is)."""
+        return x
+
     def host_view(self, x: Any) -> np.ndarray | None:
         """A writeable NumPy array sharing ``x``'s memory (so that a host library such
         as MPI can work on ``x`` in place), or ``None`` where there is none (device

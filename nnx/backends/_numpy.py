@@ -31,6 +31,9 @@ class NumpyBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
+    def base_array(self, x: Any) -> np.ndarray:
+        return np.asarray(x)  # np.memmap, np.matrix ...: a plain ndarray view
+
     def host_view(self, x: Any) -> np.ndarray | None:
         return x if type(x) is np.ndarray and x.flags.writeable else None
 

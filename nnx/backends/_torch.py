@@ -56,6 +56,9 @@ class TorchBackend(Backend):
         if x.device.type == "cuda":
             self._torch.cuda.synchronize(x.device)
 
+    def base_array(self, x: Any) -> Any:
+        return x.detach().as_subclass(self._torch.Tensor)  # nn.Parameter ...: plain data
+
     def host_view(self, x: Any) -> np.ndarray | None:
         if x.device.type != "cpu" or x.requires_grad or not x.is_contiguous():
             return None
