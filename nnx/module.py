@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -394,50 +394,53 @@ class Module:
         state.update((name, backends.to_numpy(b).copy()) for name, b in self.named_buffers())
         return state
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Copy values from ``state`` (arrays of any backend) into the parameters and
         buffers.
 
         Values are converted to each parameter's backend, device and dtype. With
-        ``strict``, missing or unexpected names raise ``KeyError``; a shape mismatch
-        always raises ``ValueError``. Gradients are reset to zero.
+        ``strict``, missing or unexpected names raise :class:`StateDictError` (a
+        ``ValueError``, and a ``KeyError`` as the names are keys); a shape mismatch
+        raises ``ValueError``. Everything is checked before anything is written: on an
+        error the module is unchanged. Gradients are reset to zero.
         """
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"{owner}: expected a mapping of names to arrays (what state_dict() "
+                f"returns), got {type(state).__name__}"
+            )
         own = dict(self.named_parameters())
         own.update(self.named_buffers())
         if strict:
             missing = sorted(set(own) - set(state))
-            unexpected = sorted(set(state) - set(own))
+            unexpected = sorted(map(str, set(state) - set(own)))
             if missing or unexpected:
-                raise KeyError(
-                    f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
-                    f"unexpected keys {unexpected}"
+                raise StateDictError(
+                    f"{owner}: missing keys {missing}, unexpected keys {unexpected}"
                 )
+        writes = []  # (module, name, value, is_buffer), all checked before any is written
         for module, prefix in _modules_with_prefix(self):
-            for name, p in list(module._parameters.items()):
-                key = prefix + name
-                if key not in state:
-                    continue
-                value = backends.to_numpy(state[key])
-                if tuple(value.shape) != tuple(p.shape):
-                    raise ValueError(
-                        f"{type(self).__name__}.load_state_dict: parameter {key!r} expects "
-                        f"shape {tuple(p.shape)}, got {tuple(value.shape)}"
-                    )
-                value = value.astype(backends.dtype_name(p), copy=True)
-                module._bind(name, backends.from_numpy(value, p))
-            for name, b in list(module._buffers.items()):
-                key = prefix + name
-                if key not in state:
-                    continue
-                value = backends.to_numpy(state[key])
-                if tuple(value.shape) != tuple(b.shape):
-                    raise ValueError(
-                        f"{type(self).__name__}.load_state_dict: buffer {key!r} expects "
-                        f"shape {tuple(b.shape)}, got {tuple(value.shape)}"
-                    )
-                value = value.astype(backends.dtype_name(b), copy=True)
-                module._buffers[name] = backends.from_numpy(value, b)
-            module._cache_key = module._cache = None
+            for kind, arrays in (("parameter", module._parameters), ("buffer", module._buffers)):
+                for name, old in arrays.items():
+                    key = prefix + name
+                    if key not in state:
+                        continue
+                    value = backends.to_numpy(state[key])
+                    if tuple(value.shape) != tuple(old.shape):
+                        raise ValueError(
+                            f"{owner}: {kind} {key!r} expects shape {tuple(old.shape)}, "
+                            f"got {tuple(value.shape)}"
+                        )
+                    value = value.astype(backends.dtype_name(old), copy=True)
+                    writes.append((module, name, backends.from_numpy(value, old), kind))
+        for module, name, value, kind in writes:
+            if kind == "parameter":
+                module._bind(name, value)
+            else:
+                module._buffers[name] = value
+        for module, _ in _modules_with_prefix(self):
+            module._forget_forward()
         self.zero_grad()
 
     def to(self, backend: str | None = None, dtype: Any = None, device: Any = None) -> Module:
@@ -469,13 +472,17 @@ class Module:
                     host = host.astype(dt or host.dtype, copy=False)
                     table[name] = target.from_numpy(host, dev)
             module._owned = {k: p for k, p in module._parameters.items() if backends.is_mutable(p)}
-            module._cache_key = module._cache = None
+            module._forget_forward()
             module._reusable = None  # the old gradients' buffers are not the new ones
             module._moved()
         return self
 
     def _moved(self) -> None:
         """Hook for subclasses holding other arrays (optimiser state, buffers)."""
+
+    def _forget_forward(self) -> None:
+        """Drop what the last forward kept for its backward (new parameter values)."""
+        self._cache_key = self._cache = None
 
     # -- description ----------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -675,6 +682,14 @@ class DeferredCheck(NamedTuple):
     count: Array
     expected: int
     fail: Callable[[], None]
+
+
+class StateDictError(KeyError, ValueError):
+    """Missing or unexpected names given to :meth:`Module.load_state_dict`: bad input
+    (a ``ValueError``), about keys (a ``KeyError``)."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 #: Attributes that hold a forward's arrays for the next backward (found by identity):

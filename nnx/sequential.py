@@ -188,8 +188,9 @@ class Sequential(Module):
         for module in self._modules:
             module.zero_grad()
 
-    def _moved(self) -> None:
-        self._inputs = None
+    def _forget_forward(self) -> None:
+        super()._forget_forward()
+        self._inputs = None  # the chain's outputs were computed with the old parameters
 
 
 class _ModuleList(list):  # type: ignore[type-arg]

@@ -128,3 +128,34 @@ def test_loss_defers_checks_inside_the_block_and_checks_at_once_outside(backend)
         pending[0].fail()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         loss.forward(y, yhat)
+
+
+def test_load_state_dict_checks_everything_before_writing(backend, rng):
+    net = nnx.Sequential(nnx.Linear(3, 4), nnx.BatchNorm(4), nnx.Linear(4, 2))
+    state = net.state_dict()
+    with pytest.raises(TypeError, match=r"load_state_dict: expected a mapping .* got list"):
+        net.load_state_dict(list(state.values()))
+    with pytest.raises(ValueError, match=r"missing keys \['2.bias'\], unexpected keys \['x'\]"):
+        net.load_state_dict({**{k: v for k, v in state.items() if k != "2.bias"}, "x": 0})
+    with pytest.raises(KeyError):  # the names are keys: a KeyError too, as before
+        net.load_state_dict({})
+    bad = {k: v + 1.0 for k, v in state.items()}
+    bad["1.running_var"] = np.ones(5)  # the last array checked: nothing written before it
+    with pytest.raises(
+        ValueError, match=r"buffer '1.running_var' expects shape \(4,\), got \(5,\)"
+    ):
+        net.load_state_dict(bad)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, state[k], err_msg=k)
+
+
+def test_backward_after_load_state_dict_uses_the_loaded_parameters(backend, rng):
+    """A Sequential's saved chain outputs belong to the old parameters: loading drops
+    them, so a backward on the same input gives the new parameters' gradients."""
+    net, other = _net(), _net()
+    X = nnx.asarray(rng.standard_normal((5, 3)))
+    delta = nnx.asarray(rng.standard_normal((5, 2)))
+    net.forward(X)
+    net.load_state_dict(other.state_dict())
+    other.forward(X)
+    np.testing.assert_allclose(host(net.backward(X, delta)), host(other.backward(X, delta)))
