@@ -298,6 +298,19 @@ def test_digits_mlp_recipe_reaches_96_percent(tmp_path):
 
 
 @pytest.mark.once
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov"])
+def test_digits_mlp_with_momentum_takes_its_own_default_lr(tmp_path, optimizer):
+    """The mlp recipe's Adam rate (1e-2) makes momentum diverge (10% accuracy): without
+    --lr, momentum and nesterov take the recipe's momentum_lr."""
+    out = tmp_path / optimizer
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--optimizer", optimizer]
+    assert cli.main([*argv, "--epochs", "30", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["lr"] == 1e-3 and "momentum_lr" not in metrics
+    assert metrics["test_accuracy"] >= 0.95
+
+
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("script", "args", "outputs"),
     [
