@@ -197,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the interrupted run whose checkpoint is in --out, with its arguments "
-        "(default: start a new run)",
+        "(others given here are refused) (default: start a new run)",
     )
     _data_cache_arg(t)
     _threads_arg(t)
@@ -355,6 +355,17 @@ def _resolve(args: argparse.Namespace, out: Path) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"--resume: cannot read {str(path)!r}: {exc}") from None
+    defaults = vars(_parser().parse_args(["train"]))
+    differ = [
+        f"--{key.replace('_', '-')} {getattr(args, key)} (the run's: {saved[key]})"
+        for key in _RUN_ARGS
+        if key in saved and getattr(args, key) not in (defaults[key], saved[key])
+    ]
+    if differ:  # given on this command line, and not what the run was started with
+        raise ValueError(
+            f"--resume continues the run with its own arguments, but this command sets "
+            f"{', '.join(differ)}: drop them, or start a new run without --resume"
+        )
     for key in _RUN_ARGS:
         if key in saved:
             setattr(args, key, saved[key])

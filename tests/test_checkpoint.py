@@ -331,6 +331,22 @@ def test_cli_refuses_a_leftover_checkpoint_without_resume(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_cli_resume_refuses_arguments_that_differ_from_the_run(tmp_path, capsys):
+    """--resume takes the run's arguments from args.json: one given on the command line
+    that differs from them is an error, not silently dropped."""
+    from nnx import cli as nnx_cli
+
+    saved = {"dataset": "digits", "model": "mlp", "backend": "numpy", "epochs": 30, "seed": 0}
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    (tmp_path / "checkpoint.npz").write_bytes(b"x")
+    argv = ["train", "--out", str(tmp_path), "--resume", "--epochs", "5", "--model", "cnn2d"]
+    assert nnx_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues the run with its own arguments" in err
+    assert "--model cnn2d (the run's: mlp), --epochs 5 (the run's: 30)" in err
+    assert (tmp_path / "checkpoint.npz").read_bytes() == b"x"  # nothing touched
+
+
 @pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root writes anywhere")
 def test_cli_read_only_output_fails_before_training(tmp_path, capsys):
     from nnx import cli as nnx_cli
