@@ -23,9 +23,9 @@ from nnx.cli import limit_threads
 from nnx.training import Progress
 
 try:  # run as a script from the repository, or with examples/ on the path
-    from train_mnist1d_gpu import pick_backend
+    from train_mnist1d_gpu import choose_backend
 except ImportError:  # pragma: no cover
-    from examples.train_mnist1d_gpu import pick_backend
+    from examples.train_mnist1d_gpu import choose_backend
 
 
 def autoencoder(size: int = 64, hidden: int = 32, code: int = 10) -> nnx.Sequential:
@@ -53,7 +53,7 @@ def save_reconstructions(originals: np.ndarray, recon: np.ndarray, path: Path) -
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument(
         "--backend", default="auto", choices=["auto", "cupy", "torch", "numpy", "array_api_strict"]
     )
@@ -70,9 +70,9 @@ def main() -> None:
         help="BLAS and PyTorch CPU threads (default 1, as nnx train)",
     )
     args = p.parse_args()
-    backend, auto_device = pick_backend(args.backend)
+    backend, device = choose_backend(p, args)
     with limit_threads(args.threads, torch=backend == "torch"):
-        train(args, backend, args.device or auto_device)
+        train(args, backend, device)
 
 
 def train(args: argparse.Namespace, backend: str, device: str | None) -> None:

@@ -371,6 +371,11 @@ def _resolve(args: argparse.Namespace, out: Path) -> None:
             setattr(args, key, saved[key])
 
 
+def _loss(value: float) -> str:
+    """Four decimals, or four significant digits once a diverging loss is huge."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
+
+
 def epoch_line(record: dict[str, float]) -> str:
     """The line printed after each epoch when no progress bars are shown.
 
@@ -378,10 +383,13 @@ def epoch_line(record: dict[str, float]) -> str:
     >>> epoch_line({"epoch": 3, "loss_train": 0.5, "loss_test": 0.6, "score_train": 0.9,
     ...             "score_test": 0.8})
     'epoch   3  loss 0.5000  val_loss 0.6000  acc 0.9000  val_acc 0.8000'
+    >>> epoch_line({"epoch": 4, "loss_train": 3.7e36, "loss_test": float("inf"),
+    ...             "score_train": 0.1, "score_test": 0.1})
+    'epoch   4  loss 3.7e+36  val_loss inf  acc 0.1000  val_acc 0.1000'
     """
     r = record
     return (
-        f"epoch {r['epoch']:3d}  loss {r['loss_train']:.4f}  val_loss {r['loss_test']:.4f}  "
+        f"epoch {r['epoch']:3d}  loss {_loss(r['loss_train'])}  val_loss {_loss(r['loss_test'])}  "
         f"acc {r['score_train']:.4f}  val_acc {r['score_test']:.4f}"
     )
 

@@ -346,6 +346,32 @@ def test_examples_run_unchanged_on_cpu(tmp_path, script, args, outputs):
 
 
 @pytest.mark.once
+@pytest.mark.parametrize("script", ["train_mnist1d_gpu.py", "autoencoder_digits.py"])
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["--epochs", "0"], "error: --epochs must be at least 1, got 0"),
+        (["--backend", "torch", "--device", "cuda:99"], "error: backend 'torch'"),
+    ],
+)
+def test_examples_refuse_bad_settings_in_one_line(tmp_path, script, args, text):
+    """No library, no GPU or a bad number: one line and exit 2, before any work (as
+    ``nnx train``), not a traceback."""
+    pytest.importorskip("torch")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": _pythonpath()},
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr
+    assert text in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.once
 def test_example_script_matches_the_cli(tmp_path, capsys):
     """Same recipe, seed and thread policy: the example and ``nnx train`` print the same
     epochs and the same test accuracy; without a terminal, one line per epoch."""
