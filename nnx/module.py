@@ -447,19 +447,28 @@ class Module:
         """Move parameters, gradients and buffers (recursively) to a backend, dtype and
         device.
 
-        ``backend`` defaults to the current backend, ``dtype`` to each parameter's own,
-        ``device`` to the target backend's default. Returns ``self``.
+        ``backend=None``: the module's own backend when only ``dtype`` or ``device`` is
+        given (``net.to(dtype="float64")`` stays where it is, as PyTorch's ``to(dtype)``
+        keeps the device), the current backend for a bare ``to()``. ``dtype`` defaults
+        to each parameter's own, ``device`` to the module's own when it stays on its
+        backend, else to the target backend's default. Returns ``self``.
         """
-        target = (
-            backends.lookup(backend, f"{type(self).__name__}.to")
-            if backend is not None
-            else backends.current()
-        )
-        dev = (
-            target.normalize_device(device)
-            if device is not None
-            else (backends.get_device() if target is backends.current() else None)
-        )
+        home = next((a for _, a in self.named_parameters()), None)
+        if home is None:
+            home = next((a for _, a in self.named_buffers()), None)
+        stays = backend is None and (dtype is not None or device is not None) and home is not None
+        if stays:
+            target = backends.backend_of(home)
+        elif backend is not None:
+            target = backends.lookup(backend, f"{type(self).__name__}.to")
+        else:
+            target = backends.current()
+        if device is not None:
+            dev = target.normalize_device(device)
+        elif stays:
+            dev = target.device_of(home)
+        else:
+            dev = backends.get_device() if target is backends.current() else None
         dt = None if dtype is None else backends.canonical_dtype(dtype)
         if dt is not None and dt not in backends.FLOAT_DTYPES:
             raise ValueError(

@@ -359,6 +359,22 @@ def test_module_to(backend, rng):
         net.to("mxnet")
 
 
+def test_to_dtype_keeps_the_modules_backend_whatever_is_selected(backend):
+    """``to(dtype=...)`` alone changes the dtype where the module is (as PyTorch's
+    ``to(dtype)`` keeps the device); a bare ``to()`` goes to the current selection."""
+    net = nnx.Sequential(nnx.Linear(3, 2), nnx.BatchNorm(2))
+    other = "numpy" if backend != "numpy" else "array_api_strict"
+    pytest.importorskip(other)
+    with nnx.use_backend(other):
+        net.to(dtype="float64")
+        arrays = [*net.parameters(), *(b for _, b in net.named_buffers())]
+        assert all(backends.backend_of(a).name == backend for a in arrays)
+        assert all(backends.dtype_name(a) == "float64" for a in arrays)
+        net.to()
+        assert all(backends.backend_of(p).name == other for p in net.parameters())
+    assert nnx.ReLU().to(dtype="float64") is not None  # nothing to move: fine
+
+
 # -- state_dict --------------------------------------------------------------------------
 def test_state_dict_round_trip(backend, rng):
     def build() -> nnx.Sequential:
