@@ -259,6 +259,14 @@ def test_asarray_dtypes(backend, data, dtype_arg, default, expected):
     np.testing.assert_allclose(host(out).astype(np.float64), before.astype(np.float64), 1e-6)
 
 
+@pytest.mark.parametrize(
+    "data", [np.array([1 + 2j]), np.array(["a"], dtype=object), np.array(["x"])]
+)
+def test_asarray_refuses_non_numeric_data_on_every_backend(backend, data):
+    with pytest.raises(TypeError, match=r"nnx.asarray: expected numeric data"):
+        nnx.asarray(data)
+
+
 def test_asarray_moves_arrays_of_other_backends(backend):
     torch = pytest.importorskip("torch")
     xps = pytest.importorskip("array_api_strict")

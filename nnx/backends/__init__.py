@@ -432,8 +432,8 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     """
     sel = _current()
     backend = sel.backend
-    if backend.is_array(x) and dtype is None and not _is_float(dtype_name(x)):
-        return x
+    if backend.is_array(x) and dtype is None and dtype_name(x).startswith(("int", "uint", "bool")):
+        return x  # already there, in the dtype it keeps
     host = to_numpy(x) if (backend_of(x) is not None or _has_dlpack(x)) else np.asarray(x)
     if host.dtype.kind not in "biuf":
         raise TypeError(
@@ -445,10 +445,6 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     elif host.dtype.kind == "f":
         host = host.astype(sel.dtype, copy=False)
     return backend.from_numpy(host, sel.device)
-
-
-def _is_float(name: str) -> bool:
-    return name.startswith("float")
 
 
 def _has_dlpack(x: Any) -> bool:
