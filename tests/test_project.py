@@ -111,3 +111,25 @@ def test_jax_fast_compile_flags_are_known_and_give_the_same_values(monkeypatch):
     assert fast.returncode == 0, fast.stderr
     got, want = (np.frombuffer(bytes.fromhex(p.stdout.strip())) for p in (fast, default))
     np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
+def test_tiny_steps_benchmark_reports_every_implementation(capsys):
+    """``benchmarks/tiny_steps.py`` runs and prints µs per step for each implementation
+    (one repeat: a smoke test, not a timing)."""
+    pytest.importorskip("sklearn")
+    spec = importlib.util.spec_from_file_location(
+        "tiny_steps", Path(__file__).resolve().parents[1] / "benchmarks" / "tiny_steps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line[:16].strip(): re.findall(r"\d+\.\d+", line[16:]) for line in lines[2:]}
+    expected = {"nnx", "numpy by hand"} | (
+        {"pytorch"} if importlib.util.find_spec("torch") else set()
+    )
+    assert set(rows) == expected
+    for name, (seconds, per_step, *ratios) in rows.items():
+        assert float(seconds) > 0 and float(per_step) > 0, name
+        assert len(ratios) == ("pytorch" in rows), name  # vs pytorch, when it ran
