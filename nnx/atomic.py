@@ -11,12 +11,15 @@ Like ``open(path, "w")`` (and ``np.savez``, ``torch.save``): a symbolic link is
 written through to its target; an existing file keeps its mode (and owner, where
 permitted); a new file gets the umask's mode; a file with several hard links is
 rewritten in place after the new content is complete on disk, so that every link sees
-it (that case alone is not atomic).
+it. That case alone is not atomic: it is refused before the file is touched when its
+file system has no room for it to grow, and if the copy fails anyway the complete new
+content is kept next to it as ``<name>.new``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -63,6 +66,22 @@ def _remove_stale(target: Path) -> None:
                 old = time.time() - entry.stat(follow_symlinks=False).st_mtime > 86_400
                 if old or not _alive(int(pid_text)):
                     os.unlink(entry.path)
+
+
+def _check_room(target: Path, growth: int) -> None:
+    """Refuse, before touching ``target``, to rewrite it in place when its file system
+    has not room for it to grow by ``growth`` bytes (a full disk would leave it half
+    written)."""
+    if growth <= 0 or not hasattr(os, "statvfs"):
+        return
+    vfs = os.statvfs(target.parent)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < growth + vfs.f_frsize:
+        raise OSError(
+            errno.ENOSPC,
+            f"no room to rewrite {str(target)!r} in place ({growth} more bytes needed, "
+            f"{free} free); it was left as it was",
+        )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -118,12 +137,22 @@ def atomic_open(
             if fsync or linked:
                 f.flush()
                 os.fsync(f.fileno())
-        if linked:  # every link must see the new content: copy it over, in place
-            with open(tmp, "rb") as src, open(target, "r+b") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
-                out.truncate()
-                out.flush()
-                os.fsync(out.fileno())
+        if linked and st is not None:  # every link must see the new content: in place
+            _check_room(target, os.path.getsize(tmp) - st.st_size)
+            try:
+                with open(tmp, "rb") as src, open(target, "r+b") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+                    out.truncate()
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as exc:  # the target may be half written: keep the new content
+                rescue = target.parent / f"{target.name}.new"
+                os.replace(tmp, rescue)
+                raise OSError(
+                    exc.errno,
+                    f"rewriting {str(path)!r} in place (it has {st.st_nlink} hard links) "
+                    f"failed: {exc.strerror}; the complete new content is in {str(rescue)!r}",
+                ) from exc
             os.unlink(tmp)
         else:
             os.replace(tmp, target)

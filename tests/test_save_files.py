@@ -9,7 +9,9 @@ place, and the temporaries of killed writers are removed by the next save.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -65,6 +67,43 @@ def test_hard_links_stay_linked(tmp_path):
     assert os.stat(a).st_ino == os.stat(b).st_ino
     assert same(nnx.load(b), net(1))
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz"]
+
+
+def _bigger_net() -> nnx.Sequential:
+    nnx.manual_seed(2)
+    return nnx.Sequential(nnx.Linear(3, 400), nnx.ReLU(), nnx.Linear(400, 2))
+
+
+def test_hard_linked_file_is_left_whole_when_the_disk_is_full(tmp_path, monkeypatch):
+    """A file with several links is rewritten in place, the one case that is not atomic:
+    without room for it to grow, it is refused before the file is touched."""
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    nnx.save(net(0), a)
+    os.link(a, b)
+    before = a.read_bytes()
+    full = os.statvfs_result((4096, 4096, 10**6, 0, 0, 10**6, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: full)
+    with pytest.raises(OSError, match="no room to rewrite .* it was left as it was") as info:
+        nnx.save(_bigger_net(), a)
+    assert info.value.errno == errno.ENOSPC
+    assert a.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz"]
+
+
+def test_hard_linked_file_failing_mid_copy_keeps_the_new_content(tmp_path, monkeypatch):
+    """If the in-place copy fails anyway, the complete new file is kept next to it."""
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    nnx.save(net(0), a)
+    os.link(a, b)
+
+    def broken(src, dst, length=0):
+        dst.write(src.read(100))
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(shutil, "copyfileobj", broken)
+    with pytest.raises(OSError, match=r"the complete new content is in '.*a\.npz\.new'"):
+        nnx.save(net(1), a)
+    monkeypatch.undo()
+    assert same(nnx.load(tmp_path / "a.npz.new"), net(1))
 
 
 def test_existing_mode_is_kept(tmp_path):
