@@ -26,6 +26,7 @@ from .activation import (
     LogSoftmax,
     ReLU,
     Sigmoid,
+    Sigmoide,  # noqa: F401 - the original library's earlier name, kept out of __all__
     Softmax,
     Softplus,
     StableSigmoid,

@@ -154,6 +154,11 @@ def stable_sigmoid(xp: Any, X: Array) -> Array:
     return xp.where(X >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+#: The name an earlier version of the original library gave :class:`Sigmoid` (its
+#: ``scripts/usps.py`` imports it): the same class.
+Sigmoide = Sigmoid
+
+
 class StableSigmoid(Sigmoid):
     r"""Numerically stable sigmoid.
 

@@ -331,6 +331,32 @@ def test_modules_list_refuses_non_modules_and_survives_copies(backend):
         assert len(net) == 2  # the original is untouched
 
 
+def test_every_name_the_original_repository_imports_exists():
+    """Every name the original repository's notebooks and scripts import from ``src``
+    (its scripts/usps.py still uses the earlier ``Sigmoide``) imports from nnx."""
+    names = [
+        "BCELoss",
+        "CrossEntropyLoss",
+        "LeakyReLU",
+        "Linear",
+        "LogSoftmax",
+        "MSELoss",
+        "Optim",
+        "ReLU",
+        "Sequential",
+        "Sigmoid",
+        "Sigmoide",
+        "Softmax",
+        "Softplus",
+        "StableSigmoid",
+        "TanH",
+    ]
+    namespace: dict[str, object] = {}
+    exec(f"from nnx import {', '.join(names)}", namespace)
+    assert namespace["Sigmoide"] is nnx.Sigmoid
+    assert "Sigmoide" not in nnx.__all__  # the old spelling is not advertised
+
+
 def test_reset_returns_the_network(backend):
     net = nnx.Sequential(nnx.Linear(3, 2))
     w0 = host(net[0]._parameters["weight"]).copy()
