@@ -202,6 +202,69 @@ def test_a_bad_label_on_one_rank_stops_every_rank_with_its_message(backend):
     assert "7" in str(info.value)
 
 
+def _same_error_on_every_rank(comm, call, pattern):
+    with pytest.raises(ValueError, match=pattern) as info:
+        call()
+    messages = comm.allgather_bytes(str(info.value).encode())
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.mpi
+def test_evaluation_errors_are_raised_on_every_rank(backend):
+    """A check of the loss that fails on one rank's share of an evaluation (score,
+    evaluate, SGD_eval's validation pass) stops every rank with the same error, not
+    one rank while the others wait; score checks what the one-process score checks."""
+    comm = world()
+    X, y = data()
+    bad = y.copy()
+    bad[5] = 7  # in rank 0's share of a 50-sample pass
+    optim = nnx.Optim(mlp(0), nnx.CELogSoftmax(), comm=comm)
+    labels = r"labels must lie in \[0, 3\).* \(on rank 0 of 2\)"
+    _same_error_on_every_rank(comm, lambda: optim.evaluate(X, bad), labels)
+    _same_error_on_every_rank(comm, lambda: optim.score(X, bad), labels)
+    nan = X.copy()
+    nan[30, 2] = np.nan
+    _same_error_on_every_rank(comm, lambda: optim.score(nan, y), "non-finite")
+    one_output = nnx.Optim(nnx.Sequential(nnx.Linear(6, 1)), nnx.MSELoss(), comm=comm)
+    _same_error_on_every_rank(
+        comm, lambda: one_output.score(X, y.reshape(-1, 1) * 1.0), "accuracy needs"
+    )
+    # a bad label in SGD_eval's validation split only: its pass, not a step, fails
+    _, test_rows = nnx.training.data.split_indices("x", 50, 10, False, 3)
+    held_out = y.copy()
+    held_out[test_rows[0]] = 9
+    split = dict(test_size=10, seed=3, patience=None, progress=False)
+    _same_error_on_every_rank(
+        comm,
+        lambda: nnx.Optim(mlp(0), nnx.CELogSoftmax(), comm=comm).SGD_eval(
+            X, held_out, 8, 1, **split
+        ),
+        r"labels must lie in \[0, 3\)",
+    )
+
+
+@pytest.mark.mpi
+def test_evaluation_uses_rank_0s_network(backend, float64):
+    """Before any training, score and evaluate take rank 0's parameters, as the loops
+    do: the number is the one-process number of rank 0's network."""
+    comm = world()
+    X, y = data()
+    net = mlp(0 if comm.rank == 0 else 10)
+    expected = nnx.Optim(mlp(0), nnx.CELogSoftmax()).evaluate(X, y)
+    got = nnx.Optim(net, nnx.CELogSoftmax(), comm=comm).evaluate(X, y)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert_ranks_agree(comm, net)
+
+
+@pytest.mark.mpi
+def test_step_on_a_batch_shorter_than_the_ranks_gives_an_empty_share(backend):
+    comm = world()
+    X, y = data()
+    losses = nnx.Optim(mlp(0), nnx.CELogSoftmax(), comm=comm).step(X[:1], y[:1])
+    assert tuple(losses.shape) == ((0,) if comm.rank == 0 else (1,))
+    assert float(nnx.to_numpy(losses).sum()) >= 0.0
+
+
 @pytest.mark.mpi
 def test_ranks_that_disagree_on_the_network_get_a_clear_error(backend):
     comm = world()

@@ -135,10 +135,17 @@ class DataParallel:
                 raise self.agreed from None
 
     # -- sums ---------------------------------------------------------------------------
-    def reduce(self, loss_sum: float, correct: int, uncounted: int) -> list[float]:
+    def reduce(
+        self, loss_sum: float, correct: int, uncounted: int, error: BaseException | None = None
+    ) -> list[float]:
         """An epoch's or an evaluation's sums, over the ranks
-        (:data:`nnx.training.loop.Reduce`)."""
-        return self.comm.sum_floats([loss_sum, correct, uncounted])
+        (:data:`nnx.training.loop.Reduce`); the ``error`` of the lowest rank whose pass
+        failed (a check of the loss) is raised on every rank."""
+        flag = 0.0 if error is None else 1.0
+        *sums, errors = self.comm.sum_floats([loss_sum, correct, uncounted, flag])
+        if errors:
+            self.raise_agreed(error)
+        return sums
 
     def sum(self, *values: float) -> list[float]:
         """Sum Python numbers over the ranks."""

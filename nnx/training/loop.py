@@ -23,9 +23,13 @@ __all__ = ["Observer", "Reduce", "Tally", "Trainer", "correct", "evaluate"]
 
 #: Called after every epoch with ``(epoch, record, parameters)``; ``True`` stops.
 Observer = Callable[[int, dict[str, float], Any], Any]
-#: ``reduce(loss_sum, correct, uncounted)`` -> the same three summed over the ranks of a
-#: data-parallel job (:meth:`nnx.distributed.DataParallel.reduce`)
-Reduce = Callable[[float, int, int], list[float]]
+#: ``reduce(loss_sum, correct, uncounted, error)`` -> the first three summed over the ranks
+#: of a data-parallel job (:meth:`nnx.distributed.DataParallel.reduce`), which raises on
+#: every rank the ``error`` (a ValueError or TypeError) of the lowest rank that had one
+Reduce = Callable[[float, int, int, BaseException | None], list[float]]
+
+#: Errors of an evaluation pass that every rank raises alike (the loss's checks)
+AGREED = (ValueError, TypeError)
 
 
 def correct(yhat: Array, y: Array) -> Array | None:
@@ -66,12 +70,19 @@ class Tally:
         elif self.counted:
             self.correct = self.correct + c
 
-    def means(self, n: int, reduce: Reduce | None = None) -> tuple[float, float]:
+    def means(
+        self, n: int, reduce: Reduce | None = None, error: BaseException | None = None
+    ) -> tuple[float, float]:
         """Mean per-sample loss and accuracy (NaN when not a classification) of ``n``
-        samples; with ``reduce``, the sums of every rank's tally."""
-        total, right, counted = float(self.loss), int(self.correct), self.counted
-        if reduce is not None:
-            total, right, uncounted = reduce(total, right, 0 if counted else 1)
+        samples; with ``reduce``, the sums of every rank's tally. ``error``: this rank's
+        pass failed; raised here, on every rank with ``reduce``."""
+        if reduce is None:
+            if error is not None:
+                raise error
+            total, right, counted = float(self.loss), int(self.correct), self.counted
+        else:
+            mine = (0.0, 0, 0) if error is not None else (float(self.loss), int(self.correct), 0)
+            total, right, uncounted = reduce(*mine[:2], 0 if self.counted else 1, error)
             counted = uncounted == 0
         return total / n, (right / n if counted else math.nan)
 
@@ -79,12 +90,17 @@ class Tally:
 def evaluate(step: Any, batches: Any, reduce: Reduce | None = None) -> tuple[float, float]:
     """Mean per-sample loss and accuracy of one pass over ``batches`` (no update), in
     evaluation mode; one read. With ``reduce``, ``batches`` are this rank's part."""
-    tally = Tally()
+    tally, error = Tally(), None
     with mode(step.network, False):
-        for bx, by in batches.epoch():
-            yhat, total = step.evaluate(bx, by)
-            tally.add(total, yhat, by)
-    return tally.means(batches.n, reduce)
+        try:
+            for bx, by in batches.epoch():
+                yhat, total = step.evaluate(bx, by)
+                tally.add(total, yhat, by)
+        except AGREED as exc:
+            if reduce is None:
+                raise
+            error = exc  # raised on every rank by the reduction: no rank waits alone
+    return tally.means(batches.n, reduce, error)
 
 
 class Trainer:

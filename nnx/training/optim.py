@@ -257,6 +257,8 @@ class Optim:
             if dp is not None:
                 dp.failed(exc)
             raise
+        if losses is None:  # this rank's share of a batch shorter than the ranks: empty
+            return namespace(X).zeros((0,), dtype=X.dtype if like is None else like.dtype)
         if self.cuda_graph:  # a graph's buffer: the next replay overwrites it
             return namespace(losses).asarray(losses, copy=True)
         return losses
@@ -283,9 +285,14 @@ class Optim:
         part = data if self._dp is None else self._dp.part(data)
         return placement.Batches(self._placement, part, self.eval_batch_size, n=data.n)
 
-    def _evaluate(self, data: placement.Data) -> tuple[float, float]:
-        reduce = None if self._dp is None else self._dp.reduce
-        return evaluate(self._updater, self._evaluation(data), reduce)
+    def _evaluate(self, owner: str, data: placement.Data) -> tuple[float, float]:
+        """One pass over ``data``; with a communicator, every rank first checks the
+        others' network and takes rank 0's parameters (once per network), then passes
+        over its share."""
+        if self._dp is None:
+            return evaluate(self._updater, self._evaluation(data))
+        self._dp.sync(owner, self.network, f"n={data.n}")
+        return evaluate(self._updater, self._evaluation(data), self._dp.reduce)
 
     def evaluate(self, X: Any, y: Any) -> tuple[float, float]:
         """Mean per-sample loss and accuracy on ``(X, y)`` (accuracy is NaN unless the
@@ -296,7 +303,7 @@ class Optim:
         >>> opt = nnx.Optim(nnx.Sequential(nnx.Linear(2, 2)), nnx.CELogSoftmax())
         >>> loss, acc = opt.evaluate(np.eye(2), np.array([0, 1]))
         """
-        return self._evaluate(self._place().prepare("Optim.evaluate", X, y))
+        return self._evaluate("Optim.evaluate", self._place().prepare("Optim.evaluate", X, y))
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of ``argmax(network(X))`` against integer labels or one-hot ``y``.
@@ -310,41 +317,18 @@ class Optim:
         >>> 0.0 <= opt.score(np.eye(2), np.array([0, 1])) <= 1.0
         True
 
-        With a communicator, every rank scores its share and the counts are summed.
+        With a communicator, every rank scores its share of rank 0's network, with the
+        same checks, and the counts are summed: every rank returns the same number or
+        raises the same error.
         """
-        if self._dp is None:  # one process: the checks and the passes of evaluate
-            data = self._place().prepare("Optim.score", X, y)
-            _, accuracy = self._evaluate(data)
-            if not math.isnan(accuracy):
-                return accuracy
-            raise ValueError(
-                f"Optim.score: accuracy needs (n, K) outputs (K >= 2) and integer labels "
-                f"(n,) or one-hot targets (n, K); got y of shape {tuple(data.y.shape)}"
-            )
-        X, y = placement.host(X), placement.host(y)
-        n = int(X.shape[0])
-        if n == 0:
-            raise ValueError(f"Optim.score: no samples (X has shape {tuple(X.shape)})")
-        lo, hi = self._dp.comm.shard(n)
-        X, y = X[lo:hi, ...], y[lo:hi, ...]
-        yhat = self.predict(X)
-        xp = namespace(yhat)
-        if len(yhat.shape) != 2:
-            raise ValueError(
-                f"Optim.score: accuracy needs (batch, classes) outputs, got shape "
-                f"{tuple(yhat.shape)}"
-            )
-        pred = backends.to_numpy(xp.argmax(yhat, axis=-1))
-        target = backends.to_numpy(y) if backends.is_array(y) else np.asarray(y)
-        if target.ndim == 2:
-            target = target.argmax(axis=1)
-        if target.shape != pred.shape:
-            raise ValueError(
-                f"Optim.score: expected labels of shape {pred.shape} or one-hot "
-                f"({pred.shape[0]}, K), got shape {target.shape}"
-            )
-        (right,) = self._dp.sum(int(np.count_nonzero(pred == target)))
-        return right / n
+        data = self._place().prepare("Optim.score", X, y)
+        _, accuracy = self._evaluate("Optim.score", data)
+        if not math.isnan(accuracy):
+            return accuracy
+        raise ValueError(
+            f"Optim.score: accuracy needs (n, K) outputs (K >= 2) and integer labels "
+            f"(n,) or one-hot targets (n, K); got y of shape {tuple(data.y.shape)}"
+        )
 
     # -- loops ------------------------------------------------------------------------
     def _use_network(self, network: Module | None) -> None:
