@@ -300,12 +300,14 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fail(msg: str, exc: BaseException | None = None) -> int:
+    from .distributed import launcher_rank, notify_failure
+
     rank = ""
     if exc is not None:  # under mpiexec: the other ranks stop now, not at their timeout
-        from .distributed import notify_failure
-
         rank = notify_failure(exc)
-    print(f"nnx: error: {rank}{msg}", file=sys.stderr)
+    # before the ranks are connected every rank meets the same error: rank 0 says it
+    if rank or launcher_rank() == 0:
+        print(f"nnx: error: {rank}{msg}", file=sys.stderr)
     return 2
 
 
@@ -681,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics = train(args)
                 if metrics["terminated"]:
                     return 128 + int(signals.Terminated.signum)
+                if metrics["interrupted"]:  # Ctrl-C: the outputs are written, 128 + SIGINT
+                    return 130
             else:
                 evaluate(args)
     except (ValueError, ImportError, RuntimeError, OSError) as exc:

@@ -320,6 +320,21 @@ def test_cli_sigterm_writes_outputs_and_exits_143_then_resume_matches(tmp_path):
     assert (ref / "history.csv").read_text() == (out / "history.csv").read_text()
 
 
+@posix
+def test_cli_ctrl_c_writes_outputs_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    p = cli("--epochs", "400", "--batch-size", "8", "--out", str(out))
+    assert p.stdout is not None
+    while not p.stdout.readline().startswith(b"epoch   2"):
+        pass
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["interrupted"] and not metrics["terminated"]
+    assert (out / "model.npz").exists() and (out / "checkpoint.npz").exists()
+
+
 def test_cli_refuses_a_leftover_checkpoint_without_resume(tmp_path, capsys):
     from nnx import cli as nnx_cli
 

@@ -333,6 +333,9 @@ def test_job_cli_help_and_usage_errors_are_printed_once(tmp_path):
         )
         assert proc.returncode == code, proc.stdout + proc.stderr
         assert getattr(proc, stream).count("usage: nnx train") == 1, proc.stdout + proc.stderr
+    # a bad value found before the ranks connect: every rank meets it, rank 0 says it
+    proc, _ = run_job("from nnx import cli; cli.main(['train', '--epochs', '0'])", tmp_path)
+    assert proc.stderr.count("nnx: error: --epochs must be positive") == 1, proc.stderr
 
 
 @needs_mpi_job
