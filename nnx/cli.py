@@ -30,7 +30,8 @@ Example (the README's main job, about a minute on a 2-core CPU)::
     nnx evaluate runs/mnist1d-cnn/model.npz --backend array_api_strict
 
 Data-parallel on several processes, with the same arguments (``batch_size`` stays the
-global batch; rank 0 prints and writes the files)::
+global batch; rank 0 prints and writes the files and the checkpoint, which every rank
+resumes from: the output folder must be on a file system every rank sees)::
 
     mpiexec -n 4 nnx train --model cnn --batch-size 256
 """
@@ -300,14 +301,14 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fail(msg: str, exc: BaseException | None = None) -> int:
-    from .distributed import launcher_rank, notify_failure
-
     rank = ""
     if exc is not None:  # under mpiexec: the other ranks stop now, not at their timeout
+        from .distributed import notify_failure
+
         rank = notify_failure(exc)
-    # before the ranks are connected every rank meets the same error: rank 0 says it
-    if rank or launcher_rank() == 0:
-        print(f"nnx: error: {rank}{msg}", file=sys.stderr)
+    # every rank that fails says so: before the ranks connect, an error may be one
+    # machine's own (its output folder), and no other rank could report it
+    print(f"nnx: error: {rank}{msg}", file=sys.stderr)
     return 2
 
 
@@ -545,7 +546,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 restore_best=True,
                 progress=False if quiet else args.progress,
                 callback=log,
-                checkpoint=out / CHECKPOINT if comm.size == 1 else None,
+                checkpoint=out / CHECKPOINT,  # rank 0 writes it, every rank resumes from it
             )
         except FloatingPointError as exc:
             failure = exc

@@ -266,6 +266,21 @@ def test_step_on_a_batch_shorter_than_the_ranks_gives_an_empty_share(backend):
 
 
 @pytest.mark.mpi
+def test_a_checkpoint_only_some_ranks_see_is_a_clear_error(backend, tmp_path_factory):
+    """Rank 0 writes checkpoints and every rank resumes from them (a shared folder):
+    a checkpoint that another rank cannot see stops every rank before training."""
+    comm = world()
+    X, y = data()
+    folder = tmp_path_factory.mktemp(f"rank{comm.rank}")
+    path = folder / "ck.npz"
+    if comm.rank == 0:
+        path.write_bytes(b"rank 0's checkpoint")
+    optim = nnx.Optim(mlp(0), nnx.CELogSoftmax(), comm=comm)
+    with pytest.raises(ValueError, match="the ranks disagree .* resume=False"):
+        optim.SGD(X, y, 16, 1, progress=False, checkpoint=path)
+
+
+@pytest.mark.mpi
 def test_ranks_that_disagree_on_the_network_get_a_clear_error(backend):
     comm = world()
     X, y = data()
@@ -333,9 +348,6 @@ def test_job_cli_help_and_usage_errors_are_printed_once(tmp_path):
         )
         assert proc.returncode == code, proc.stdout + proc.stderr
         assert getattr(proc, stream).count("usage: nnx train") == 1, proc.stdout + proc.stderr
-    # a bad value found before the ranks connect: every rank meets it, rank 0 says it
-    proc, _ = run_job("from nnx import cli; cli.main(['train', '--epochs', '0'])", tmp_path)
-    assert proc.stderr.count("nnx: error: --epochs must be positive") == 1, proc.stderr
 
 
 @needs_mpi_job
@@ -369,6 +381,44 @@ sys.exit(main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2"
     m2 = json.loads((tmp_path / "rank0" / "run" / "metrics.json").read_text())
     assert m2["test_accuracy"] == m1["test_accuracy"]
     assert m2["ranks"] == 2 and m1["ranks"] == 1
+
+
+@needs_mpi_job
+def test_job_cli_ctrl_c_then_resume_ends_as_the_uninterrupted_run(tmp_path):
+    """Under mpiexec too, nnx train keeps a checkpoint of every finished epoch (rank 0
+    writes it, every rank resumes from it): after Ctrl-C on the launcher, ``--resume``
+    with the same launcher ends with the uninterrupted job's parameters."""
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "40", "--patience", "0"]
+    args += ["--batch-size", "8", "--no-progress", "--data-cache", "off"]
+    script = "import sys; from nnx.cli import main; sys.exit(main({!r}))"
+    ref, _ = run_job(script.format([*args, "--out", "ref"]), tmp_path, limit=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    cmd, env = job_command(script.format([*args, "--out", "run"]), tmp_path)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        seen, deadline = "", time.monotonic() + 120
+        while "epoch   3" not in seen:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            assert line, f"the job ended before epoch 3: {seen!r}"
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and (tmp_path / "run" / "checkpoint.npz").exists()
+    again, _ = run_job(script.format(["train", "--resume", "--out", "run"]), tmp_path, limit=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    a = nnx.load(tmp_path / "ref" / "model.npz").state_dict()
+    b = nnx.load(tmp_path / "run" / "model.npz").state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def _read_lines(stream, lines: queue.Queue[str]) -> None:

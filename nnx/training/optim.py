@@ -431,7 +431,8 @@ class Optim:
         seed = self._common_seed(seed)
         self._sync(
             "Optim.SGD",
-            f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}",
+            f"n={train.n} batch_size={batch_size} epochs={epochs} shuffle={shuffle} seed={seed}"
+            + _resuming(checkpoint),
         )
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
         trainer = self._trainer("Optim.SGD", train, int(batch_size), shuffle, rng)
@@ -562,7 +563,8 @@ class Optim:
         self._sync(
             owner,
             f"n={train.n}+{test.n} batch_size={batch_size} epochs={epochs} "
-            f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}",
+            f"patience={patience} shuffle={shuffle_train},{shuffle_test} seed={seed}"
+            + _resuming(checkpoint),
         )
         rng = backends.get_rng() if seed is None else np.random.default_rng(seed)
         trainer = self._trainer(owner, train, int(batch_size), shuffle_train, rng, test)
@@ -635,3 +637,12 @@ class Optim:
                 for c in ("loss_train", "score_train", "loss_test", "score_test")
             )
         return self.train_df
+
+
+def _resuming(checkpoint: str | os.PathLike[str] | None) -> str:
+    """Part of the loop's arguments every rank must agree on: whether it resumes (a
+    checkpoint that rank 0 wrote and another rank cannot see is a clear error, not a
+    job whose ranks start from different epochs)."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return ""  # None, or a wrong type that Checkpoint refuses with its own message
+    return f" resume={os.path.exists(checkpoint)}"
