@@ -118,10 +118,20 @@ def test_in_launcher_reads_the_launchers_variables(monkeypatch):
     for name in nnx.distributed.LAUNCHER_SIZE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert not nnx.distributed.in_launcher()
-    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert not nnx.distributed.in_launcher()
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # a batch script's shell, not an srun step
     assert not nnx.distributed.in_launcher()
     monkeypatch.setenv("PMI_SIZE", "4")
     assert nnx.distributed.in_launcher()
+
+
+def test_a_launcher_of_another_mpi_is_refused(monkeypatch):
+    """Open MPI's mpiexec starting processes of an MPICH mpi4py: each sees a job of 1."""
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="the launcher started 2 processes, but MPI sees"):
+        nnx.distributed._check_launcher_agrees(1)
+    nnx.distributed._check_launcher_agrees(2)
 
 
 def test_launcher_rank_reads_the_launchers_variables(monkeypatch):

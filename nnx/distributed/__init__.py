@@ -55,13 +55,14 @@ __all__ = [
 ]
 
 #: Environment variables by which MPI launchers (MPICH/Hydra, Open MPI, Intel MPI,
-#: MVAPICH, PMIx) and SLURM's ``srun`` announce the size of the job.
+#: MVAPICH, PMIx) and SLURM's ``srun`` announce the size of the job (``srun``'s own
+#: step variable: ``SLURM_NTASKS`` is also set in a batch script, outside ``srun``).
 LAUNCHER_SIZE_VARIABLES = (
     "PMI_SIZE",
     "OMPI_COMM_WORLD_SIZE",
     "MV2_COMM_WORLD_SIZE",
     "PMIX_SIZE",
-    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
 )
 
 #: ... and the rank of this process in it.
@@ -190,6 +191,7 @@ def init(engine: str = "auto", timeout: float | None = None) -> Communicator:
             from ._mpi import MPICommunicator
 
             comm = MPICommunicator(_import_mpi("nnx.distributed.init").COMM_WORLD, timeout=t)
+            _check_launcher_agrees(comm.size)
         else:
             reason = nccl_unavailable()
             if reason is not None:
@@ -205,6 +207,24 @@ def init(engine: str = "auto", timeout: float | None = None) -> Communicator:
         _COMMUNICATORS[engine] = comm
     comm.timeout = t
     return comm
+
+
+def _check_launcher_agrees(size: int) -> None:
+    """Refuse a job whose launcher started several processes that MPI sees as one each
+    (mpi4py built for another MPI than the ``mpiexec`` used): each would train alone and
+    write the same files."""
+    announced = max(
+        (int(v) for v in (os.environ.get(n, "").strip() for n in LAUNCHER_SIZE_VARIABLES)
+         if v.isdigit()),
+        default=1,
+    )  # fmt: skip
+    if size == 1 and announced > 1:
+        raise RuntimeError(
+            f"nnx.distributed.init: the launcher started {announced} processes, but MPI "
+            f"sees each as a job of 1: mpi4py is built for another MPI than this mpiexec. "
+            f"Start the job with the mpiexec of mpi4py's MPI (python -m mpi4py "
+            f"--mpi-library tells which), or install mpi4py for this one"
+        )
 
 
 def _check_timeout(timeout: Any) -> float:
