@@ -70,6 +70,17 @@ class Sequential(Module):
         self._modules.insert(index, module)
         return self
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also what an earlier nnx pickled: a plain list of modules and a
+        list of their initial states."""
+        self.__dict__.update(state)
+        if not isinstance(self._modules, _ModuleList):
+            modules = list(self._modules)
+            self._modules = _ModuleList(self)
+            list.extend(self._modules, modules)
+        if self._initial and isinstance(self._initial[0], dict):
+            self._initial = list(zip(self._modules, self._initial, strict=True))
+
     def _edited(self, before: list[Module]) -> None:
         """After any change to the list of modules (``before``: the old list): every
         entry must be a Module (else the change is undone), newcomers get their initial

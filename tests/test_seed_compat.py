@@ -544,3 +544,21 @@ def test_split_without_seed_comes_from_numpy_global_state(backend, numpy_global_
         splits.append(host(opt.X_test).copy())
     np.testing.assert_array_equal(splits[0], splits[1])
     assert not np.array_equal(splits[0], splits[2])
+
+
+def test_a_network_pickled_by_an_earlier_nnx_still_loads_and_resets(backend):
+    """Before stop 24, a Sequential pickled its modules as a plain list and its initial
+    states as a list of dicts: such a pickle loads, edits and resets as a new one."""
+    net = nnx.Sequential(nnx.Linear(3, 2), nnx.ReLU())
+    initial = _weights(net)
+    old = dict(net.__getstate__())
+    old["_modules"] = list(net.modules)
+    old["_initial"] = [state for _, state in net._initial]
+    clone = nnx.Sequential.__new__(nnx.Sequential)
+    clone.__setstate__(pickle.loads(pickle.dumps(old)))
+    _shift_all(clone)
+    clone.modules.append(nnx.Linear(2, 1))
+    assert clone(nnx.asarray(np.ones((4, 3)))).shape == (4, 1)
+    clone.reset()
+    for a, b in zip(_weights(clone)[:2], initial, strict=True):
+        np.testing.assert_array_equal(a, b)
