@@ -355,3 +355,30 @@ def test_uniform_draws_reproducible_on_the_backend(backend):
     assert not np.array_equal(ha, hb)
     assert ha.min() >= 0.0 and ha.max() < 1.0
     assert abs(ha.mean() - 0.5) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("shape", "k_size", "stride"),
+    [((2, 9, 3), 10, 1), ((2, 9, 3), 3, 0), ((2, 9, 3), 0, 1), ((2, 9, 3), 3, -1), ((9, 3), 3, 1)],
+    ids=["window-longer-than-input", "stride-0", "k-0", "stride-negative", "no-batch-axis"],
+)
+def test_sizes_that_give_no_window_are_one_error_everywhere(backend, shape, k_size, stride):
+    x = nnx.asarray(np.zeros(shape))
+    with pytest.raises(ValueError, match=r"nnx.backends.sliding_window: expected an input of 3"):
+        sliding_window(x, k_size, stride)
+    x2 = nnx.asarray(np.zeros((2, 5, 5, 1)))
+    with pytest.raises(ValueError, match=r"sliding_window_2d: .* k_size \(6, 2\)"):
+        backends.sliding_window_2d(x2, (6, 2), (1, 1))
+
+
+def test_numpy_windows_cannot_be_written_through():
+    """Windows overlap and share the input's memory: NumPy's view is read-only."""
+    x = np.arange(12.0).reshape(1, 6, 2)
+    for w in (
+        sliding_window(x, 3, 1),
+        backends.sliding_window_2d(x.reshape(1, 3, 2, 2), (2, 2), (1, 1)),
+    ):
+        assert not w.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            w[...] = 0.0
+    np.testing.assert_array_equal(x, np.arange(12.0).reshape(1, 6, 2))

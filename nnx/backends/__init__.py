@@ -534,8 +534,11 @@ def sliding_window(x: Any, k_size: int, stride: int) -> Any:
     """``(batch, out_length, channels, k_size)`` windows of a ``(batch, length, channels)`` array.
 
     ``out[b, o, c, k] = x[b, o * stride + k, c]``. NumPy and CuPy return a strided view
-    (no copy), PyTorch ``Tensor.unfold`` (no copy), any other namespace a gather.
+    (no copy; NumPy's is read-only, as ``sliding_window_view``'s), PyTorch
+    ``Tensor.unfold`` (no copy), any other namespace a gather. Sizes that give no window
+    raise the same ``ValueError`` on every library.
     """
+    _check_windows("sliding_window", x, (k_size,), (stride,))
     backend = backend_of(x)
     if backend is None:
         return gather_windows(namespace_of(x), x, k_size, stride)
@@ -548,12 +551,30 @@ def sliding_window_2d(x: Any, k_size: tuple[int, int], stride: tuple[int, int]) 
     ``out[b, p, q, c, i, j] = x[b, p * stride[0] + i, q * stride[1] + j, c]`` with
     ``out_h = (h - k_h) // stride[0] + 1`` (likewise ``out_w``). NumPy and CuPy return a
     strided view (no copy), PyTorch two ``Tensor.unfold`` (no copy), any other namespace
-    one gather.
+    one gather. Sizes that give no window raise the same ``ValueError`` everywhere.
     """
+    _check_windows("sliding_window_2d", x, tuple(k_size), tuple(stride))
     backend = backend_of(x)
     if backend is None:
         return gather_windows_2d(namespace_of(x), x, k_size, stride)
     return backend.windows_2d(x, k_size, stride)
+
+
+def _check_windows(owner: str, x: Any, k_size: tuple[Any, ...], stride: tuple[Any, ...]) -> None:
+    """``x`` of shape ``(batch, *spatial, channels)`` and positive sizes that give at
+    least one window on every spatial axis, else one ``ValueError`` whatever the library."""
+    spatial = tuple(x.shape[1:-1])
+    ok = len(spatial) == len(k_size) == len(stride) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (*k_size, *stride)
+    )
+    if not ok or any(k > n for k, n in zip(k_size, spatial, strict=True)):
+        raise ValueError(
+            f"nnx.backends.{owner}: expected an input of {len(k_size) + 2} axes "
+            f"(batch, {'length' if len(k_size) == 1 else 'height, width'}, channels) no "
+            f"shorter than the window, and positive integer sizes; got shape "
+            f"{tuple(x.shape)}, k_size {k_size if len(k_size) > 1 else k_size[0]!r}, "
+            f"stride {stride if len(stride) > 1 else stride[0]!r}"
+        )
 
 
 def uniform(shape: tuple[int, ...], like: Any) -> Any:

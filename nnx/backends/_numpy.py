@@ -58,12 +58,12 @@ class NumpyBackend(Backend):
         return True
 
     def windows(self, x: np.ndarray, k_size: int, stride: int) -> np.ndarray:
-        return strided_windows(np.lib.stride_tricks.as_strided, x, k_size, stride)
+        return strided_windows(_read_only_view, x, k_size, stride)
 
     def windows_2d(
         self, x: np.ndarray, k_size: tuple[int, int], stride: tuple[int, int]
     ) -> np.ndarray:
-        return strided_windows_2d(np.lib.stride_tricks.as_strided, x, k_size, stride)
+        return strided_windows_2d(_read_only_view, x, k_size, stride)
 
     def uniform(self, shape: tuple[int, ...], like: Any, rng: np.random.Generator) -> Any:
         dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float64
@@ -220,3 +220,9 @@ def fast_namespace(base: Any) -> types.ModuleType:
         f.__doc__ = getattr(base, f.__name__).__doc__
         setattr(ns, f.__name__, f)
     return ns
+
+
+def _read_only_view(x: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """``as_strided`` that cannot be written through: windows overlap, and a write into
+    one would land in the caller's input (``sliding_window_view`` is read-only too)."""
+    return np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=False)
