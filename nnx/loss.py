@@ -49,6 +49,7 @@ class _TargetLoss(Loss):
     #: ``(y, yhat)`` of the last ``forward`` and what it computed, for ``backward``
     _cache_key: tuple[Array, Array] | None = None
     _cache: Any = None
+    _transient = ("_cache_key", "_cache", "_targets_key", "_targets_value")
 
     #: ``(y, yhat)`` last validated by :meth:`_targets`, and the targets it returned
     _targets_key: tuple[Array, Array] | None = None

@@ -80,9 +80,13 @@ class Module:
         self._cache_key: Any = None
         self._cache: Any = None
 
+    #: Attributes in which a forward keeps arrays for the next backward (found by the
+    #: input's identity): not pickled or copied, dropped when the parameters change.
+    _transient: tuple[str, ...] = ("_cache_key", "_cache")
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickle and deep copy: everything but what a forward kept for its backward."""
-        return _without_caches(self.__dict__)
+        return _without(self.__dict__, self._transient)
 
     # -- the protocol ---------------------------------------------------------------
     def forward(self, X: Array) -> Array:
@@ -491,7 +495,8 @@ class Module:
 
     def _forget_forward(self) -> None:
         """Drop what the last forward kept for its backward (new parameter values)."""
-        self._cache_key = self._cache = None
+        for name in self._transient:
+            setattr(self, name, None)
 
     # -- description ----------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -701,17 +706,9 @@ class StateDictError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-#: Attributes that hold a forward's arrays for the next backward (found by identity):
-#: a pickled or copied module starts without them, and recomputes on its first backward.
-_CACHES = ("_cache_key", "_cache", "_inputs", "_targets_key", "_targets_value")
-
-
-def _without_caches(state: dict[str, Any]) -> dict[str, Any]:
-    state = dict(state)
-    for name in _CACHES:
-        if name in state:
-            state[name] = None
-    return state
+def _without(state: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``state`` with the attributes ``names`` set to ``None`` (a copy recomputes them)."""
+    return {k: None if k in names else v for k, v in state.items()}
 
 
 class Loss:
@@ -742,10 +739,12 @@ class Loss:
 
     #: Where :meth:`require_count` records checks (``None``: check at once).
     _deferred: list[DeferredCheck] | None = None
+    #: What ``forward`` keeps for ``backward`` (see :attr:`Module._transient`).
+    _transient: tuple[str, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle and deep copy: everything but what a forward kept for its backward."""
-        return _without_caches(self.__dict__)
+        return _without(self.__dict__, self._transient)
 
     def forward(self, y: Array, yhat: Array) -> Array:
         raise NotImplementedError

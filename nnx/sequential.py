@@ -41,6 +41,9 @@ class Sequential(Module):
     (3, Linear(4, 8, bias=True))
     """
 
+    #: the chain's inputs and outputs of the last forward, too
+    _transient = (*Module._transient, "_inputs")
+
     def __init__(self, *modules: Module) -> None:
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
@@ -198,10 +201,6 @@ class Sequential(Module):
     def zero_grad(self) -> None:
         for module in self._modules:
             module.zero_grad()
-
-    def _forget_forward(self) -> None:
-        super()._forget_forward()
-        self._inputs = None  # the chain's outputs were computed with the old parameters
 
 
 class _ModuleList(list):  # type: ignore[type-arg]

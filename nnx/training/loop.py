@@ -74,15 +74,11 @@ class Tally:
         self, n: int, reduce: Reduce | None = None, error: BaseException | None = None
     ) -> tuple[float, float]:
         """Mean per-sample loss and accuracy (NaN when not a classification) of ``n``
-        samples; with ``reduce``, the sums of every rank's tally. ``error``: this rank's
-        pass failed; raised here, on every rank with ``reduce``."""
-        if reduce is None:
-            if error is not None:
-                raise error
-            total, right, counted = float(self.loss), int(self.correct), self.counted
-        else:
-            mine = (0.0, 0, 0) if error is not None else (float(self.loss), int(self.correct), 0)
-            total, right, uncounted = reduce(*mine[:2], 0 if self.counted else 1, error)
+        samples; with ``reduce``, the sums of every rank's tally, and ``error`` (this
+        rank's pass failed, its sums are void) raised on every rank."""
+        total, right, counted = float(self.loss), int(self.correct), self.counted
+        if reduce is not None:
+            total, right, uncounted = reduce(total, right, 0 if counted else 1, error)
             counted = uncounted == 0
         return total / n, (right / n if counted else math.nan)
 
