@@ -295,6 +295,15 @@ def cli(*args: str, **kw) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def signal_after_epoch_2(p: subprocess.Popen, signum: int) -> bytes:
+    """Send ``signum`` once the run printed its second epoch; its stderr once it ended."""
+    assert p.stdout is not None
+    while not p.stdout.readline().startswith(b"epoch   2"):
+        pass
+    p.send_signal(signum)
+    return p.communicate(timeout=120)[1]
+
+
 @posix
 def test_cli_sigterm_writes_outputs_and_exits_143_then_resume_matches(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
@@ -302,11 +311,7 @@ def test_cli_sigterm_writes_outputs_and_exits_143_then_resume_matches(tmp_path):
     p = cli(*args, "--out", str(ref))
     assert p.wait(300) == 0, p.stderr.read()
     p = cli(*args, "--out", str(out))
-    assert p.stdout is not None
-    while not p.stdout.readline().startswith(b"epoch   2"):
-        pass
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
+    err = signal_after_epoch_2(p, signal.SIGTERM)
     assert p.returncode == 143, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["terminated"] and 2 <= metrics["epochs_run"] < 8
@@ -324,11 +329,7 @@ def test_cli_sigterm_writes_outputs_and_exits_143_then_resume_matches(tmp_path):
 def test_cli_ctrl_c_writes_outputs_and_exits_130(tmp_path):
     out = tmp_path / "out"
     p = cli("--epochs", "400", "--batch-size", "8", "--out", str(out))
-    assert p.stdout is not None
-    while not p.stdout.readline().startswith(b"epoch   2"):
-        pass
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    err = signal_after_epoch_2(p, signal.SIGINT)
     assert p.returncode == 130, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["interrupted"] and not metrics["terminated"]

@@ -276,6 +276,17 @@ def _shift_all(net: nnx.Sequential) -> None:
         net.set_parameter(name, p + 1.0)
 
 
+def _assert_trains_edits_and_resets(net: nnx.Sequential, initial: list[np.ndarray]) -> None:
+    """``net`` (a copy of a ``Linear(3, 2), ...`` network whose first parameters were
+    ``initial``) trains, takes a new last module and resets its first ones."""
+    _shift_all(net)
+    net.modules.append(nnx.Linear(2, 1))
+    assert net(nnx.asarray(np.ones((4, 3)))).shape == (4, 1)
+    net.reset()
+    for a, b in zip(_weights(net)[: len(initial)], initial, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize(
     "edit",
     [
@@ -322,12 +333,7 @@ def test_modules_list_refuses_non_modules_and_survives_copies(backend):
     assert [type(m).__name__ for m in net.modules] == ["Linear", "ReLU"]  # undone
     initial = _weights(net)
     for twin in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
-        _shift_all(twin)
-        twin.modules.append(nnx.Linear(2, 1))
-        assert twin(nnx.asarray(np.ones((4, 3)))).shape == (4, 1)
-        twin.reset()
-        for a, b in zip(_weights(twin)[:2], initial, strict=True):
-            np.testing.assert_array_equal(a, b)
+        _assert_trains_edits_and_resets(twin, initial)
         assert len(net) == 2  # the original is untouched
 
 
@@ -556,9 +562,4 @@ def test_a_network_pickled_by_an_earlier_nnx_still_loads_and_resets(backend):
     old["_initial"] = [state for _, state in net._initial]
     clone = nnx.Sequential.__new__(nnx.Sequential)
     clone.__setstate__(pickle.loads(pickle.dumps(old)))
-    _shift_all(clone)
-    clone.modules.append(nnx.Linear(2, 1))
-    assert clone(nnx.asarray(np.ones((4, 3)))).shape == (4, 1)
-    clone.reset()
-    for a, b in zip(_weights(clone)[:2], initial, strict=True):
-        np.testing.assert_array_equal(a, b)
+    _assert_trains_edits_and_resets(clone, initial)

@@ -567,6 +567,9 @@ def test_batch_bar_only_for_long_epochs_and_drawn_once(backend, monkeypatch):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
     opt = nnx.Optim(nnx.Sequential(nnx.Linear(4, 3)), nnx.CELogSoftmax(), eps=0.01)
+    # epochs shorter than the delay (a generous one: JAX compiling outside its cache
+    # can make one of these epochs last half a second)
+    monkeypatch.setattr(nnx.training.progress, "BATCH_BAR_DELAY", 60.0)
     opt.SGD(X, y, 8, 5, progress=True)
     assert [b.desc for b in created] == ["epochs"]
     created.clear()
