@@ -423,7 +423,7 @@ class Module:
                 raise StateDictError(
                     f"{owner}: missing keys {missing}, unexpected keys {unexpected}"
                 )
-        writes = []  # (module, name, value, is_buffer), all checked before any is written
+        writes = []  # (module, name, value, kind), all checked before any is written
         for module, prefix in _modules_with_prefix(self):
             for kind, arrays in (("parameter", module._parameters), ("buffer", module._buffers)):
                 for name, old in arrays.items():
